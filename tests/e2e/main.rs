@@ -1,0 +1,7 @@
+//! Integration tests against a real kube-apiserver (tests/apiserver): one test binary, so the
+//! control plane starts once for all of them.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod testenv;
