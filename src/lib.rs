@@ -3,5 +3,15 @@
 //! The pure core ([`api`], [`membership`], [`health`], [`admission`]) does no I/O; the edges
 //! ([`webhook`], [`controller`], [`probe`], [`serve`], [`leader`]) talk to the network.
 
+pub mod admission;
 pub mod api;
+pub mod certs;
 pub mod cli;
+pub mod controller;
+pub mod health;
+pub mod leader;
+pub mod membership;
+pub mod metrics;
+pub mod probe;
+pub mod serve;
+pub mod webhook;

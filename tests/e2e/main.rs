@@ -4,4 +4,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod controller;
+mod faults;
+mod install;
 mod testenv;
+mod webhook;

@@ -1,0 +1,1 @@
+//! Pure: AdmissionRequest (+ a read-only cache snapshot) -> AdmissionResponse, one file per kind.

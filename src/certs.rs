@@ -1,0 +1,1 @@
+//! `healthscope certs`: a CA and a serving certificate for the webhook Service.

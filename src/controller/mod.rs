@@ -1,0 +1,1 @@
+//! The status controller: watch caches, reconcile, status writes, events, membership backstop.

@@ -1,0 +1,1 @@
+//! Pure: per-kind health rules and aggregation into a scope's status. No I/O.

@@ -1,0 +1,1 @@
+//! Prometheus metrics shared by the webhook, the controller and the probes.

@@ -1,0 +1,1 @@
+//! HTTP probing of the endpoints behind a scope's Services, with timeouts and a global bound.

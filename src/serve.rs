@@ -1,0 +1,1 @@
+//! The admin/API server: /scopes, /metrics, /healthz, /readyz.

@@ -1,0 +1,1 @@
+//! HTTPS plumbing for the admission webhook: rustls, certificate reload, body limits, routes.

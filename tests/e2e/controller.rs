@@ -1,0 +1,1 @@
+//! controller tests against the real control plane.

@@ -1,0 +1,1 @@
+//! faults tests against the real control plane.

@@ -1,0 +1,1 @@
+//! install tests against the real control plane.

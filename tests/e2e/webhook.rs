@@ -1,0 +1,1 @@
+//! webhook tests against the real control plane.
