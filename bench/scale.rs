@@ -1,0 +1,493 @@
+//! Controller scale: SCOPES HealthScopes × WORKLOADS Deployments on a private real control plane,
+//! with the controller as a separate process, measured from outside:
+//!
+//! - CPU per probe cycle: utime+stime of the controller process (/proc/PID/stat) over a steady
+//!   window, divided by the number of probe intervals in it;
+//! - API requests per cycle in steady state: the API server's audit log for the controller's own
+//!   user (it runs with a client certificate of its own, `healthscope`), plus the API server's
+//!   `apiserver_request_total` diff over the same window;
+//! - freshness: time from a Deployment status change to the scope's status showing it (a watch on
+//!   the HealthScopes), p50/p99 over CHANGES changes;
+//! - RSS (VmRSS/VmHWM) of the controller.
+//!
+//! usage: bench-scale [--scopes 1000] [--workloads 10] [--window 60] [--changes 50] -- CONTROLLER ARGS...
+//! The controller command is started with KUBECONFIG pointing at its own kubeconfig.
+
+#[path = "common.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use common::{BoxError, ControlPlane};
+use futures::{StreamExt, TryStreamExt, stream};
+use healthscope::api::{Health, HealthScope, HealthScopeSpec, WorkloadReference};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, ResourceExt};
+
+const CONTROLLER_USER: &str = "healthscope";
+const SCOPES_PER_NAMESPACE: usize = 100;
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, default_value_t = 1000)]
+    scopes: usize,
+    #[arg(long, default_value_t = 10)]
+    workloads: usize,
+    /// Probe interval written into every scope (seconds).
+    #[arg(long, default_value_t = 10)]
+    interval: i32,
+    /// Length of the steady-state window (seconds).
+    #[arg(long, default_value_t = 60)]
+    window: u64,
+    /// Number of workload changes timed to the scope status.
+    #[arg(long, default_value_t = 50)]
+    changes: usize,
+    /// State directory of the private control plane.
+    #[arg(long, default_value = "target/bench/scale-testenv")]
+    dir: PathBuf,
+    /// The controller command line (run with KUBECONFIG set to its own kubeconfig).
+    #[arg(last = true, required = true)]
+    controller: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    let dir = std::path::absolute(&args.dir)?;
+    std::fs::create_dir_all(&dir)?;
+    let policy = dir.join("audit-policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+             - level: Metadata\n  users: [\"{CONTROLLER_USER}\"]\n- level: None\n"
+        ),
+    )?;
+    let audit_log = dir.join("audit.log");
+    let _ = std::fs::remove_file(&audit_log);
+    let extra = vec![
+        format!("--audit-policy-file={}", policy.display()),
+        format!("--audit-log-path={}", audit_log.display()),
+        "--audit-log-format=json".to_string(),
+        "--audit-log-mode=blocking".to_string(),
+    ];
+    let plane = ControlPlane::start(
+        &common::testenv_bin(),
+        &dir,
+        &[&format!("{CONTROLLER_USER}:system:masters")],
+        &extra,
+    )?;
+    let client = plane.client(None).await?;
+    install_crds(&client).await?;
+
+    let started = Instant::now();
+    let namespaces = populate(&client, args.scopes, args.workloads, args.interval).await?;
+    println!(
+        "created {} scopes x {} deployments in {} namespaces in {:.1}s",
+        args.scopes,
+        args.workloads,
+        namespaces.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut controller = spawn_controller(
+        &args.controller,
+        &plane.kubeconfig(Some(CONTROLLER_USER)),
+        &dir,
+    )?;
+    let pid = controller.id();
+
+    // Converged: every scope has a health in its status.
+    let started = Instant::now();
+    wait_all_healthy(&client, args.scopes, Duration::from_secs(600)).await?;
+    let converge = started.elapsed();
+    println!(
+        "all {} scopes healthy {:.1}s after the controller started",
+        args.scopes,
+        converge.as_secs_f64()
+    );
+    let cpu_converge = common::cpu_time(pid).unwrap_or_default();
+
+    // Let the initial writes settle for one interval, then measure a quiet window.
+    tokio::time::sleep(Duration::from_secs(args.interval as u64 + 2)).await;
+    let metrics_before = common::parse_samples(&common::apiserver_metrics(&client).await?);
+    let audit_before = std::fs::metadata(&audit_log)?.len();
+    let cpu_before = common::cpu_time(pid).unwrap_or_default();
+    tokio::time::sleep(Duration::from_secs(args.window)).await;
+    let cpu_after = common::cpu_time(pid).unwrap_or_default();
+    let audit = count_audit(&audit_log, audit_before)?;
+    let metrics_after = common::parse_samples(&common::apiserver_metrics(&client).await?);
+    let (rss, hwm) = common::rss_kib(pid).unwrap_or_default();
+
+    let cycles = args.window as f64 / args.interval as f64;
+    let cpu_per_cycle = (cpu_after - cpu_before).as_secs_f64() / cycles;
+    println!(
+        "\n## steady state ({}s window = {cycles:.0} cycles of {}s)",
+        args.window, args.interval
+    );
+    println!(
+        "controller CPU per cycle: {:.3} s (goal <= 1 s)",
+        cpu_per_cycle
+    );
+    println!(
+        "controller CPU to converge from start: {:.2} s",
+        cpu_converge.as_secs_f64()
+    );
+    println!(
+        "controller RSS: {:.1} MiB now, {:.1} MiB peak (goal <= 128 MiB)",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    println!("\ncontroller requests in the window (audit log, user {CONTROLLER_USER}), per cycle:");
+    println!("| verb | resource | total | per cycle |\n|---|---|---:|---:|");
+    for ((verb, resource), n) in &audit {
+        println!("| {verb} | {resource} | {n} | {:.1} |", *n as f64 / cycles);
+    }
+    if audit.is_empty() {
+        println!("| (none) | | 0 | 0 |");
+    }
+    println!(
+        "\napiserver_request_total diff in the window (all clients, this program idle), per cycle:"
+    );
+    println!("| verb | resource | total | per cycle |\n|---|---|---:|---:|");
+    for ((verb, resource), n) in request_total_diff(&metrics_before, &metrics_after) {
+        println!("| {verb} | {resource} | {n:.0} | {:.1} |", n / cycles);
+    }
+    let reference_reads = args.scopes * (1 + args.workloads);
+    let reference_writes = args.scopes * 2;
+    println!(
+        "\nreference OAM controller at this size: ~{reference_reads} reads + {reference_writes} writes per cycle \
+         (1 GET scope + 1 GET per workload, 1 status Update + 1 Event per scope)"
+    );
+
+    // Freshness: flip a Deployment's readiness and time until its scope's status shows it.
+    let latencies = freshness(&client, &namespaces, args.changes, args.workloads).await?;
+    let mut ms: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    let p50 = common::percentile(&mut ms, 0.50).unwrap_or(f64::NAN);
+    let p99 = common::percentile(&mut ms, 0.99).unwrap_or(f64::NAN);
+    let max = ms.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "\nworkload change -> scope status over {} changes: p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms (goal p99 <= 2000 ms)",
+        ms.len()
+    );
+    let (rss, hwm) = common::rss_kib(pid).unwrap_or_default();
+    println!(
+        "controller RSS after the changes: {:.1} MiB now, {:.1} MiB peak",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let _ = controller.wait();
+    Ok(())
+}
+
+async fn install_crds(client: &Client) -> Result<(), BoxError> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    let params = PatchParams::apply("healthscope-bench").force();
+    for crd in healthscope::api::crds() {
+        let name = crd.name_any();
+        api.patch(&name, &params, &Patch::Apply(&crd)).await?;
+        kube::runtime::wait::await_condition(
+            api.clone(),
+            &name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn scope_name(i: usize) -> String {
+    format!("scope-{i:04}")
+}
+
+fn deployment_name(scope: usize, w: usize) -> String {
+    format!("scope-{scope:04}-web-{w:02}")
+}
+
+/// Creates the namespaces, Deployments (with a ready status, as the absent Deployment controller
+/// would have written) and HealthScopes listing them. Returns the namespace of each scope index.
+async fn populate(
+    client: &Client,
+    scopes: usize,
+    workloads: usize,
+    interval: i32,
+) -> Result<Vec<String>, BoxError> {
+    let namespaces: Vec<String> = (0..scopes.div_ceil(SCOPES_PER_NAMESPACE))
+        .map(|i| format!("bench-{i:02}"))
+        .collect();
+    let ns_api = Api::<Namespace>::all(client.clone());
+    for name in &namespaces {
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        ns_api.create(&PostParams::default(), &ns).await?;
+    }
+    let ns_of = |i: usize| namespaces[i / SCOPES_PER_NAMESPACE].clone();
+
+    let jobs = (0..scopes).flat_map(|s| (0..workloads).map(move |w| (s, w)));
+    stream::iter(jobs)
+        .map(|(s, w)| {
+            let client = client.clone();
+            let ns = ns_of(s);
+            async move { create_deployment(&client, &ns, s, w).await }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await?;
+
+    stream::iter(0..scopes)
+        .map(|s| {
+            let api = Api::<HealthScope>::namespaced(client.clone(), &ns_of(s));
+            async move {
+                let refs = (0..workloads)
+                    .map(|w| WorkloadReference::new("apps/v1", "Deployment", deployment_name(s, w)))
+                    .collect();
+                let scope = HealthScope::new(
+                    &scope_name(s),
+                    HealthScopeSpec {
+                        probe_interval: Some(interval),
+                        workload_refs: refs,
+                        ..Default::default()
+                    },
+                );
+                api.create(&PostParams::default(), &scope).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok((0..scopes).map(ns_of).collect())
+}
+
+async fn create_deployment(
+    client: &Client,
+    ns: &str,
+    s: usize,
+    w: usize,
+) -> Result<(), kube::Error> {
+    let api = Api::<Deployment>::namespaced(client.clone(), ns);
+    let name = deployment_name(s, w);
+    let scope_label = format!("healthscope.core.oam.dev/{}", scope_name(s));
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": {scope_label: "true", "app": name}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "web", "image": "registry.example.com/web:1"}]}
+            }
+        }
+    }))
+    .map_err(kube::Error::SerdeError)?;
+    api.create(&PostParams::default(), &deployment).await?;
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(ready_status(2)),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A Deployment status as the Deployment controller writes it with `ready` of 2 replicas ready.
+fn ready_status(ready: i32) -> serde_json::Value {
+    let available = if ready == 2 { "True" } else { "False" };
+    serde_json::json!({"status": {
+        "observedGeneration": 1,
+        "replicas": 2,
+        "updatedReplicas": 2,
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        "unavailableReplicas": 2 - ready,
+        "conditions": [
+            {"type": "Available", "status": available, "reason": "MinimumReplicasAvailable",
+             "message": "Deployment has minimum availability."},
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+             "message": "ReplicaSet has successfully progressed."}
+        ]
+    }})
+}
+
+fn spawn_controller(command: &[String], kubeconfig: &Path, dir: &Path) -> Result<Child, BoxError> {
+    let (program, rest) = command.split_first().ok_or("no controller command")?;
+    let log = std::fs::File::create(dir.join("controller.log"))?;
+    Ok(Command::new(program)
+        .args(rest)
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("spawning {program}: {e}"))?)
+}
+
+fn scope_health(scope: &HealthScope) -> Option<Health> {
+    scope.status.as_ref().and_then(|s| s.health)
+}
+
+async fn wait_all_healthy(
+    client: &Client,
+    scopes: usize,
+    timeout: Duration,
+) -> Result<(), BoxError> {
+    let api = Api::<HealthScope>::all(client.clone());
+    let deadline = Instant::now() + timeout;
+    loop {
+        let list = api.list(&Default::default()).await?;
+        let healthy = list
+            .items
+            .iter()
+            .filter(|s| scope_health(s) == Some(Health::Healthy))
+            .count();
+        if healthy >= scopes {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("only {healthy}/{scopes} scopes healthy after {timeout:?}").into());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Counts the audit events (one per completed request) appended after `offset`, by verb and
+/// resource (with subresource).
+fn count_audit(path: &Path, offset: u64) -> Result<BTreeMap<(String, String), u64>, BoxError> {
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut counts = BTreeMap::new();
+    for line in BufReader::new(file).lines() {
+        let event: serde_json::Value = match serde_json::from_str(&line?) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        let stage = event["stage"].as_str().unwrap_or_default();
+        let verb = event["verb"].as_str().unwrap_or_default().to_string();
+        // Watches log ResponseStarted when they begin; count that, and every other request once.
+        let counted = if verb == "watch" {
+            stage == "ResponseStarted"
+        } else {
+            stage == "ResponseComplete"
+        };
+        if !counted {
+            continue;
+        }
+        let object = &event["objectRef"];
+        let mut resource = object["resource"].as_str().unwrap_or("-").to_string();
+        if let Some(sub) = object["subresource"].as_str() {
+            resource = format!("{resource}/{sub}");
+        }
+        *counts.entry((verb, resource)).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+fn request_total_diff(
+    before: &[common::Sample],
+    after: &[common::Sample],
+) -> Vec<((String, String), f64)> {
+    let key = |s: &common::Sample| {
+        let mut resource = s.labels.get("resource").cloned().unwrap_or_default();
+        if let Some(sub) = s.labels.get("subresource").filter(|v| !v.is_empty()) {
+            resource = format!("{resource}/{sub}");
+        }
+        (s.labels.get("verb").cloned().unwrap_or_default(), resource)
+    };
+    let sum = |samples: &[common::Sample]| {
+        let mut m: BTreeMap<(String, String), f64> = BTreeMap::new();
+        for s in samples
+            .iter()
+            .filter(|s| s.name == "apiserver_request_total")
+        {
+            *m.entry(key(s)).or_default() += s.value;
+        }
+        m
+    };
+    let (b, a) = (sum(before), sum(after));
+    a.into_iter()
+        .map(|(k, v)| {
+            let d = v - b.get(&k).copied().unwrap_or(0.0);
+            (k, d)
+        })
+        .filter(|(_, d)| *d > 0.0)
+        .collect()
+}
+
+/// Flips one Deployment of `changes` different scopes to 1/2 ready and back, timing each change
+/// until the scope's status shows the new health (seen on a watch of HealthScopes).
+async fn freshness(
+    client: &Client,
+    namespaces: &[String],
+    changes: usize,
+    workloads: usize,
+) -> Result<Vec<Duration>, BoxError> {
+    let scopes_api = Api::<HealthScope>::all(client.clone());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let watch = tokio::spawn(async move {
+        let mut events = watcher::watcher(scopes_api, watcher::Config::default()).boxed();
+        while let Some(event) = events.next().await {
+            if let Ok(Event::Apply(scope)) = event {
+                let _ = tx.send((Instant::now(), scope.name_any(), scope_health(&scope)));
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let scopes = namespaces.len();
+    // Pairs of changes: one Deployment of a scope to 1/2 ready (unhealthy), then back.
+    let pairs = changes.div_ceil(2).max(1);
+    let step = (scopes / pairs).max(1);
+    for i in 0..changes {
+        let pair = i / 2;
+        let s = (pair * step) % scopes;
+        let flip_to_unhealthy = i % 2 == 0;
+        let ns = &namespaces[s];
+        let api = Api::<Deployment>::namespaced(client.clone(), ns);
+        let (ready, want) = if flip_to_unhealthy {
+            (1, Health::Unhealthy)
+        } else {
+            (2, Health::Healthy)
+        };
+        let name = deployment_name(s, pair % workloads);
+        while rx.try_recv().is_ok() {} // drop older events
+        let start = Instant::now();
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(ready_status(ready)),
+        )
+        .await?;
+        let scope = scope_name(s);
+        let seen = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some((at, name, health)) = rx.recv().await {
+                if name == scope && health == Some(want) {
+                    return Some(at);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| format!("scope {ns}/{scope} did not become {want:?} within 60s"))?;
+        out.push(seen - start);
+    }
+    watch.abort();
+    Ok(out)
+}
