@@ -66,3 +66,37 @@ $(TOOLS_DIR)/bin/kubectl:
 .PHONY: clean
 clean: ## Remove build outputs
 	$(CARGO) clean
+
+# --- benchmarks and fuzzing (bench/, fuzz/, docs/benchmarks.md) ----------------------------------
+
+BENCH_DURATION ?= 10s
+FUZZ_SECONDS   ?= 60
+CARGO_FUZZ     := $(TOOLS_DIR)/cargo-fuzz/bin/cargo-fuzz
+
+.PHONY: bench
+bench: testenv ## Run every benchmark (release builds); figures for docs/benchmarks.md in target/bench
+	@command -v wrk >/dev/null || { echo "wrk missing: apt-get install wrk" >&2; exit 1; }
+	$(CARGO) build --release --features bench --bins
+	SKIP_BUILD=1 DURATION=$(BENCH_DURATION) bench/webhook.sh
+	bench/apiserver.sh
+	bench/scale.sh
+
+.PHONY: bench-webhook
+bench-webhook: ## Webhook vs the floor only (wrk, HTTPS keep-alive, 1-200 connections)
+	DURATION=$(BENCH_DURATION) bench/webhook.sh
+
+$(CARGO_FUZZ):
+	$(CARGO) install cargo-fuzz --locked --root $(TOOLS_DIR)/cargo-fuzz
+
+.PHONY: fuzz
+fuzz: $(CARGO_FUZZ) ## Build the fuzz targets with coverage and run each for FUZZ_SECONDS (default 60)
+	cd fuzz && for target in $$(RUSTC_BOOTSTRAP=1 ../$(CARGO_FUZZ) list); do \
+	  mkdir -p ../target/fuzz-corpus/$$target; \
+	  RUSTC_BOOTSTRAP=1 ../$(CARGO_FUZZ) run --sanitizer none "$$target" \
+	    ../target/fuzz-corpus/$$target seeds/$$target -- \
+	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
+	done
+
+.PHONY: fuzz-build
+fuzz-build: ## Compile the fuzz targets without instrumentation (cheap; reuses target/)
+	$(CARGO) build --manifest-path fuzz/Cargo.toml --target-dir target --bins

@@ -66,7 +66,11 @@ run_one() { # server-name pid url body conns review
 
 for review in appconfig deployment; do
   body=bench/reviews/$review.json
-  url=https://$WEBHOOK_ADDR/mutate/$review
+  case $review in
+    appconfig) path=/validate/applicationconfigurations ;;
+    deployment) path=/mutate/workloads ;;
+  esac
+  url=https://$WEBHOOK_ADDR$path
   wait_ready "$url" "$body"
   # The floor answers with a fixed body as large as the webhook's answer to this review.
   size=$(curl -sk -X POST -H 'Content-Type: application/json' --data-binary "@$body" "$url" | wc -c)
