@@ -78,8 +78,8 @@ bench: testenv ## Run every benchmark (release builds); figures for docs/benchma
 	@command -v wrk >/dev/null || { echo "wrk missing: apt-get install wrk" >&2; exit 1; }
 	$(CARGO) build --release --features bench --bins
 	SKIP_BUILD=1 DURATION=$(BENCH_DURATION) bench/webhook.sh
-	bench/apiserver.sh
-	bench/scale.sh
+	SKIP_BUILD=1 bench/apiserver.sh
+	SKIP_BUILD=1 bench/scale.sh
 
 .PHONY: bench-webhook
 bench-webhook: ## Webhook vs the floor only (wrk, HTTPS keep-alive, 1-200 connections)

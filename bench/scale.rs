@@ -94,7 +94,7 @@ async fn main() -> Result<(), BoxError> {
         "created {} scopes x {} deployments in {} namespaces in {:.1}s",
         args.scopes,
         args.workloads,
-        namespaces.len(),
+        args.scopes.div_ceil(SCOPES_PER_NAMESPACE),
         started.elapsed().as_secs_f64()
     );
 

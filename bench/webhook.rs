@@ -58,8 +58,7 @@ impl Snapshot for FixedSnapshot {
 }
 
 fn snapshot() -> Result<FixedSnapshot, BoxError> {
-    let review: serde_json::Value =
-        serde_json::from_str(include_str!("reviews/appconfig.json"))?;
+    let review: serde_json::Value = serde_json::from_str(include_str!("reviews/appconfig.json"))?;
     let app: ApplicationConfiguration =
         serde_json::from_value(review["request"]["object"].clone())?;
     let mut snapshot = FixedSnapshot::default();
@@ -103,8 +102,7 @@ fn unused_client() -> Result<kube::Client, BoxError> {
 async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     let args = Args::parse();

@@ -79,7 +79,10 @@ fn name_of(value: &Value) -> String {
 /// Files one JSON object under its `kind`, judging it directly with its kind's rule too.
 fn add(objects: &mut Objects, refs: &mut Vec<WorkloadReference>, value: Value) {
     let kind = value["kind"].as_str().unwrap_or_default().to_string();
-    let api_version = value["apiVersion"].as_str().unwrap_or("apps/v1").to_string();
+    let api_version = value["apiVersion"]
+        .as_str()
+        .unwrap_or("apps/v1")
+        .to_string();
     let name = name_of(&value);
     macro_rules! typed {
         ($map:ident, $ty:ty, $rule:expr) => {
@@ -129,7 +132,9 @@ fuzz_target!(|data: &[u8]| {
     let mut objects = Objects::default();
     let mut refs = Vec::new();
     match value {
-        Value::Array(items) => items.into_iter().for_each(|v| add(&mut objects, &mut refs, v)),
+        Value::Array(items) => items
+            .into_iter()
+            .for_each(|v| add(&mut objects, &mut refs, v)),
         other => add(&mut objects, &mut refs, other),
     }
     // A reference to something absent is judged too (not found).

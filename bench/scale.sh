@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Controller scale: bench-scale populates a private control plane with SCOPES HealthScopes x
+# WORKLOADS Deployments, starts the controller (bench-controller: controller::start, one replica)
+# as a separate process and measures it from outside. Output in target/bench/scale.md.
+# usage: bench/scale.sh     env: SCOPES=1000 WORKLOADS=10 WINDOW=60 CHANGES=50 SKIP_BUILD=1
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p target/bench
+[[ -n ${SKIP_BUILD:-} ]] || cargo build --release --features bench --bin bench-scale --bin bench-controller
+KUBE_TESTENV_BIN=${KUBE_TESTENV_BIN:-target/testenv/kube-testenv} \
+  target/release/bench-scale --scopes "${SCOPES:-1000}" --workloads "${WORKLOADS:-10}" \
+    --window "${WINDOW:-60}" --changes "${CHANGES:-50}" -- "$PWD/target/release/bench-controller" \
+  | tee target/bench/scale.md
