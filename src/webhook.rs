@@ -24,7 +24,6 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum_server::tls_rustls::RustlsConfig;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use rustls::crypto::CryptoProvider;
@@ -160,37 +159,127 @@ impl BoundWebhookServer {
 
     /// Serves `router` until `shutdown` completes; then stops accepting connections and lets
     /// in-flight requests finish for up to [`WebhookServerConfig::shutdown_grace`].
+    ///
+    /// When the certificate is reloaded, connections opened under the previous one are closed
+    /// gracefully (HTTP/2 GOAWAY, or `Connection: close` after the current HTTP/1.1 response),
+    /// so clients that keep connections alive move to the new certificate promptly.
     pub async fn run(
         self,
         router: Router,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), WebhookError> {
         let addr = self.local_addr;
-        let tls = RustlsConfig::from_config(Arc::new(self.certificate.server_config()?));
+        let serve_error = |source| WebhookError::Serve { addr, source };
+        let tls = tokio_rustls::TlsAcceptor::from(Arc::new(self.certificate.server_config()?));
         let _watcher = AbortOnDrop(
             self.certificate
                 .spawn_reload_watcher(self.config.reload_interval),
         );
-
-        let handle = axum_server::Handle::new();
-        let grace = self.config.shutdown_grace;
-        let shutdown_handle = handle.clone();
-        let _shutdown = AbortOnDrop(tokio::spawn(async move {
-            shutdown.await;
-            tracing::info!(%addr, grace_seconds = grace.as_secs(), "webhook server draining");
-            shutdown_handle.graceful_shutdown(Some(grace));
-        }));
-
+        let listener = tokio::net::TcpListener::from_std(self.listener).map_err(serve_error)?;
         let app = limit_request_bodies(router, self.config.body_limit);
+        let (draining_tx, draining) = watch::channel(false);
+        let mut connections = tokio::task::JoinSet::new();
         tracing::info!(%addr, cert_file = %self.config.cert_file.display(), "webhook server listening");
-        axum_server::from_tcp_rustls(self.listener, tls)
-            .map_err(|source| WebhookError::Serve { addr, source })?
-            .handle(handle)
-            .serve(app.into_make_service())
-            .await
-            .map_err(|source| WebhookError::Serve { addr, source })?;
+
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        connections.spawn(serve_connection(
+                            tcp,
+                            peer,
+                            tls.clone(),
+                            app.clone(),
+                            self.certificate.subscribe(),
+                            draining.clone(),
+                        ));
+                    }
+                    Err(err) => {
+                        // Usually out of file descriptors: back off instead of spinning.
+                        tracing::warn!(%addr, error = %err, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+
+        drop(listener);
+        let grace = self.config.shutdown_grace;
+        tracing::info!(%addr, connections = connections.len(), grace_seconds = grace.as_secs(), "webhook server draining");
+        let _ = draining_tx.send(true);
+        let drained = tokio::time::timeout(grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(%addr, connections = connections.len(), "shutdown grace period over; closing remaining connections");
+            connections.abort_all();
+        }
         tracing::info!(%addr, "webhook server stopped");
         Ok(())
+    }
+}
+
+/// How long a client may take to complete the TLS handshake, and to send request headers.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one TCP connection: TLS, then HTTP/1.1 or HTTP/2, until the client closes it, the
+/// certificate changes or the server drains.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: tokio_rustls::TlsAcceptor,
+    app: Router,
+    mut certificate_changes: watch::Receiver<CertInfo>,
+    mut draining: watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    certificate_changes.mark_unchanged();
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, error = %err, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let mut closing = *draining.borrow();
+    if closing {
+        connection.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(%peer, error = %err, "connection ended with an error");
+                }
+                return;
+            }
+            Ok(()) = certificate_changes.changed(), if !closing => {
+                tracing::debug!(%peer, "closing a connection that uses the previous certificate");
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            Ok(()) = draining.changed(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
     }
 }
 
@@ -365,6 +454,11 @@ impl ServingCertificate {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(CurrentCert(self.state.clone())));
         config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
+        // No session resumption: a resumed session skips the certificate, so a client could
+        // keep trusting a replaced one. Webhook clients keep connections open; full handshakes
+        // are rare and cheap (ECDSA).
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Ok(config)
     }
 }
@@ -1102,6 +1196,68 @@ mod tests {
         let err = server.certificate.reload_if_changed().await.unwrap_err();
         assert!(matches!(err, WebhookError::KeyMismatch { .. }), "{err}");
         assert_eq!(server.certificate.info(), expected);
+    }
+
+    #[tokio::test]
+    async fn webhook_moves_kept_alive_clients_to_a_swapped_certificate() {
+        let ca = test_ca();
+        let server = start(&ca).await;
+        let first = server.certificate.info();
+        let served_serial = |response: &reqwest::Response| {
+            let info = response
+                .extensions()
+                .get::<reqwest::tls::TlsInfo>()
+                .unwrap();
+            cert_info(info.peer_certificate().unwrap())
+                .unwrap()
+                .serial_hex
+        };
+        let clients = [
+            server.client().tls_info(true).build().unwrap(),
+            server.client().tls_info(true).http1_only().build().unwrap(),
+        ];
+        for client in &clients {
+            let response = client
+                .post(server.url("/validate"))
+                .json(&review("before", config_map(1)))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(served_serial(&response), first.serial_hex);
+        }
+
+        let next = ca.issue(&loopback_names(), DEFAULT_VALIDITY).unwrap();
+        replace(&server.key_file(), &next.key_pem);
+        replace(&server.cert_file(), &next.cert_pem);
+        let mut updates = server.certificate.subscribe();
+        tokio::time::timeout(Duration::from_secs(5), updates.changed())
+            .await
+            .expect("reloaded within 5s")
+            .unwrap();
+        let second = server.certificate.info();
+        assert_ne!(second.serial_hex, first.serial_hex);
+
+        // The same clients, whose pooled connections were closed gracefully, now see the new one.
+        for client in &clients {
+            let started = Instant::now();
+            loop {
+                let response = client
+                    .post(server.url("/validate"))
+                    .json(&review("after", config_map(1)))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                if served_serial(&response) == second.serial_hex {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "{client:?} kept the old connection"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 
     #[tokio::test]
