@@ -405,6 +405,16 @@ pub fn write_certs(options: &CertsOptions) -> Result<CertsOutcome, CertsError> {
     })
 }
 
+/// The caBundle (base64) of the CA already in `out_dir`, if there is a complete one.
+pub fn existing_ca_bundle(out_dir: &Path) -> Result<Option<String>, CertsError> {
+    let (cert, key) = (out_dir.join(CA_CERT_FILE), out_dir.join(CA_KEY_FILE));
+    if !cert.exists() || !key.exists() {
+        return Ok(None);
+    }
+    let ca = CertificateAuthority::from_pem(&read_text(&cert)?, &read_text(&key)?, &cert)?;
+    Ok(Some(ca.ca_bundle_base64()))
+}
+
 fn read_text(path: &Path) -> Result<String, CertsError> {
     fs::read_to_string(path).map_err(|source| CertsError::Io {
         path: path.to_owned(),
@@ -606,5 +616,84 @@ mod tests {
         opts.validity = DEFAULT_VALIDITY;
         let err = write_certs(&opts).unwrap_err();
         assert!(matches!(err, CertsError::CaExpiresTooSoon { .. }), "{err}");
+    }
+
+    #[test]
+    fn certs_command_line_parses_and_prints_the_existing_ca_bundle() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(existing_ca_bundle(dir.path()).unwrap(), None);
+        let outcome = write_certs(&options(dir.path())).unwrap();
+        assert_eq!(
+            existing_ca_bundle(dir.path()).unwrap().as_deref(),
+            Some(outcome.ca_bundle_base64.as_str())
+        );
+
+        let cli = crate::cli::Cli::try_parse_from([
+            "healthscope",
+            "certs",
+            "--service",
+            "hs",
+            "--namespace",
+            "ns",
+            "--out-dir",
+            "/tmp/x",
+            "--dns",
+            "a.example",
+            "--ip",
+            "10.1.2.3",
+            "--ip",
+            "::1",
+            "--validity-days",
+            "30",
+            "--force",
+            "--print-ca-bundle",
+        ])
+        .unwrap();
+        let crate::cli::Command::Certs(args) = cli.command else {
+            panic!("not the certs command");
+        };
+        assert_eq!(args.dns, vec!["a.example"]);
+        assert_eq!(args.ip.len(), 2);
+        assert_eq!(args.validity_days, 30);
+        assert_eq!(args.ca_validity_days, 3650);
+        assert!(args.force && args.print_ca_bundle && !args.new_ca);
+
+        for bad in [
+            vec![
+                "healthscope",
+                "certs",
+                "--namespace",
+                "ns",
+                "--out-dir",
+                "d",
+            ],
+            vec![
+                "healthscope",
+                "certs",
+                "--service",
+                "s",
+                "--namespace",
+                "ns",
+                "--out-dir",
+                "d",
+                "--ip",
+                "not-an-ip",
+            ],
+            vec![
+                "healthscope",
+                "certs",
+                "--service",
+                "s",
+                "--namespace",
+                "ns",
+                "--out-dir",
+                "d",
+                "--validity-days",
+                "0",
+            ],
+        ] {
+            assert!(crate::cli::Cli::try_parse_from(bad).is_err());
+        }
     }
 }
