@@ -39,6 +39,9 @@ use tokio::sync::watch;
 pub const DEFAULT_BODY_LIMIT: usize = 7 * 1024 * 1024;
 /// How often the certificate files are checked for changes.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// The most request-body bytes held in memory at once, across all requests. Beyond it new
+/// requests are answered 503 at once instead of queueing until the API server times out.
+pub const DEFAULT_BODY_BUDGET: usize = 64 * 1024 * 1024;
 /// How long in-flight requests may take to finish once shutdown begins.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
@@ -56,6 +59,9 @@ pub struct WebhookServerConfig {
     pub key_file: PathBuf,
     /// Request bodies larger than this are answered with 413.
     pub body_limit: usize,
+    /// Request bodies in memory at once, in bytes (a body without Content-Length counts as
+    /// `body_limit`). Requests beyond it are answered 503 with Retry-After.
+    pub body_budget: usize,
     /// How often `cert_file` and `key_file` are checked for new contents.
     pub reload_interval: Duration,
     /// How long in-flight requests may run after shutdown is requested.
@@ -74,6 +80,7 @@ impl WebhookServerConfig {
             cert_file: cert_file.into(),
             key_file: key_file.into(),
             body_limit: DEFAULT_BODY_LIMIT,
+            body_budget: DEFAULT_BODY_BUDGET,
             reload_interval: DEFAULT_RELOAD_INTERVAL,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
@@ -176,7 +183,7 @@ impl BoundWebhookServer {
                 .spawn_reload_watcher(self.config.reload_interval),
         );
         let listener = tokio::net::TcpListener::from_std(self.listener).map_err(serve_error)?;
-        let app = limit_request_bodies(router, self.config.body_limit);
+        let app = limit_request_bodies(router, self.config.body_limit, self.config.body_budget);
         let (draining_tx, draining) = watch::channel(false);
         let mut connections = tokio::task::JoinSet::new();
         tracing::info!(%addr, cert_file = %self.config.cert_file.display(), "webhook server listening");
@@ -571,23 +578,62 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
 struct BodyLimit(usize);
 
 /// Caps every request body at `limit`: a declared Content-Length above it is refused before
-/// anything is read, and a streamed body stops being read at the limit.
-pub fn limit_request_bodies(router: Router, limit: usize) -> Router {
+/// anything is read, and a streamed body stops being read at the limit. Bodies of requests in
+/// flight together may take at most `budget` bytes; a request beyond that gets 503 right away.
+pub fn limit_request_bodies(router: Router, limit: usize, budget: usize) -> Router {
+    let limits = BodyLimits {
+        limit,
+        budget: Arc::new(tokio::sync::Semaphore::new(
+            budget.min(tokio::sync::Semaphore::MAX_PERMITS),
+        )),
+    };
     router
         .layer(axum::middleware::from_fn_with_state(
-            limit,
+            limits,
             enforce_body_limit,
         ))
         .layer(DefaultBodyLimit::max(limit))
 }
 
-async fn enforce_body_limit(State(limit): State<usize>, mut req: Request, next: Next) -> Response {
-    if let Some(declared) = declared_length(req.headers())
+#[derive(Clone)]
+struct BodyLimits {
+    limit: usize,
+    budget: Arc<tokio::sync::Semaphore>,
+}
+
+async fn enforce_body_limit(
+    State(limits): State<BodyLimits>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let limit = limits.limit;
+    let declared = declared_length(req.headers());
+    if let Some(declared) = declared
         && declared > limit as u64
     {
         tracing::warn!(declared, limit, "request body too large");
         return BadAdmissionReview::TooLarge { limit }.into_response();
     }
+    // Reserve what the body may take for as long as the request is handled.
+    let reserve = declared.map_or(limit, |d| d as usize);
+    let _reserved = match u32::try_from(reserve)
+        .ok()
+        .and_then(|n| limits.budget.clone().try_acquire_many_owned(n).ok())
+    {
+        Some(permit) => permit,
+        None => {
+            tracing::warn!(
+                reserve,
+                "request bodies in memory at their budget; answering 503"
+            );
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                "too many large requests in flight, retry shortly\n",
+            )
+                .into_response();
+        }
+    };
     req.extensions_mut().insert(BodyLimit(limit));
     let req = req.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
     next.run(req).await
@@ -1258,6 +1304,87 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+
+    #[tokio::test]
+    async fn webhook_answers_503_when_bodies_in_memory_reach_the_budget() {
+        use tower::ServiceExt;
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let hold = |State(gate): State<Arc<tokio::sync::Notify>>, body: axum::body::Bytes| async move {
+            gate.notified().await;
+            body.len().to_string()
+        };
+        let app = limit_request_bodies(
+            Router::new()
+                .route("/hold", post(hold))
+                .route(
+                    "/echo",
+                    post(|b: axum::body::Bytes| async move { b.len().to_string() }),
+                )
+                .with_state(gate.clone()),
+            1000,
+            1500,
+        );
+        let request = |path: &str, len: usize| {
+            axum::http::Request::post(path)
+                .header(header::CONTENT_LENGTH, len)
+                .body(Body::from(vec![b'x'; len]))
+                .unwrap()
+        };
+        let held = tokio::spawn(app.clone().oneshot(request("/hold", 1000)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let busy = app.clone().oneshot(request("/echo", 1000)).await.unwrap();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "1");
+        let small = app.clone().oneshot(request("/echo", 400)).await.unwrap();
+        assert_eq!(small.status(), StatusCode::OK, "small bodies still fit");
+        gate.notify_one();
+        assert_eq!(held.await.unwrap().unwrap().status(), StatusCode::OK);
+        let after = app.clone().oneshot(request("/echo", 1000)).await.unwrap();
+        assert_eq!(after.status(), StatusCode::OK, "the budget is given back");
+    }
+
+    /// Kubernetes mounts a Secret as `tls.crt -> ..data/tls.crt`, `..data -> ..<timestamp>/`,
+    /// and updates it by pointing `..data` at a new directory.
+    #[tokio::test]
+    async fn webhook_reloads_a_secret_volume_symlink_swap() {
+        use std::os::unix::fs::symlink;
+        let ca = test_ca();
+        let dir = tempfile::tempdir().unwrap();
+        let publish = |version: &str, issued: &crate::certs::IssuedCert| {
+            let data = dir.path().join(format!("..{version}"));
+            std::fs::create_dir(&data).unwrap();
+            std::fs::write(data.join("tls.crt"), &issued.cert_pem).unwrap();
+            std::fs::write(data.join("tls.key"), &issued.key_pem).unwrap();
+            let link = dir.path().join("..data_tmp");
+            symlink(format!("..{version}"), &link).unwrap();
+            std::fs::rename(&link, dir.path().join("..data")).unwrap();
+        };
+        let first = ca.issue(&loopback_names(), DEFAULT_VALIDITY).unwrap();
+        publish("2026_01", &first);
+        symlink("..data/tls.crt", dir.path().join("tls.crt")).unwrap();
+        symlink("..data/tls.key", dir.path().join("tls.key")).unwrap();
+        let certificate =
+            ServingCertificate::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key"))
+                .unwrap();
+        let before = certificate.info();
+        assert!(
+            !certificate.reload_if_changed().await.unwrap(),
+            "nothing changed yet"
+        );
+
+        let second = ca.issue(&loopback_names(), DEFAULT_VALIDITY).unwrap();
+        publish("2026_02", &second);
+        assert!(certificate.reload_if_changed().await.unwrap());
+        let after = certificate.info();
+        assert_ne!(after.serial_hex, before.serial_hex);
+        assert_eq!(
+            after,
+            cert_info(&CertificateDer::from_pem_slice(second.cert_pem.as_bytes()).unwrap())
+                .unwrap()
+        );
+        assert!(!certificate.reload_if_changed().await.unwrap());
+        assert_eq!(certificate.reload_failures(), 0);
     }
 
     #[tokio::test]
