@@ -231,3 +231,4 @@ where
     }
 }
 pub mod tls;
+pub mod webhook;
