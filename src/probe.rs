@@ -195,7 +195,7 @@ fn cause(err: &reqwest::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -273,6 +273,83 @@ mod tests {
         ProbeTarget::new("GET", path, addr, Duration::from_millis(timeout_ms)).unwrap()
     }
 
+    struct OutcomeCase {
+        name: &'static str,
+        path: &'static str,
+        timeout_ms: u64,
+        /// Probe a port nobody listens on instead of the app.
+        refused: bool,
+        ok: bool,
+        /// The reason after "<method> <path> on <addr>: ".
+        what: &'static str,
+    }
+
+    fn outcome_cases() -> Vec<OutcomeCase> {
+        let case = |name, path, timeout_ms, refused, ok, what| OutcomeCase {
+            name,
+            path,
+            timeout_ms,
+            refused,
+            ok,
+            what,
+        };
+        vec![
+            case("200 is a success", "/ok", 1000, false, true, "HTTP 200"),
+            case("500 is a failure", "/fail", 1000, false, false, "HTTP 500"),
+            case(
+                "404 is a failure",
+                "/notfound",
+                1000,
+                false,
+                false,
+                "HTTP 404",
+            ),
+            case(
+                "3xx is a success and not followed",
+                "/redirect",
+                1000,
+                false,
+                true,
+                "HTTP 302",
+            ),
+            case(
+                "hanging endpoint times out",
+                "/hang",
+                200,
+                false,
+                false,
+                "timed out after 200ms",
+            ),
+            case(
+                "refused connection",
+                "/ok",
+                1000,
+                true,
+                false,
+                "connection refused",
+            ),
+            case(
+                "large body is not read",
+                "/big",
+                1000,
+                false,
+                true,
+                "HTTP 200",
+            ),
+        ]
+    }
+
+    pub(crate) fn doc_tables() -> Vec<(&'static str, Vec<crate::health::testing::DocRow>)> {
+        let rows = outcome_cases()
+            .into_iter()
+            .map(|c| {
+                let outcome = if c.ok { "success" } else { "failure" };
+                crate::health::testing::DocRow::new(c.name, outcome, c.what)
+            })
+            .collect();
+        vec![("HTTP probe", rows)]
+    }
+
     #[tokio::test]
     async fn probe_outcomes() {
         let (addr, server) = start().await;
@@ -281,51 +358,10 @@ mod tests {
             l.local_addr().unwrap() // closed when `l` drops at the end of this block
         };
         let prober = Prober::new(4, None).unwrap();
-        // (name, target, ok, reason after "<method> <path> on <addr>: ")
-        let cases = [
-            (
-                "200 is a success",
-                target(addr, "/ok", 1000),
-                true,
-                "HTTP 200",
-            ),
-            (
-                "500 is a failure",
-                target(addr, "/fail", 1000),
-                false,
-                "HTTP 500",
-            ),
-            (
-                "404 is a failure",
-                target(addr, "/notfound", 1000),
-                false,
-                "HTTP 404",
-            ),
-            (
-                "3xx is a success and not followed",
-                target(addr, "/redirect", 1000),
-                true,
-                "HTTP 302",
-            ),
-            (
-                "hanging endpoint times out",
-                target(addr, "/hang", 200),
-                false,
-                "timed out after 200ms",
-            ),
-            (
-                "refused connection",
-                target(refused, "/ok", 1000),
-                false,
-                "connection refused",
-            ),
-            (
-                "large body is not read",
-                target(addr, "/big", 1000),
-                true,
-                "HTTP 200",
-            ),
-        ];
+        let cases = outcome_cases().into_iter().map(|c| {
+            let addr = if c.refused { refused } else { addr };
+            (c.name, target(addr, c.path, c.timeout_ms), c.ok, c.what)
+        });
         for (name, t, ok, what) in cases {
             let outcome = prober.probe(&t).await;
             assert_eq!(

@@ -143,8 +143,9 @@ fn apply_probes(workload: &mut WorkloadHealthCondition, outcomes: &[ProbeOutcome
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::health::testing::DocRow;
     use std::time::Duration;
 
     fn wl(
@@ -178,11 +179,12 @@ mod tests {
         Time(s.parse().unwrap())
     }
 
-    #[test]
-    fn aggregate_rules() {
+    /// (name, workload healths, scope health, healthy/total)
+    type AggregateCase = (&'static str, Vec<HealthStatus>, Health, &'static str);
+
+    fn aggregate_cases() -> Vec<AggregateCase> {
         use HealthStatus::{Healthy as H, Unhealthy as X, Unknown as U};
-        // (name, workload healths, scope health, healthy/total)
-        let cases: Vec<(&str, Vec<HealthStatus>, Health, &str)> = vec![
+        vec![
             ("empty scope", vec![], Health::Healthy, "0/0"),
             ("all healthy", vec![H, H], Health::Healthy, "2/2"),
             ("one unhealthy", vec![H, X, H], Health::Unhealthy, "2/3"),
@@ -198,8 +200,35 @@ mod tests {
                 Health::Unhealthy,
                 "0/2",
             ),
-        ];
-        for (name, healths, want, want_of) in cases {
+        ]
+    }
+
+    /// (name, starting condition, outcomes, health, diagnosis)
+    type ProbeMergeCase = (
+        &'static str,
+        WorkloadHealthCondition,
+        Vec<ProbeOutcome>,
+        HealthStatus,
+        String,
+    );
+
+    pub(crate) fn doc_tables() -> Vec<(&'static str, Vec<DocRow>)> {
+        let aggregation = aggregate_cases()
+            .into_iter()
+            .map(|(name, _, health, of)| DocRow::new(name, health, of))
+            .collect();
+        let probes = probe_merge_cases()
+            .into_iter()
+            .map(|(name, _, _, health, diagnosis)| {
+                DocRow::new(name, Health::from(health), diagnosis)
+            })
+            .collect();
+        vec![("Aggregation", aggregation), ("Probe outcomes", probes)]
+    }
+
+    #[test]
+    fn aggregate_rules() {
+        for (name, healths, want, want_of) in aggregate_cases() {
             let conditions: Vec<_> = healths
                 .iter()
                 .enumerate()
@@ -221,8 +250,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn probe_merge_rules() {
+    fn probe_merge_cases() -> Vec<ProbeMergeCase> {
         let svc = || {
             wl(
                 "Service",
@@ -235,14 +263,7 @@ mod tests {
         let timeout = "GET /health on 10.1.0.6:8080: timed out after 1s";
         let ok5 = "GET /health on 10.1.0.5:8080: HTTP 200";
         let ok6 = "GET /health on 10.1.0.6:8080: HTTP 200";
-        // (name, starting condition, outcomes, health, diagnosis)
-        let cases: Vec<(
-            &str,
-            WorkloadHealthCondition,
-            Vec<ProbeOutcome>,
-            HealthStatus,
-            String,
-        )> = vec![
+        vec![
             (
                 "every endpoint answers 2xx/3xx",
                 svc(),
@@ -278,10 +299,15 @@ mod tests {
             ),
             (
                 "probe failure on an unknown workload",
-                wl("Service", "web", HealthStatus::Unknown, "x"),
+                wl(
+                    "Service",
+                    "web",
+                    HealthStatus::Unknown,
+                    "Ready=Unknown: Checking",
+                ),
                 vec![outcome(false, e500)],
                 HealthStatus::Unhealthy,
-                format!("x; probe {e500}"),
+                format!("Ready=Unknown: Checking; probe {e500}"),
             ),
             (
                 "no endpoints probed",
@@ -290,8 +316,12 @@ mod tests {
                 HealthStatus::Healthy,
                 "Endpoints: 2/2 ready".into(),
             ),
-        ];
-        for (name, mut condition, outcomes, health, diagnosis) in cases {
+        ]
+    }
+
+    #[test]
+    fn probe_merge_rules() {
+        for (name, mut condition, outcomes, health, diagnosis) in probe_merge_cases() {
             apply_probes(&mut condition, &outcomes);
             assert_eq!(
                 (condition.health_status, condition.diagnosis.as_str()),

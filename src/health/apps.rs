@@ -226,10 +226,10 @@ pub fn replicaset(rs: &ReplicaSet) -> WorkloadHealth {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::api::Health::{self, Healthy, Unhealthy};
-    use crate::health::testing::from_json;
+    use crate::health::testing::{DocRow, from_json};
     use serde_json::{Value, json};
 
     /// One row of a rule table; `docs/health-rules.md` lists the same rows in the same order.
@@ -238,6 +238,23 @@ mod tests {
         object: Value,
         health: Health,
         diagnosis: &'static str,
+    }
+
+    fn rows(cases: Vec<Case>) -> Vec<DocRow> {
+        cases
+            .into_iter()
+            .map(|c| DocRow::new(c.name, c.health, c.diagnosis))
+            .collect()
+    }
+
+    /// The tables of docs/health-rules.md for these kinds.
+    pub(crate) fn doc_tables() -> Vec<(&'static str, Vec<DocRow>)> {
+        vec![
+            ("Deployment", rows(deployment_cases())),
+            ("StatefulSet", rows(statefulset_cases())),
+            ("DaemonSet", rows(daemonset_cases())),
+            ("ReplicaSet", rows(replicaset_cases())),
+        ]
     }
 
     fn run<T: serde::de::DeserializeOwned>(cases: Vec<Case>, rule: fn(&T) -> WorkloadHealth) {
@@ -274,133 +291,134 @@ mod tests {
         }
     }
 
-    #[test]
-    fn deployment_rules() {
+    fn deployment_cases() -> Vec<Case> {
         let deadline = json!([{"type": "Progressing", "status": "False",
             "reason": "ProgressDeadlineExceeded",
             "message": "ReplicaSet \"web-1\" has timed out progressing."}]);
-        run(
-            vec![
-                Case {
-                    name: "all replicas updated, ready and available",
-                    object: deploy(json!({}), json!({})),
-                    health: Healthy,
-                    diagnosis: "Ready: 3/3 replicas",
-                },
-                Case {
-                    name: "observedGeneration behind generation",
-                    object: deploy(json!({}), json!({"observedGeneration": 0})),
-                    health: Unhealthy,
-                    diagnosis: "progressing: generation 1 not yet observed",
-                },
-                Case {
-                    name: "no status yet",
-                    object: json!({"metadata": {"name": "web", "generation": 1},
+        vec![
+            Case {
+                name: "all replicas updated, ready and available",
+                object: deploy(json!({}), json!({})),
+                health: Healthy,
+                diagnosis: "Ready: 3/3 replicas",
+            },
+            Case {
+                name: "observedGeneration behind generation",
+                object: deploy(json!({}), json!({"observedGeneration": 0})),
+                health: Unhealthy,
+                diagnosis: "progressing: generation 1 not yet observed",
+            },
+            Case {
+                name: "no status yet",
+                object: json!({"metadata": {"name": "web", "generation": 1},
                                    "spec": {"selector": {}, "template": {}}}),
-                    health: Unhealthy,
-                    diagnosis: "progressing: generation 1 not yet observed",
-                },
-                Case {
-                    name: "spec.replicas absent means 1",
-                    object: deploy(
-                        json!({"replicas": null}),
-                        json!({"replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}),
-                    ),
-                    health: Healthy,
-                    diagnosis: "Ready: 1/1 replicas",
-                },
-                Case {
-                    name: "spec.replicas absent and nothing running",
-                    object: deploy(
-                        json!({"replicas": null}),
-                        json!({"replicas": 0, "updatedReplicas": 0, "readyReplicas": 0, "availableReplicas": 0}),
-                    ),
-                    health: Unhealthy,
-                    diagnosis: "progressing: 0 of 1 replicas created",
-                },
-                Case {
-                    name: "scaled to zero",
-                    object: deploy(
-                        json!({"replicas": 0}),
-                        json!({"replicas": null, "updatedReplicas": null, "readyReplicas": null, "availableReplicas": null}),
-                    ),
-                    health: Healthy,
-                    diagnosis: "Ready: 0/0 replicas",
-                },
-                Case {
-                    name: "rollout: fewer replicas updated than desired",
-                    object: deploy(json!({}), json!({"replicas": 4, "updatedReplicas": 1})),
-                    health: Unhealthy,
-                    diagnosis: "progressing: 1 of 3 updated",
-                },
-                Case {
-                    name: "surge: old replicas still terminating",
-                    object: deploy(json!({}), json!({"replicas": 4})),
-                    health: Unhealthy,
-                    diagnosis: "progressing: 4 replicas for 3 desired, old ones terminating",
-                },
-                Case {
-                    name: "fewer ready than desired",
-                    object: deploy(
-                        json!({}),
-                        json!({"readyReplicas": 2, "availableReplicas": 2}),
-                    ),
-                    health: Unhealthy,
-                    diagnosis: "Ready: 2/3 replicas",
-                },
-                Case {
-                    name: "available behind updated",
-                    object: deploy(json!({}), json!({"availableReplicas": 2})),
-                    health: Unhealthy,
-                    diagnosis: "Available: 2/3 replicas",
-                },
-                Case {
-                    name: "Available condition False",
-                    object: deploy(
-                        json!({}),
-                        json!({"conditions": [{"type": "Available", "status": "False",
+                health: Unhealthy,
+                diagnosis: "progressing: generation 1 not yet observed",
+            },
+            Case {
+                name: "spec.replicas absent means 1",
+                object: deploy(
+                    json!({"replicas": null}),
+                    json!({"replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}),
+                ),
+                health: Healthy,
+                diagnosis: "Ready: 1/1 replicas",
+            },
+            Case {
+                name: "spec.replicas absent and nothing running",
+                object: deploy(
+                    json!({"replicas": null}),
+                    json!({"replicas": 0, "updatedReplicas": 0, "readyReplicas": 0, "availableReplicas": 0}),
+                ),
+                health: Unhealthy,
+                diagnosis: "progressing: 0 of 1 replicas created",
+            },
+            Case {
+                name: "scaled to zero",
+                object: deploy(
+                    json!({"replicas": 0}),
+                    json!({"replicas": null, "updatedReplicas": null, "readyReplicas": null, "availableReplicas": null}),
+                ),
+                health: Healthy,
+                diagnosis: "Ready: 0/0 replicas",
+            },
+            Case {
+                name: "rollout: fewer replicas updated than desired",
+                object: deploy(json!({}), json!({"replicas": 4, "updatedReplicas": 1})),
+                health: Unhealthy,
+                diagnosis: "progressing: 1 of 3 updated",
+            },
+            Case {
+                name: "surge: old replicas still terminating",
+                object: deploy(json!({}), json!({"replicas": 4})),
+                health: Unhealthy,
+                diagnosis: "progressing: 4 replicas for 3 desired, old ones terminating",
+            },
+            Case {
+                name: "fewer ready than desired",
+                object: deploy(
+                    json!({}),
+                    json!({"readyReplicas": 2, "availableReplicas": 2}),
+                ),
+                health: Unhealthy,
+                diagnosis: "Ready: 2/3 replicas",
+            },
+            Case {
+                name: "available behind updated",
+                object: deploy(json!({}), json!({"availableReplicas": 2})),
+                health: Unhealthy,
+                diagnosis: "Available: 2/3 replicas",
+            },
+            Case {
+                name: "Available condition False",
+                object: deploy(
+                    json!({}),
+                    json!({"conditions": [{"type": "Available", "status": "False",
                         "reason": "MinimumReplicasUnavailable", "message": "Deployment does not have minimum availability."}]}),
-                    ),
-                    health: Unhealthy,
-                    diagnosis: "Available=False: MinimumReplicasUnavailable: Deployment does not have minimum availability.",
+                ),
+                health: Unhealthy,
+                diagnosis: "Available=False: MinimumReplicasUnavailable: Deployment does not have minimum availability.",
+            },
+            Case {
+                name: "progress deadline exceeded",
+                object: deploy(
+                    json!({}),
+                    json!({"updatedReplicas": 1, "conditions": deadline}),
+                ),
+                health: Unhealthy,
+                diagnosis: "failed: progress deadline exceeded: ReplicaSet \"web-1\" has timed out progressing.",
+            },
+            Case {
+                name: "paused with every replica ready",
+                object: deploy(json!({"paused": true}), json!({"updatedReplicas": 0})),
+                health: Healthy,
+                diagnosis: "paused; Ready: 3/3 replicas",
+            },
+            Case {
+                name: "paused with replicas missing",
+                object: deploy(
+                    json!({"paused": true}),
+                    json!({"readyReplicas": 1, "availableReplicas": 1}),
+                ),
+                health: Unhealthy,
+                diagnosis: "paused; Ready: 1/3 replicas, 1 available",
+            },
+            Case {
+                name: "being deleted",
+                object: {
+                    let mut d = deploy(json!({}), json!({}));
+                    d["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+                    d
                 },
-                Case {
-                    name: "progress deadline exceeded",
-                    object: deploy(
-                        json!({}),
-                        json!({"updatedReplicas": 1, "conditions": deadline}),
-                    ),
-                    health: Unhealthy,
-                    diagnosis: "failed: progress deadline exceeded: ReplicaSet \"web-1\" has timed out progressing.",
-                },
-                Case {
-                    name: "paused with every replica ready",
-                    object: deploy(json!({"paused": true}), json!({"updatedReplicas": 0})),
-                    health: Healthy,
-                    diagnosis: "paused; Ready: 3/3 replicas",
-                },
-                Case {
-                    name: "paused with replicas missing",
-                    object: deploy(
-                        json!({"paused": true}),
-                        json!({"readyReplicas": 1, "availableReplicas": 1}),
-                    ),
-                    health: Unhealthy,
-                    diagnosis: "paused; Ready: 1/3 replicas, 1 available",
-                },
-                Case {
-                    name: "being deleted",
-                    object: {
-                        let mut d = deploy(json!({}), json!({}));
-                        d["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-                        d
-                    },
-                    health: Unhealthy,
-                    diagnosis: "terminating: deletion requested",
-                },
-            ],
-            deployment,
-        );
+                health: Unhealthy,
+                diagnosis: "terminating: deletion requested",
+            },
+        ]
+    }
+
+    #[test]
+    fn deployment_rules() {
+        run(deployment_cases(), deployment);
     }
 
     fn sts(spec: Value, status: Value) -> Value {
@@ -412,99 +430,100 @@ mod tests {
         json!({"metadata": {"name": "db", "generation": 1}, "spec": s, "status": st})
     }
 
-    #[test]
-    fn statefulset_rules() {
+    fn statefulset_cases() -> Vec<Case> {
         let rolling =
             json!({"currentRevision": "db-1", "updateRevision": "db-2", "updatedReplicas": 1});
-        run(
-            vec![
-                Case {
-                    name: "all replicas ready on one revision",
-                    object: sts(json!({}), json!({})),
-                    health: Healthy,
-                    diagnosis: "Ready: 3/3 replicas",
-                },
-                Case {
-                    name: "observedGeneration missing",
-                    object: sts(json!({}), json!({"observedGeneration": null})),
-                    health: Unhealthy,
-                    diagnosis: "progressing: generation 1 not yet observed",
-                },
-                Case {
-                    name: "spec.replicas absent means 1",
-                    object: sts(
-                        json!({"replicas": null}),
-                        json!({"replicas": 1, "readyReplicas": 1}),
-                    ),
-                    health: Healthy,
-                    diagnosis: "Ready: 1/1 replicas",
-                },
-                Case {
-                    name: "scaled to zero",
-                    object: sts(
-                        json!({"replicas": 0}),
-                        json!({"replicas": 0, "readyReplicas": 0}),
-                    ),
-                    health: Healthy,
-                    diagnosis: "Ready: 0/0 replicas",
-                },
-                Case {
-                    name: "replicas still being created",
-                    object: sts(json!({}), json!({"replicas": 2, "readyReplicas": 2})),
-                    health: Unhealthy,
-                    diagnosis: "progressing: 2 of 3 replicas created",
-                },
-                Case {
-                    name: "fewer ready than desired",
-                    object: sts(json!({}), json!({"readyReplicas": 1})),
-                    health: Unhealthy,
-                    diagnosis: "Ready: 1/3 replicas",
-                },
-                Case {
-                    name: "currentRevision differs from updateRevision",
-                    object: sts(json!({}), rolling.clone()),
-                    health: Unhealthy,
-                    diagnosis: "progressing: 1 of 3 updated to revision db-2",
-                },
-                Case {
-                    name: "OnDelete with revisions differing",
-                    object: sts(
-                        json!({"updateStrategy": {"type": "OnDelete"}}),
-                        rolling.clone(),
-                    ),
-                    health: Healthy,
-                    diagnosis: "Ready: 3/3 replicas",
-                },
-                Case {
-                    name: "OnDelete with fewer ready than desired",
-                    object: sts(
-                        json!({"updateStrategy": {"type": "OnDelete"}}),
-                        json!({"readyReplicas": 2}),
-                    ),
-                    health: Unhealthy,
-                    diagnosis: "Ready: 2/3 replicas",
-                },
-                Case {
-                    name: "partition reached",
-                    object: sts(
-                        json!({"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 2}}}),
-                        rolling.clone(),
-                    ),
-                    health: Healthy,
-                    diagnosis: "Ready: 3/3 replicas",
-                },
-                Case {
-                    name: "partition not yet reached",
-                    object: sts(
-                        json!({"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 1}}}),
-                        rolling,
-                    ),
-                    health: Unhealthy,
-                    diagnosis: "progressing: 1 of 2 updated (partition 1)",
-                },
-            ],
-            statefulset,
-        );
+        vec![
+            Case {
+                name: "all replicas ready on one revision",
+                object: sts(json!({}), json!({})),
+                health: Healthy,
+                diagnosis: "Ready: 3/3 replicas",
+            },
+            Case {
+                name: "observedGeneration missing",
+                object: sts(json!({}), json!({"observedGeneration": null})),
+                health: Unhealthy,
+                diagnosis: "progressing: generation 1 not yet observed",
+            },
+            Case {
+                name: "spec.replicas absent means 1",
+                object: sts(
+                    json!({"replicas": null}),
+                    json!({"replicas": 1, "readyReplicas": 1}),
+                ),
+                health: Healthy,
+                diagnosis: "Ready: 1/1 replicas",
+            },
+            Case {
+                name: "scaled to zero",
+                object: sts(
+                    json!({"replicas": 0}),
+                    json!({"replicas": 0, "readyReplicas": 0}),
+                ),
+                health: Healthy,
+                diagnosis: "Ready: 0/0 replicas",
+            },
+            Case {
+                name: "replicas still being created",
+                object: sts(json!({}), json!({"replicas": 2, "readyReplicas": 2})),
+                health: Unhealthy,
+                diagnosis: "progressing: 2 of 3 replicas created",
+            },
+            Case {
+                name: "fewer ready than desired",
+                object: sts(json!({}), json!({"readyReplicas": 1})),
+                health: Unhealthy,
+                diagnosis: "Ready: 1/3 replicas",
+            },
+            Case {
+                name: "currentRevision differs from updateRevision",
+                object: sts(json!({}), rolling.clone()),
+                health: Unhealthy,
+                diagnosis: "progressing: 1 of 3 updated to revision db-2",
+            },
+            Case {
+                name: "OnDelete with revisions differing",
+                object: sts(
+                    json!({"updateStrategy": {"type": "OnDelete"}}),
+                    rolling.clone(),
+                ),
+                health: Healthy,
+                diagnosis: "Ready: 3/3 replicas",
+            },
+            Case {
+                name: "OnDelete with fewer ready than desired",
+                object: sts(
+                    json!({"updateStrategy": {"type": "OnDelete"}}),
+                    json!({"readyReplicas": 2}),
+                ),
+                health: Unhealthy,
+                diagnosis: "Ready: 2/3 replicas",
+            },
+            Case {
+                name: "partition reached",
+                object: sts(
+                    json!({"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 2}}}),
+                    rolling.clone(),
+                ),
+                health: Healthy,
+                diagnosis: "Ready: 3/3 replicas",
+            },
+            Case {
+                name: "partition not yet reached",
+                object: sts(
+                    json!({"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 1}}}),
+                    rolling,
+                ),
+                health: Unhealthy,
+                diagnosis: "progressing: 1 of 2 updated (partition 1)",
+            },
+        ]
+    }
+
+    #[test]
+    fn statefulset_rules() {
+        run(statefulset_cases(), statefulset);
     }
 
     fn ds(spec: Value, status: Value) -> Value {
@@ -516,71 +535,72 @@ mod tests {
         json!({"metadata": {"name": "agent", "generation": 1}, "spec": s, "status": st})
     }
 
+    fn daemonset_cases() -> Vec<Case> {
+        vec![
+            Case {
+                name: "every node runs a ready, updated pod",
+                object: ds(json!({}), json!({})),
+                health: Healthy,
+                diagnosis: "Ready: 2/2 pods",
+            },
+            Case {
+                name: "nothing to schedule",
+                object: ds(
+                    json!({}),
+                    json!({"desiredNumberScheduled": 0, "currentNumberScheduled": 0,
+                        "updatedNumberScheduled": 0, "numberReady": 0, "numberAvailable": 0}),
+                ),
+                health: Healthy,
+                diagnosis: "Ready: 0/0 pods",
+            },
+            Case {
+                name: "observedGeneration missing",
+                object: ds(json!({}), json!({"observedGeneration": null})),
+                health: Unhealthy,
+                diagnosis: "progressing: generation 1 not yet observed",
+            },
+            Case {
+                name: "not yet scheduled everywhere",
+                object: ds(json!({}), json!({"currentNumberScheduled": 1})),
+                health: Unhealthy,
+                diagnosis: "progressing: 1 of 2 scheduled",
+            },
+            Case {
+                name: "rollout: fewer updated than desired",
+                object: ds(json!({}), json!({"updatedNumberScheduled": 1})),
+                health: Unhealthy,
+                diagnosis: "progressing: 1 of 2 updated",
+            },
+            Case {
+                name: "OnDelete with fewer updated than desired",
+                object: ds(
+                    json!({"updateStrategy": {"type": "OnDelete"}}),
+                    json!({"updatedNumberScheduled": 1}),
+                ),
+                health: Healthy,
+                diagnosis: "Ready: 2/2 pods",
+            },
+            Case {
+                name: "fewer ready than desired",
+                object: ds(json!({}), json!({"numberReady": 1})),
+                health: Unhealthy,
+                diagnosis: "Ready: 1/2 pods",
+            },
+            Case {
+                name: "numberUnavailable above zero",
+                object: ds(
+                    json!({}),
+                    json!({"numberAvailable": 1, "numberUnavailable": 1}),
+                ),
+                health: Unhealthy,
+                diagnosis: "Available: 1/2 pods, 1 unavailable",
+            },
+        ]
+    }
+
     #[test]
     fn daemonset_rules() {
-        run(
-            vec![
-                Case {
-                    name: "every node runs a ready, updated pod",
-                    object: ds(json!({}), json!({})),
-                    health: Healthy,
-                    diagnosis: "Ready: 2/2 pods",
-                },
-                Case {
-                    name: "nothing to schedule",
-                    object: ds(
-                        json!({}),
-                        json!({"desiredNumberScheduled": 0, "currentNumberScheduled": 0,
-                        "updatedNumberScheduled": 0, "numberReady": 0, "numberAvailable": 0}),
-                    ),
-                    health: Healthy,
-                    diagnosis: "Ready: 0/0 pods",
-                },
-                Case {
-                    name: "observedGeneration missing",
-                    object: ds(json!({}), json!({"observedGeneration": null})),
-                    health: Unhealthy,
-                    diagnosis: "progressing: generation 1 not yet observed",
-                },
-                Case {
-                    name: "not yet scheduled everywhere",
-                    object: ds(json!({}), json!({"currentNumberScheduled": 1})),
-                    health: Unhealthy,
-                    diagnosis: "progressing: 1 of 2 scheduled",
-                },
-                Case {
-                    name: "rollout: fewer updated than desired",
-                    object: ds(json!({}), json!({"updatedNumberScheduled": 1})),
-                    health: Unhealthy,
-                    diagnosis: "progressing: 1 of 2 updated",
-                },
-                Case {
-                    name: "OnDelete with fewer updated than desired",
-                    object: ds(
-                        json!({"updateStrategy": {"type": "OnDelete"}}),
-                        json!({"updatedNumberScheduled": 1}),
-                    ),
-                    health: Healthy,
-                    diagnosis: "Ready: 2/2 pods",
-                },
-                Case {
-                    name: "fewer ready than desired",
-                    object: ds(json!({}), json!({"numberReady": 1})),
-                    health: Unhealthy,
-                    diagnosis: "Ready: 1/2 pods",
-                },
-                Case {
-                    name: "numberUnavailable above zero",
-                    object: ds(
-                        json!({}),
-                        json!({"numberAvailable": 1, "numberUnavailable": 1}),
-                    ),
-                    health: Unhealthy,
-                    diagnosis: "Available: 1/2 pods, 1 unavailable",
-                },
-            ],
-            daemonset,
-        );
+        run(daemonset_cases(), daemonset);
     }
 
     fn rs(spec: Value, status: Value) -> Value {
@@ -591,40 +611,41 @@ mod tests {
         json!({"metadata": {"name": "web-1", "generation": 1}, "spec": s, "status": st})
     }
 
+    fn replicaset_cases() -> Vec<Case> {
+        vec![
+            Case {
+                name: "all replicas ready and available",
+                object: rs(json!({}), json!({})),
+                health: Healthy,
+                diagnosis: "Ready: 2/2 replicas",
+            },
+            Case {
+                name: "observedGeneration behind generation",
+                object: rs(json!({}), json!({"observedGeneration": 0})),
+                health: Unhealthy,
+                diagnosis: "progressing: generation 1 not yet observed",
+            },
+            Case {
+                name: "ReplicaFailure",
+                object: rs(
+                    json!({}),
+                    json!({"replicas": 1, "conditions": [{"type": "ReplicaFailure", "status": "True",
+                        "reason": "FailedCreate", "message": "exceeded quota"}]}),
+                ),
+                health: Unhealthy,
+                diagnosis: "failed: ReplicaFailure=True: FailedCreate: exceeded quota",
+            },
+            Case {
+                name: "fewer available than desired",
+                object: rs(json!({}), json!({"availableReplicas": 1})),
+                health: Unhealthy,
+                diagnosis: "Available: 1/2 replicas",
+            },
+        ]
+    }
+
     #[test]
     fn replicaset_rules() {
-        run(
-            vec![
-                Case {
-                    name: "all replicas ready and available",
-                    object: rs(json!({}), json!({})),
-                    health: Healthy,
-                    diagnosis: "Ready: 2/2 replicas",
-                },
-                Case {
-                    name: "observedGeneration behind generation",
-                    object: rs(json!({}), json!({"observedGeneration": 0})),
-                    health: Unhealthy,
-                    diagnosis: "progressing: generation 1 not yet observed",
-                },
-                Case {
-                    name: "ReplicaFailure",
-                    object: rs(
-                        json!({}),
-                        json!({"replicas": 1, "conditions": [{"type": "ReplicaFailure", "status": "True",
-                        "reason": "FailedCreate", "message": "exceeded quota"}]}),
-                    ),
-                    health: Unhealthy,
-                    diagnosis: "failed: ReplicaFailure=True: FailedCreate: exceeded quota",
-                },
-                Case {
-                    name: "fewer available than desired",
-                    object: rs(json!({}), json!({"availableReplicas": 1})),
-                    health: Unhealthy,
-                    diagnosis: "Available: 1/2 replicas",
-                },
-            ],
-            replicaset,
-        );
+        run(replicaset_cases(), replicaset);
     }
 }

@@ -107,10 +107,10 @@ pub fn generic(obj: &DynamicObject) -> WorkloadHealth {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::api::Health::{self, Healthy, Unhealthy, Unknown};
-    use crate::health::testing::from_json;
+    use crate::health::testing::{DocRow, from_json};
     use serde_json::json;
 
     struct Case {
@@ -131,9 +131,8 @@ mod tests {
             {"type": type_, "status": status, "reason": reason, "message": ""}]})
     }
 
-    #[test]
-    fn generic_rules() {
-        let cases = vec![
+    fn generic_cases() -> Vec<Case> {
+        vec![
             Case {
                 name: "Ready True",
                 object: widget(cond("Ready", "True", "Deployed")),
@@ -247,8 +246,20 @@ mod tests {
                 diagnosis: "terminating: deletion requested",
                 workload_status: None,
             },
-        ];
-        for case in cases {
+        ]
+    }
+
+    pub(crate) fn doc_tables() -> Vec<(&'static str, Vec<DocRow>)> {
+        let rows = generic_cases()
+            .into_iter()
+            .map(|c| DocRow::new(c.name, c.health, c.diagnosis))
+            .collect();
+        vec![("Other kinds", rows)]
+    }
+
+    #[test]
+    fn generic_rules() {
+        for case in generic_cases() {
             let obj: DynamicObject = from_json(case.object);
             let got = generic(&obj);
             assert_eq!(

@@ -326,6 +326,29 @@ pub(crate) mod testing {
         }
     }
 
+    /// One row of a rules table in docs/health-rules.md: the test case's name, expected health
+    /// (or outcome) and expected diagnosis (or reason).
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct DocRow {
+        pub name: String,
+        pub health: String,
+        pub diagnosis: String,
+    }
+
+    impl DocRow {
+        pub fn new(
+            name: impl Into<String>,
+            health: impl std::fmt::Display,
+            diagnosis: impl Into<String>,
+        ) -> Self {
+            Self {
+                name: name.into(),
+                health: health.to_string(),
+                diagnosis: diagnosis.into(),
+            }
+        }
+    }
+
     /// Builds a typed object from JSON, as the API server would send it.
     pub fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
         serde_json::from_value(value).unwrap()
@@ -362,27 +385,148 @@ mod tests {
         assert_eq!(got.diagnosis, "Ready: 1/1 replicas");
     }
 
-    #[test]
-    fn evaluate_missing_workload_is_not_found() {
-        let objects = Objects::default();
-        let reference = WorkloadReference::new("apps/v1", "Deployment", "gone");
-        let got = evaluate("ns", &reference, &objects);
-        assert_eq!(got.health_status, HealthStatus::Unhealthy);
-        assert_eq!(got.diagnosis, "not found: apps/v1/Deployment gone");
+    struct Case {
+        name: &'static str,
+        reference: WorkloadReference,
+        objects: Objects,
+        health: Health,
+        diagnosis: &'static str,
+    }
+
+    fn evaluate_cases() -> Vec<Case> {
+        let mut with_deployment = Objects::default();
+        with_deployment
+            .deployments
+            .insert("web".into(), Arc::new(deployment_ready("web")));
+        let mut with_widget = Objects::default();
+        with_widget.dynamic.insert(
+            "w".into(),
+            Arc::new(from_json(json!({"apiVersion": "example.com/v1", "kind": "Widget",
+                "metadata": {"name": "w"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}))),
+        );
+        vec![
+            Case {
+                name: "Deployment found: judged by its rule",
+                reference: WorkloadReference::new("apps/v1", "Deployment", "web"),
+                objects: with_deployment,
+                health: Health::Healthy,
+                diagnosis: "Ready: 1/1 replicas",
+            },
+            Case {
+                name: "other kind found: judged by its conditions",
+                reference: WorkloadReference::new("example.com/v1", "Widget", "w"),
+                objects: with_widget,
+                health: Health::Healthy,
+                diagnosis: "Ready=True",
+            },
+            Case {
+                name: "referenced workload not found",
+                reference: WorkloadReference::new("apps/v1", "Deployment", "gone"),
+                objects: Objects::default(),
+                health: Health::Unhealthy,
+                diagnosis: "not found: apps/v1/Deployment gone",
+            },
+            Case {
+                name: "kind that cannot be read",
+                reference: WorkloadReference::new("example.com/v1", "Widget", "w"),
+                objects: Objects {
+                    dynamic_error: Some("kind not served".into()),
+                    ..Default::default()
+                },
+                health: Health::Unknown,
+                diagnosis: "cannot read example.com/v1/Widget w: kind not served",
+            },
+        ]
     }
 
     #[test]
-    fn evaluate_unreadable_kind_is_unknown() {
-        let objects = Objects {
-            dynamic_error: Some("kind not served".into()),
-            ..Default::default()
-        };
-        let reference = WorkloadReference::new("example.com/v1", "Widget", "w");
-        let got = evaluate("ns", &reference, &objects);
-        assert_eq!(got.health_status, HealthStatus::Unknown);
-        assert_eq!(
-            got.diagnosis,
-            "cannot read example.com/v1/Widget w: kind not served"
+    fn evaluate_rules() {
+        for case in evaluate_cases() {
+            let got = evaluate("ns", &case.reference, &case.objects);
+            assert_eq!(
+                (Health::from(got.health_status), got.diagnosis.as_str()),
+                (case.health, case.diagnosis),
+                "case {:?}",
+                case.name
+            );
+        }
+    }
+
+    /// Every rules table in docs/health-rules.md, in the order the document lists them.
+    fn doc_tables() -> Vec<(&'static str, Vec<DocRow>)> {
+        let mut tables = Vec::new();
+        tables.extend(apps::tests::doc_tables());
+        tables.extend(service::tests::doc_tables());
+        tables.extend(oam::tests::doc_tables());
+        tables.extend(generic::tests::doc_tables());
+        let rows = evaluate_cases()
+            .into_iter()
+            .map(|c| DocRow::new(c.name, c.health, c.diagnosis))
+            .collect();
+        tables.push(("Missing and unreadable workloads", rows));
+        tables.extend(aggregate::tests::doc_tables());
+        tables.extend(crate::probe::tests::doc_tables());
+        tables
+    }
+
+    /// The rows of the first table under `### <section>`: name, health and diagnosis cells,
+    /// with the backticks around code removed.
+    fn doc_table(doc: &str, section: &str) -> Option<Vec<DocRow>> {
+        let heading = format!("### {section}");
+        let mut lines = doc.lines().skip_while(|l| l.trim() != heading).skip(1);
+        let rows = lines
+            .by_ref()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2) // header and separator
+            .map(|l| {
+                let cells: Vec<&str> = l
+                    .trim()
+                    .trim_matches('|')
+                    .split('|')
+                    .map(|c| c.trim().trim_matches('`'))
+                    .collect();
+                DocRow::new(
+                    cells.first().copied().unwrap_or_default(),
+                    cells.get(1).copied().unwrap_or_default(),
+                    cells.get(2).copied().unwrap_or_default(),
+                )
+            })
+            .collect::<Vec<_>>();
+        (!rows.is_empty()).then_some(rows)
+    }
+
+    /// A rules table as the document writes it.
+    fn markdown(rows: &[DocRow]) -> String {
+        let mut out = String::from("| case | health | diagnosis |\n|---|---|---|\n");
+        for row in rows {
+            out.push_str(&format!(
+                "| {} | {} | `{}` |\n",
+                row.name, row.health, row.diagnosis
+            ));
+        }
+        out
+    }
+
+    #[test]
+    fn docs_list_every_rule_case_in_order() {
+        let doc = include_str!("../../docs/health-rules.md");
+        let mut differing = String::new();
+        let mut at = 0;
+        for (section, rows) in doc_tables() {
+            if doc_table(doc, section).unwrap_or_default() != rows {
+                differing.push_str(&format!("### {section}\n\n{}\n", markdown(&rows)));
+            }
+            let position = doc.find(&format!("### {section}\n")).unwrap_or_default();
+            assert!(
+                position >= at,
+                "table {section:?} is out of order in docs/health-rules.md"
+            );
+            at = position;
+        }
+        assert!(
+            differing.is_empty(),
+            "docs/health-rules.md differs from the tests; they expect:\n\n{differing}"
         );
     }
 

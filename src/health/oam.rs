@@ -66,12 +66,12 @@ pub(super) fn worse(a: Health, b: Health) -> Health {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use super::*;
     use crate::api::Health::{Healthy, Unhealthy};
-    use crate::health::testing::{Objects, from_json};
+    use crate::health::testing::{DocRow, Objects, from_json};
     use serde_json::{Value, json};
 
     struct Case {
@@ -110,10 +110,9 @@ mod tests {
         o
     }
 
-    #[test]
-    fn containerized_workload_rules() {
+    fn containerized_workload_cases() -> Vec<Case> {
         let two_ready = json!([{"addresses": ["10.1.0.5"]}, {"addresses": ["10.1.0.6"]}]);
-        let cases = vec![
+        vec![
             Case {
                 name: "Deployment and Service both healthy",
                 resources: both(),
@@ -156,8 +155,20 @@ mod tests {
                 health: Unhealthy,
                 diagnosis: "progressing: no Deployment rendered yet (status.resources)",
             },
-        ];
-        for case in cases {
+        ]
+    }
+
+    pub(crate) fn doc_tables() -> Vec<(&'static str, Vec<DocRow>)> {
+        let rows = containerized_workload_cases()
+            .into_iter()
+            .map(|c| DocRow::new(c.name, c.health, c.diagnosis))
+            .collect();
+        vec![("ContainerizedWorkload", rows)]
+    }
+
+    #[test]
+    fn containerized_workload_rules() {
+        for case in containerized_workload_cases() {
             let cw: ContainerizedWorkload = from_json(json!({
                 "metadata": {"name": "app", "namespace": "ns"}, "spec": {},
                 "status": {"resources": case.resources}}));

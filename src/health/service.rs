@@ -129,10 +129,10 @@ pub fn ready_endpoints<S: Borrow<EndpointSlice>>(svc: &Service, slices: &[S]) ->
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::api::Health::{self, Healthy, Unhealthy};
-    use crate::health::testing::from_json;
+    use crate::health::testing::{DocRow, from_json};
     use serde_json::{Value, json};
 
     struct Case {
@@ -156,9 +156,8 @@ mod tests {
                "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}], "endpoints": endpoints})
     }
 
-    #[test]
-    fn service_rules() {
-        let cases = vec![
+    fn service_cases() -> Vec<Case> {
+        vec![
             Case {
                 name: "ClusterIP with ready endpoints",
                 service: svc(json!({})),
@@ -267,8 +266,20 @@ mod tests {
                 health: Unhealthy,
                 diagnosis: "terminating: deletion requested",
             },
-        ];
-        for case in cases {
+        ]
+    }
+
+    pub(crate) fn doc_tables() -> Vec<(&'static str, Vec<DocRow>)> {
+        let rows = service_cases()
+            .into_iter()
+            .map(|c| DocRow::new(c.name, c.health, c.diagnosis))
+            .collect();
+        vec![("Service", rows)]
+    }
+
+    #[test]
+    fn service_rules() {
+        for case in service_cases() {
             let service: Service = from_json(case.service);
             let slices: Vec<EndpointSlice> = case.slices.into_iter().map(from_json).collect();
             let got = super::service(&service, &slices);
