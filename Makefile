@@ -58,9 +58,9 @@ testenv-down: ## Stop the test control plane started by testenv-up
 # --- tools the tests use (installed into target/tools, never by hand) ----------------------------
 
 .PHONY: tools
-tools: $(TOOLS_DIR)/bin/kubectl ## Install kubectl (and helm) into target/tools
+tools: $(TOOLS_DIR)/bin/kubectl $(TOOLS_DIR)/bin/helm ## Install kubectl and helm into target/tools
 
-$(TOOLS_DIR)/bin/kubectl:
+$(TOOLS_DIR)/bin/kubectl $(TOOLS_DIR)/bin/helm:
 	scripts/install-tools.sh $(TOOLS_DIR)
 
 .PHONY: clean
