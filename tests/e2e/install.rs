@@ -760,3 +760,14 @@ async fn install_examples_apply_and_show_health_in_kubectl_get() {
         .unwrap();
     assert_eq!(scope.spec.workload_refs.len(), 1, "{:?}", scope.spec);
 }
+
+#[test]
+fn install_operations_doc_lists_every_metric() {
+    let doc = std::fs::read_to_string(repo().join("docs/operations.md")).unwrap();
+    for name in healthscope::metrics::METRIC_NAMES {
+        assert!(
+            doc.contains(&format!("| `{name}` |")),
+            "docs/operations.md has no row for {name}"
+        );
+    }
+}
