@@ -498,7 +498,7 @@ async fn webhook_warns_about_a_missing_scope_and_wires_it_later_by_update() {
     assert_eq!(refs, [deployment_ref("web-1")]);
 
     webhook.stop().await;
-
+}
 
 /// A serving certificate swapped on disk is used by the real API server without a restart:
 /// a certificate from an unknown CA makes calls fail (failurePolicy Fail denies), and once the
