@@ -25,8 +25,9 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-wait_ready() { # url body
+wait_ready() { # url body pid
   for _ in $(seq 1 100); do
+    kill -0 "$3" 2>/dev/null || { echo "server for $1 exited; see $OUT/*.log" >&2; exit 1; }
     curl -sk -o /dev/null -X POST -H 'Content-Type: application/json' --data-binary "@$2" "$1" && return 0
     sleep 0.1
   done
@@ -71,14 +72,14 @@ for review in appconfig deployment; do
     deployment) path=/mutate/workloads ;;
   esac
   url=https://$WEBHOOK_ADDR$path
-  wait_ready "$url" "$body"
+  wait_ready "$url" "$body" "$webhook_pid"
   # The floor answers with a fixed body as large as the webhook's answer to this review.
   size=$(curl -sk -X POST -H 'Content-Type: application/json' --data-binary "@$body" "$url" | wc -c)
   echo "== $review: request $(wc -c <"$body") B, response $size B" >&2
   FLOOR_ADDR=127.0.0.1:18443
   "$BIN/bench-floor" --listen "$FLOOR_ADDR" --response-bytes "$size" >"$OUT/bench-floor.log" 2>&1 &
   floor_pid=$!; pids+=("$floor_pid")
-  wait_ready "https://$FLOOR_ADDR/mutate" "$body"
+  wait_ready "https://$FLOOR_ADDR/mutate" "$body" "$floor_pid"
   for conns in $CONNS; do
     run_one webhook "$webhook_pid" "$url" "$body" "$conns" "$review"
     run_one floor "$floor_pid" "https://$FLOOR_ADDR/mutate" "$body" "$conns" "$review"
