@@ -116,7 +116,7 @@ struct Snapshot {
     cws: Vec<Arc<ContainerizedWorkload>>,
 }
 
-fn named<'a, K: kube::Resource>(objects: &'a [Arc<K>], name: &str) -> Option<Arc<K>> {
+fn named<K: kube::Resource>(objects: &[Arc<K>], name: &str) -> Option<Arc<K>> {
     objects
         .iter()
         .find(|o| o.meta().name.as_deref() == Some(name))
