@@ -30,7 +30,7 @@ pub enum ProbeError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeTarget {
     pub method: Method,
-    /// An absolute path, optionally with a query, e.g. `/health`.
+    /// An absolute path, optionally with a query, e.g. `/health` (a leading `/` is added).
     pub path: String,
     pub addr: SocketAddr,
     pub timeout: Duration,
@@ -46,17 +46,22 @@ impl ProbeTarget {
     ) -> Result<Self, ProbeError> {
         let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
             .map_err(|_| ProbeError::Method(method.to_string()))?;
+        let path = path.into();
+        let path = if path.starts_with('/') {
+            path
+        } else {
+            format!("/{path}")
+        };
         Ok(Self {
             method,
-            path: path.into(),
+            path,
             addr,
             timeout,
         })
     }
 
     fn url(&self) -> String {
-        let slash = if self.path.starts_with('/') { "" } else { "/" };
-        format!("http://{}{slash}{}", self.addr, self.path)
+        format!("http://{}{}", self.addr, self.path)
     }
 }
 
@@ -144,6 +149,7 @@ impl Prober {
             // connections must fail its probe.
             .pool_max_idle_per_host(0)
             .http1_only()
+            .user_agent(concat!("healthscope-probe/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
             client,
@@ -451,7 +457,8 @@ pub(crate) mod tests {
         let (addr, server) = start().await;
         let prober = Prober::new(1, None).unwrap();
         for method in ["post", "HEAD", "GET"] {
-            let t = ProbeTarget::new(method, "/method", addr, Duration::from_secs(1)).unwrap();
+            let t = ProbeTarget::new(method, "method", addr, Duration::from_secs(1)).unwrap();
+            assert_eq!(t.path, "/method");
             assert!(prober.probe(&t).await.ok);
         }
         assert_eq!(*server.methods.lock().unwrap(), ["POST", "HEAD", "GET"]);
