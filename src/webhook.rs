@@ -614,8 +614,12 @@ async fn enforce_body_limit(
         tracing::warn!(declared, limit, "request body too large");
         return BadAdmissionReview::TooLarge { limit }.into_response();
     }
-    // Reserve what the body may take for as long as the request is handled.
-    let reserve = declared.map_or(limit, |d| d as usize);
+    // Reserve what the body may take for as long as the request is handled: its exact size
+    // when known (0 for a bodiless GET), else the limit.
+    let exact = axum::body::HttpBody::size_hint(req.body()).exact();
+    let reserve = exact
+        .or(declared)
+        .map_or(limit, |n| (n as usize).min(limit));
     let _reserved = match u32::try_from(reserve)
         .ok()
         .and_then(|n| limits.budget.clone().try_acquire_many_owned(n).ok())
@@ -1338,6 +1342,29 @@ mod tests {
         assert_eq!(busy.headers()[header::RETRY_AFTER], "1");
         let small = app.clone().oneshot(request("/echo", 400)).await.unwrap();
         assert_eq!(small.status(), StatusCode::OK, "small bodies still fit");
+        let unknown_length = axum::http::Request::post("/echo")
+            .body(Body::from_stream(futures::stream::iter([Ok::<
+                _,
+                std::io::Error,
+            >(
+                axum::body::Bytes::from_static(b"abc"),
+            )])))
+            .unwrap();
+        let unknown = app.clone().oneshot(unknown_length).await.unwrap();
+        assert_eq!(
+            unknown.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a body of unknown length counts as the limit"
+        );
+        let bodiless = axum::http::Request::post("/echo")
+            .body(Body::empty())
+            .unwrap();
+        let bodiless = app.clone().oneshot(bodiless).await.unwrap();
+        assert_eq!(
+            bodiless.status(),
+            StatusCode::OK,
+            "no body, nothing reserved"
+        );
         gate.notify_one();
         assert_eq!(held.await.unwrap().unwrap().status(), StatusCode::OK);
         let after = app.clone().oneshot(request("/echo", 1000)).await.unwrap();
