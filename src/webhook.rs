@@ -315,6 +315,18 @@ pub struct CertInfo {
     pub subject: String,
 }
 
+impl CertInfo {
+    /// The leaf's notAfter as a time (e.g. for `Metrics::set_cert_expiry`).
+    pub fn not_after(&self) -> std::time::SystemTime {
+        let seconds = Duration::from_secs(self.not_after_unix.unsigned_abs());
+        if self.not_after_unix >= 0 {
+            std::time::UNIX_EPOCH + seconds
+        } else {
+            std::time::UNIX_EPOCH - seconds
+        }
+    }
+}
+
 /// The serving certificate and key, read from files and replaced when the files change.
 /// Cheap to clone; all clones share the same state.
 #[derive(Clone)]
@@ -1219,6 +1231,13 @@ mod tests {
         let expected =
             cert_info(&CertificateDer::from_pem_slice(next.cert_pem.as_bytes()).unwrap()).unwrap();
         assert_eq!(served, expected);
+        let days_left = expected
+            .not_after()
+            .duration_since(std::time::SystemTime::now())
+            .unwrap()
+            .as_secs()
+            / 86_400;
+        assert!((364..=365).contains(&days_left), "{days_left}");
         updates.changed().await.unwrap();
         assert_eq!(*updates.borrow(), expected);
 
