@@ -261,7 +261,12 @@ async fn serve_connection(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HANDSHAKE_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+    // Pings find HTTP/2 peers that vanished without closing, so their connections end.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
     let service = hyper_util::service::TowerToHyperService::new(app);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
