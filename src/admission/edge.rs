@@ -66,7 +66,17 @@ pub fn router(state: AdmissionState) -> axum::Router {
         .route(WORKLOAD_PATH, post(workload_route))
         .route(HEALTH_SCOPE_PATH, post(healthscope_route))
         .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
+        .layer(axum::middleware::from_fn(require_json))
         .with_state(state)
+}
+
+/// A body that does not declare JSON is not an AdmissionReview: 400 before it is read, as the
+/// API server always sends `application/json`.
+async fn require_json(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match crate::webhook::check_content_type(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(rejection) => rejection.into_response(),
+    }
 }
 
 fn answer(response: AdmissionResponse) -> Response {
