@@ -14,6 +14,7 @@
 //! A scope deleted between the check and the apply is re-created by the apply (server-side
 //! apply creates missing objects); the controller's backstop owns that rare case.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,21 +40,29 @@ use crate::membership::workload_refs_apply;
 
 /// Most rounds of live reads for one request.
 pub const MAX_LOOKUP_ROUNDS: usize = 3;
-/// Longest wait for one live read or one scope apply; the API server's webhook timeout is 10 s.
+/// Longest wait for one live read.
 pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(4);
+/// Longest wait for the scope applies of one request, queueing included; the API server gives
+/// a webhook 10 s at most.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(8);
 /// Largest request body: an AdmissionReview with old and new objects of 3 MiB each.
 pub const MAX_REVIEW_BYTES: usize = 7 * 1024 * 1024;
 
-/// What the admission routes need: the cache and a client for live reads and scope writes.
+/// What the admission routes need: the cache, a client for live reads, and the scope writer.
 #[derive(Clone)]
 pub struct AdmissionState {
     pub snapshot: Arc<dyn Snapshot>,
     pub client: Client,
+    pub writer: ScopeWriter,
 }
 
 impl AdmissionState {
     pub fn new(snapshot: Arc<dyn Snapshot>, client: Client) -> Self {
-        Self { snapshot, client }
+        Self {
+            snapshot,
+            writer: ScopeWriter::new(client.clone()),
+            client,
+        }
     }
 }
 
@@ -106,7 +115,7 @@ async fn appconfig_route(State(state): State<AdmissionState>, body: Bytes) -> Re
     let review = with_live_reads(&state, |snapshot| appconfig::review(&request, snapshot)).await;
     let response = match review.writes {
         Some(writes) if review.response.allowed => {
-            let failures = apply_scope_writes(&state.client, &writes).await;
+            let failures = state.writer.apply(&writes).await;
             settle_writes(&request, review.response, &writes, failures)
         }
         _ => review.response,
@@ -213,42 +222,83 @@ pub struct ScopeWriteFailure {
     pub error: String,
 }
 
-/// Performs the server-side applies of `writes`, all at once, each under the AppConfig's field
-/// manager with `force` (the manager only ever claims its own list entries). Returns the
-/// failures; empty when every apply succeeded.
-pub async fn apply_scope_writes(client: &Client, writes: &ScopeWrites) -> Vec<ScopeWriteFailure> {
-    let api = Api::<HealthScope>::namespaced(client.clone(), &writes.namespace);
-    let params = PatchParams::apply(&writes.field_manager).force();
-    let applies = writes.applies.iter().map(|(scope, refs)| {
-        let api = api.clone();
-        let params = params.clone();
-        async move {
-            let body = workload_refs_apply(&writes.namespace, scope, refs);
-            let outcome =
-                tokio::time::timeout(API_CALL_TIMEOUT, api.patch(scope, &params, &Patch::Apply(&body)))
-                    .await;
-            let error = match outcome {
-                Ok(Ok(_)) => {
-                    tracing::info!(
-                        namespace = %writes.namespace,
-                        scope = %scope,
-                        appconfig = %writes.appconfig,
-                        refs = refs.len(),
-                        "workload refs applied"
-                    );
-                    return None;
-                }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("no answer within {API_CALL_TIMEOUT:?}"),
-            };
-            tracing::warn!(namespace = %writes.namespace, scope = %scope, appconfig = %writes.appconfig, error = %error, "applying workload refs failed");
-            Some(ScopeWriteFailure {
-                scope: scope.clone(),
-                error,
-            })
+/// One queue per (namespace, scope): holding the lock is a turn to write.
+type ScopeQueues = HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
+
+/// Performs the workloadRefs server-side applies, one at a time per scope.
+///
+/// Many ApplicationConfigurations naming one scope are admitted at once (a rollout, `kubectl
+/// apply -f dir/`). Sent together, their applies to the same object conflict in the API server,
+/// which retries each one and runs admission again every time: 50 at once took longer than the
+/// webhook timeout. Queued per scope, each apply goes through on its first try.
+/// Cheap to clone; clones share the queues.
+#[derive(Clone)]
+pub struct ScopeWriter {
+    client: Client,
+    queues: Arc<std::sync::Mutex<ScopeQueues>>,
+}
+
+impl ScopeWriter {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            queues: Arc::default(),
         }
-    });
-    join_all(applies).await.into_iter().flatten().collect()
+    }
+
+    fn queue(&self, namespace: &str, scope: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut queues = self
+            .queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Forget queues nobody waits in, so the map stays as small as the scopes in use.
+        queues.retain(|_, queue| Arc::strong_count(queue) > 1);
+        queues
+            .entry((namespace.to_string(), scope.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// Applies `writes` (scopes in parallel, each under the AppConfig's field manager with
+    /// `force`: the manager only ever claims its own list entries) within [`WRITE_DEADLINE`].
+    /// Returns the failures; empty when every apply succeeded.
+    pub async fn apply(&self, writes: &ScopeWrites) -> Vec<ScopeWriteFailure> {
+        let api = Api::<HealthScope>::namespaced(self.client.clone(), &writes.namespace);
+        let params = PatchParams::apply(&writes.field_manager).force();
+        let applies = writes.applies.iter().map(|(scope, refs)| {
+            let api = api.clone();
+            let params = params.clone();
+            let queue = self.queue(&writes.namespace, scope);
+            async move {
+                let body = workload_refs_apply(&writes.namespace, scope, refs);
+                let outcome = tokio::time::timeout(WRITE_DEADLINE, async {
+                    let _turn = queue.lock().await;
+                    api.patch(scope, &params, &Patch::Apply(&body)).await
+                })
+                .await;
+                let error = match outcome {
+                    Ok(Ok(_)) => {
+                        tracing::info!(
+                            namespace = %writes.namespace,
+                            scope = %scope,
+                            appconfig = %writes.appconfig,
+                            refs = refs.len(),
+                            "workload refs applied"
+                        );
+                        return None;
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("not done within {WRITE_DEADLINE:?}"),
+                };
+                tracing::warn!(namespace = %writes.namespace, scope = %scope, appconfig = %writes.appconfig, error = %error, "applying workload refs failed");
+                Some(ScopeWriteFailure {
+                    scope: scope.clone(),
+                    error,
+                })
+            }
+        });
+        join_all(applies).await.into_iter().flatten().collect()
+    }
 }
 
 /// The final response once the writes are done: unchanged when they all succeeded; a denial
