@@ -18,10 +18,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::response::Response;
 use axum::routing::post;
 use futures::future::join_all;
 use kube::Client;
@@ -32,11 +30,11 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use super::appconfig::{self, ScopeWrites};
 use super::{
     APPLICATION_CONFIGURATION_PATH, HEALTH_SCOPE_PATH, OamKind, ObjectKey, Overlay, Recording,
-    ReviewError, Snapshot, WORKLOAD_PATH, decode_review, deny, healthscope, object_name,
-    with_warnings, workload,
+    Snapshot, WORKLOAD_PATH, deny, healthscope, object_name, with_warnings, workload,
 };
 use crate::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
 use crate::membership::workload_refs_apply;
+use crate::webhook::{AdmissionReviewRequest, review_response};
 
 /// Most rounds of live reads for one request.
 pub const MAX_LOOKUP_ROUNDS: usize = 3;
@@ -45,8 +43,6 @@ pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(4);
 /// Longest wait for the scope applies of one request, queueing included; the API server gives
 /// a webhook 10 s at most.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(8);
-/// Largest request body: an AdmissionReview with old and new objects of 3 MiB each.
-pub const MAX_REVIEW_BYTES: usize = 7 * 1024 * 1024;
 
 /// What the admission routes need: the cache, a client for live reads, and the scope writer.
 #[derive(Clone)]
@@ -67,51 +63,36 @@ impl AdmissionState {
 }
 
 /// The admission routes: POST [`APPLICATION_CONFIGURATION_PATH`], [`WORKLOAD_PATH`] and
-/// [`HEALTH_SCOPE_PATH`], each taking and answering an admission/v1 AdmissionReview. A body that
-/// is not one gets HTTP 400 with the reason.
+/// [`HEALTH_SCOPE_PATH`], each taking and answering an admission/v1 AdmissionReview. Bodies are
+/// read by [`crate::webhook::AdmissionReviewRequest`]: one that is not an AdmissionReview gets
+/// HTTP 400 with the reason. Serve it with [`crate::webhook::serve`] (TLS, body limits).
 pub fn router(state: AdmissionState) -> axum::Router {
     axum::Router::new()
         .route(APPLICATION_CONFIGURATION_PATH, post(appconfig_route))
         .route(WORKLOAD_PATH, post(workload_route))
         .route(HEALTH_SCOPE_PATH, post(healthscope_route))
-        .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
         .with_state(state)
 }
 
-fn answer(response: AdmissionResponse) -> Response {
-    axum::Json(response.into_review()).into_response()
-}
-
-fn bad_request(error: ReviewError) -> Response {
-    tracing::warn!(error = %error, "undecodable admission request");
-    (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response()
-}
-
-async fn healthscope_route(body: Bytes) -> Response {
-    let request = match decode_review(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
+async fn healthscope_route(AdmissionReviewRequest(request): AdmissionReviewRequest) -> Response {
     let response = healthscope::review(&request);
     log_decision(&request, &response);
-    answer(response)
+    review_response(response)
 }
 
-async fn workload_route(State(state): State<AdmissionState>, body: Bytes) -> Response {
-    let request = match decode_review(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
+async fn workload_route(
+    State(state): State<AdmissionState>,
+    AdmissionReviewRequest(request): AdmissionReviewRequest,
+) -> Response {
     let response = with_live_reads(&state, |snapshot| workload::review(&request, snapshot)).await;
     log_decision(&request, &response);
-    answer(response)
+    review_response(response)
 }
 
-async fn appconfig_route(State(state): State<AdmissionState>, body: Bytes) -> Response {
-    let request = match decode_review(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
+async fn appconfig_route(
+    State(state): State<AdmissionState>,
+    AdmissionReviewRequest(request): AdmissionReviewRequest,
+) -> Response {
     let review = with_live_reads(&state, |snapshot| appconfig::review(&request, snapshot)).await;
     let response = match review.writes {
         Some(writes) if review.response.allowed => {
@@ -121,7 +102,7 @@ async fn appconfig_route(State(state): State<AdmissionState>, body: Bytes) -> Re
         _ => review.response,
     };
     log_decision(&request, &response);
-    answer(response)
+    review_response(response)
 }
 
 fn log_decision(request: &AdmissionRequest<DynamicObject>, response: &AdmissionResponse) {
@@ -344,7 +325,7 @@ mod tests {
     use super::*;
     use crate::admission::tests::{deeply_nested_review, request, review_json};
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{Request, StatusCode};
     use serde_json::{Value, json};
     use tower::ServiceExt;
 
@@ -408,7 +389,7 @@ mod tests {
         ] {
             let (status, bytes) = post(path, b"{oops".to_vec()).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
-            assert!(String::from_utf8_lossy(&bytes).contains("not JSON"));
+            assert!(String::from_utf8_lossy(&bytes).contains("not valid JSON"));
             let (status, bytes) = post(
                 path,
                 br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}"#.to_vec(),
