@@ -29,8 +29,9 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 
 use super::appconfig::{self, ScopeWrites};
 use super::{
-    APPLICATION_CONFIGURATION_PATH, HEALTH_SCOPE_PATH, OamKind, ObjectKey, Overlay, Recording,
-    Snapshot, WORKLOAD_PATH, deny, healthscope, object_name, with_warnings, workload,
+    APPLICATION_CONFIGURATION_PATH, APPLICATION_CONFIGURATION_VALIDATE_PATH, HEALTH_SCOPE_PATH,
+    OamKind, ObjectKey, Overlay, Recording, Snapshot, WORKLOAD_PATH, deny, healthscope,
+    object_name, with_warnings, workload,
 };
 use crate::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
 use crate::membership::workload_refs_apply;
@@ -62,13 +63,17 @@ impl AdmissionState {
     }
 }
 
-/// The admission routes: POST [`APPLICATION_CONFIGURATION_PATH`], [`WORKLOAD_PATH`] and
-/// [`HEALTH_SCOPE_PATH`], each taking and answering an admission/v1 AdmissionReview. Bodies are
+/// The admission routes: POST [`APPLICATION_CONFIGURATION_PATH`],
+/// [`APPLICATION_CONFIGURATION_VALIDATE_PATH`], [`WORKLOAD_PATH`] and [`HEALTH_SCOPE_PATH`], each taking and answering an admission/v1 AdmissionReview. Bodies are
 /// read by [`crate::webhook::AdmissionReviewRequest`]: one that is not an AdmissionReview gets
 /// HTTP 400 with the reason. Serve it with [`crate::webhook::serve`] (TLS, body limits).
 pub fn router(state: AdmissionState) -> axum::Router {
     axum::Router::new()
         .route(APPLICATION_CONFIGURATION_PATH, post(appconfig_route))
+        .route(
+            APPLICATION_CONFIGURATION_VALIDATE_PATH,
+            post(appconfig_validate_route),
+        )
         .route(WORKLOAD_PATH, post(workload_route))
         .route(HEALTH_SCOPE_PATH, post(healthscope_route))
         .with_state(state)
@@ -103,6 +108,16 @@ async fn appconfig_route(
     };
     log_decision(&request, &response);
     review_response(response)
+}
+
+async fn appconfig_validate_route(
+    State(state): State<AdmissionState>,
+    AdmissionReviewRequest(request): AdmissionReviewRequest,
+) -> Response {
+    // The same decision; the writes belong to the wiring route only.
+    let review = with_live_reads(&state, |snapshot| appconfig::review(&request, snapshot)).await;
+    log_decision(&request, &review.response);
+    review_response(review.response)
 }
 
 fn log_decision(request: &AdmissionRequest<DynamicObject>, response: &AdmissionResponse) {

@@ -27,12 +27,17 @@ use crate::membership::{ComponentLookup, WorkloadLookup};
 
 pub use edge::{AdmissionState, router};
 
-/// Path of the ApplicationConfiguration webhook (validating; side effects on the scopes).
-pub const APPLICATION_CONFIGURATION_PATH: &str = "/validate/applicationconfigurations";
+/// Path of the ApplicationConfiguration webhook that wires workloads into scopes (mutating
+/// configuration, sideEffects NoneOnDryRun, CREATE/UPDATE/DELETE). It also rejects malformed
+/// scope references.
+pub const APPLICATION_CONFIGURATION_PATH: &str = "/mutate/applicationconfiguration";
+/// Path of the ApplicationConfiguration check without side effects (validating configuration,
+/// sideEffects None): the same decision as [`APPLICATION_CONFIGURATION_PATH`], no writes.
+pub const APPLICATION_CONFIGURATION_VALIDATE_PATH: &str = "/validate/applicationconfiguration";
 /// Path of the workload labelling webhook (mutating).
-pub const WORKLOAD_PATH: &str = "/mutate/workloads";
+pub const WORKLOAD_PATH: &str = "/mutate/workload";
 /// Path of the HealthScope validating webhook.
-pub const HEALTH_SCOPE_PATH: &str = "/validate/healthscopes";
+pub const HEALTH_SCOPE_PATH: &str = "/validate/healthscope";
 
 /// A read-only view of the OAM objects admission decisions depend on.
 pub trait Snapshot: Send + Sync {
