@@ -35,6 +35,7 @@ use super::{
 };
 use crate::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
 use crate::membership::workload_refs_apply;
+use crate::metrics::Metrics;
 use crate::webhook::{AdmissionReviewRequest, review_response};
 
 /// Most rounds of live reads for one request.
@@ -45,12 +46,14 @@ pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(4);
 /// a webhook 10 s at most.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(8);
 
-/// What the admission routes need: the cache, a client for live reads, and the scope writer.
+/// What the admission routes need: the cache, a client for live reads, the scope writer, and
+/// optionally the metrics to record requests in.
 #[derive(Clone)]
 pub struct AdmissionState {
     pub snapshot: Arc<dyn Snapshot>,
     pub client: Client,
     pub writer: ScopeWriter,
+    pub metrics: Option<Metrics>,
 }
 
 impl AdmissionState {
@@ -59,8 +62,107 @@ impl AdmissionState {
             snapshot,
             writer: ScopeWriter::new(client.clone()),
             client,
+            metrics: None,
         }
     }
+
+    /// Records every admission request in `metrics`: healthscope_webhook_requests_total,
+    /// _request_duration_seconds, _requests_in_flight, _request_bytes and _rejected_total.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+}
+
+/// Why a request was denied, as the `reason` label of healthscope_webhook_rejected_total.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    /// A HealthScope with invalid probe settings.
+    InvalidHealthScope,
+    /// An ApplicationConfiguration with malformed scope references (or unreadable).
+    InvalidApplicationConfiguration,
+    /// The workloadRefs applies failed.
+    ScopeWriteFailed,
+    /// Any other denial: no object, wrong kind for the route, unreadable workload.
+    InvalidRequest,
+    /// The body was not an AdmissionReview (HTTP 400/413).
+    BadReview,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::InvalidHealthScope => "invalid_healthscope",
+            RejectReason::InvalidApplicationConfiguration => "invalid_appconfig",
+            RejectReason::ScopeWriteFailed => "scope_write_failed",
+            RejectReason::InvalidRequest => "invalid_request",
+            RejectReason::BadReview => "bad_review",
+        }
+    }
+}
+
+/// What a route tells the metrics layer about the request it answered.
+#[derive(Clone, Debug)]
+struct Answered {
+    operation: &'static str,
+    rejected: Option<RejectReason>,
+}
+
+fn operation_label(operation: &Operation) -> &'static str {
+    match operation {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+    }
+}
+
+/// The AdmissionReview response, tagged for the metrics layer.
+fn answer(
+    request: &AdmissionRequest<DynamicObject>,
+    response: AdmissionResponse,
+    reason_if_denied: RejectReason,
+) -> Response {
+    let rejected = (!response.allowed).then_some(reason_if_denied);
+    log_decision(request, &response);
+    let mut http = review_response(response);
+    http.extensions_mut().insert(Answered {
+        operation: operation_label(&request.operation),
+        rejected,
+    });
+    http
+}
+
+async fn record_metrics(
+    State(metrics): State<Metrics>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let _in_flight = metrics.webhook_in_flight();
+    let started = std::time::Instant::now();
+    let bytes = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let response = next.run(request).await;
+    let answered = response.extensions().get::<Answered>().cloned();
+    let operation = answered.as_ref().map_or("unknown", |a| a.operation);
+    let rejected = match &answered {
+        Some(a) => a.rejected,
+        None if !response.status().is_success() => Some(RejectReason::BadReview),
+        None => None,
+    };
+    if let Some(reason) = rejected {
+        metrics.webhook_rejected(reason.as_str());
+    }
+    metrics.observe_webhook_request(
+        operation,
+        response.status().as_u16(),
+        started.elapsed(),
+        bytes,
+    );
+    response
 }
 
 /// The admission routes: POST [`APPLICATION_CONFIGURATION_PATH`],
@@ -68,7 +170,8 @@ impl AdmissionState {
 /// read by [`crate::webhook::AdmissionReviewRequest`]: one that is not an AdmissionReview gets
 /// HTTP 400 with the reason. Serve it with [`crate::webhook::serve`] (TLS, body limits).
 pub fn router(state: AdmissionState) -> axum::Router {
-    axum::Router::new()
+    let metrics = state.metrics.clone();
+    let router = axum::Router::new()
         .route(APPLICATION_CONFIGURATION_PATH, post(appconfig_route))
         .route(
             APPLICATION_CONFIGURATION_VALIDATE_PATH,
@@ -76,13 +179,19 @@ pub fn router(state: AdmissionState) -> axum::Router {
         )
         .route(WORKLOAD_PATH, post(workload_route))
         .route(HEALTH_SCOPE_PATH, post(healthscope_route))
-        .with_state(state)
+        .with_state(state);
+    match metrics {
+        Some(metrics) => router.layer(axum::middleware::from_fn_with_state(
+            metrics,
+            record_metrics,
+        )),
+        None => router,
+    }
 }
 
 async fn healthscope_route(AdmissionReviewRequest(request): AdmissionReviewRequest) -> Response {
     let response = healthscope::review(&request);
-    log_decision(&request, &response);
-    review_response(response)
+    answer(&request, response, RejectReason::InvalidHealthScope)
 }
 
 async fn workload_route(
@@ -90,8 +199,7 @@ async fn workload_route(
     AdmissionReviewRequest(request): AdmissionReviewRequest,
 ) -> Response {
     let response = with_live_reads(&state, |snapshot| workload::review(&request, snapshot)).await;
-    log_decision(&request, &response);
-    review_response(response)
+    answer(&request, response, RejectReason::InvalidRequest)
 }
 
 async fn appconfig_route(
@@ -99,15 +207,18 @@ async fn appconfig_route(
     AdmissionReviewRequest(request): AdmissionReviewRequest,
 ) -> Response {
     let review = with_live_reads(&state, |snapshot| appconfig::review(&request, snapshot)).await;
-    let response = match review.writes {
+    match review.writes {
         Some(writes) if review.response.allowed => {
             let failures = state.writer.apply(&writes).await;
-            settle_writes(&request, review.response, &writes, failures)
+            let response = settle_writes(&request, review.response, &writes, failures);
+            answer(&request, response, RejectReason::ScopeWriteFailed)
         }
-        _ => review.response,
-    };
-    log_decision(&request, &response);
-    review_response(response)
+        _ => answer(
+            &request,
+            review.response,
+            RejectReason::InvalidApplicationConfiguration,
+        ),
+    }
 }
 
 async fn appconfig_validate_route(
@@ -116,8 +227,11 @@ async fn appconfig_validate_route(
 ) -> Response {
     // The same decision; the writes belong to the wiring route only.
     let review = with_live_reads(&state, |snapshot| appconfig::review(&request, snapshot)).await;
-    log_decision(&request, &review.response);
-    review_response(review.response)
+    answer(
+        &request,
+        review.response,
+        RejectReason::InvalidApplicationConfiguration,
+    )
 }
 
 fn log_decision(request: &AdmissionRequest<DynamicObject>, response: &AdmissionResponse) {
@@ -354,7 +468,11 @@ mod tests {
     }
 
     async fn post(path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
-        let response = router(offline_state())
+        post_to(router(offline_state()), path, body).await
+    }
+
+    async fn post_to(router: axum::Router, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+        let response = router
             .oneshot(
                 Request::post(path)
                     .header("content-type", "application/json")
@@ -417,6 +535,63 @@ mod tests {
             assert_eq!(status, StatusCode::BAD_REQUEST);
             assert!(String::from_utf8_lossy(&bytes).contains("nested too deeply"));
         }
+    }
+
+    #[tokio::test]
+    async fn requests_and_rejections_are_counted_in_the_metrics() {
+        let metrics = Metrics::new();
+        let app = router(offline_state().with_metrics(metrics.clone()));
+        let scope = |method: &str| {
+            json!({"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope",
+                "metadata": {"name": "s", "namespace": "ns"}, "spec": {"probe-method": method}})
+        };
+        for method in ["BREW", "GET"] {
+            let body = review_json(
+                ("core.oam.dev", "v1alpha2", "HealthScope"),
+                "CREATE",
+                Some(scope(method)),
+                None,
+                false,
+            );
+            let (status, _) = post_to(
+                app.clone(),
+                HEALTH_SCOPE_PATH,
+                serde_json::to_vec(&body).unwrap(),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        let (status, _) = post_to(app, WORKLOAD_PATH, b"{oops".to_vec()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let text = metrics.encode();
+        let line = |needle: &str| {
+            text.lines()
+                .find(|l| l.starts_with(needle))
+                .map(str::to_string)
+        };
+        assert_eq!(
+            line("healthscope_webhook_rejected_total{reason=\"invalid_healthscope\"}").as_deref(),
+            Some("healthscope_webhook_rejected_total{reason=\"invalid_healthscope\"} 1"),
+            "{text}"
+        );
+        assert!(
+            line("healthscope_webhook_rejected_total{reason=\"bad_review\"} 1").is_some(),
+            "{text}"
+        );
+        assert!(
+            line("healthscope_webhook_requests_total{operation=\"CREATE\",code=\"200\"} 2")
+                .is_some(),
+            "{text}"
+        );
+        assert!(
+            line("healthscope_webhook_requests_total{operation=\"unknown\",code=\"400\"} 1")
+                .is_some(),
+            "{text}"
+        );
+        assert!(
+            line("healthscope_webhook_requests_in_flight 0").is_some(),
+            "{text}"
+        );
     }
 
     #[tokio::test]
