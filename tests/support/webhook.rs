@@ -246,14 +246,46 @@ impl WebhookUnderTest {
     }
 
     /// Deregisters the webhooks (they are cluster-scoped) and stops the cache.
-    pub async fn stop(self) {
-        let dp = DeleteParams::default();
-        let _ = Api::<MutatingWebhookConfiguration>::all(self.client.clone())
-            .delete(&self.mutating, &dp)
-            .await;
-        let _ = Api::<ValidatingWebhookConfiguration>::all(self.client.clone())
-            .delete(&self.validating, &dp)
-            .await;
+    pub async fn stop(mut self) {
+        delete_configurations(&self.client, &self.mutating, &self.validating).await;
+        self.mutating.clear();
+        self.validating.clear();
         self.cache.shutdown();
+    }
+}
+
+async fn delete_configurations(client: &kube::Client, mutating: &str, validating: &str) {
+    let dp = DeleteParams::default();
+    if !mutating.is_empty() {
+        let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .delete(mutating, &dp)
+            .await;
+    }
+    if !validating.is_empty() {
+        let _ = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+            .delete(validating, &dp)
+            .await;
+    }
+}
+
+/// A test that failed before [`WebhookUnderTest::stop`] still deregisters its webhooks, from a
+/// thread with its own runtime (the test's runtime may be unwinding).
+impl Drop for WebhookUnderTest {
+    fn drop(&mut self) {
+        self.cache.shutdown();
+        if self.mutating.is_empty() && self.validating.is_empty() {
+            return;
+        }
+        let (mutating, validating) = (self.mutating.clone(), self.validating.clone());
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Runtime::new() else {
+                return;
+            };
+            runtime.block_on(async {
+                let client = super::client().await;
+                delete_configurations(&client, &mutating, &validating).await;
+            });
+        });
+        let _ = cleanup.join();
     }
 }
