@@ -712,3 +712,68 @@ mod certificate_swap {
             .expect("removing the webhook configuration");
     }
 }
+
+/// The watch caches the webhook answers from (and the controller reuses) see every kind.
+#[tokio::test]
+async fn webhook_cache_syncs_and_follows_the_oam_objects() {
+    use healthscope::admission::Snapshot;
+    use healthscope::cache::OamCache;
+    use healthscope::membership::{ComponentLookup, WorkloadLookup};
+
+    let ctx = TestContext::new("webhook-cache").await;
+    crate::support::install_crds(&ctx.client, &healthscope::api::crds()).await;
+    let cache = OamCache::spawn(ctx.client.clone());
+    cache
+        .wait_synced(Duration::from_secs(30))
+        .await
+        .expect("the caches sync");
+
+    let pp = PostParams::default();
+    ctx.api::<HealthScope>()
+        .create(&pp, &health_scope("s", json!({})))
+        .await
+        .unwrap();
+    ctx.api::<Component>()
+        .create(&pp, &component("web", "apps/v1", "Deployment"))
+        .await
+        .unwrap();
+    ctx.api::<ApplicationConfiguration>()
+        .create(&pp, &appconfig("shop", "web", "web-1", &[]))
+        .await
+        .unwrap();
+    let cw: ContainerizedWorkload = from(json!({
+        "apiVersion": "core.oam.dev/v1alpha2", "kind": "ContainerizedWorkload",
+        "metadata": {"name": "cw"}, "spec": {}}));
+    ctx.api::<ContainerizedWorkload>()
+        .create(&pp, &cw)
+        .await
+        .unwrap();
+
+    let ns = ctx.namespace.as_str();
+    eventually(
+        Duration::from_secs(10),
+        "every object in the cache",
+        || async {
+            let view = cache.namespace(ns);
+            (cache.health_scope(ns, "s").is_some()
+                && view.component("web").is_some()
+                && view.app_configuration("shop").is_some()
+                && view.containerized_workload("cw").is_some())
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(cache.health_scope("other-namespace", "s").is_none());
+
+    ctx.api::<HealthScope>()
+        .delete("s", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the deleted scope gone from the cache",
+        || async { cache.health_scope(ns, "s").is_none().then_some(()) },
+    )
+    .await;
+    cache.shutdown();
+}
