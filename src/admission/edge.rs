@@ -38,7 +38,8 @@ use crate::membership::workload_refs_apply;
 use crate::metrics::Metrics;
 use crate::webhook::{AdmissionReviewRequest, review_response};
 
-/// Most rounds of live reads for one request.
+/// Most rounds of live reads for one request: enough for the longest chain, a
+/// ContainerizedWorkload's child (parent, then its ApplicationConfiguration, then Components).
 pub const MAX_LOOKUP_ROUNDS: usize = 3;
 /// Longest wait for one live read.
 pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(4);
