@@ -531,6 +531,9 @@ mod tests {
             .await;
             assert_eq!(status, StatusCode::BAD_REQUEST);
             assert!(String::from_utf8_lossy(&bytes).contains("no request"));
+            let (status, bytes) = post(path, br#"{"kind":"Pod","apiVersion":"v1"}"#.to_vec()).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert!(String::from_utf8_lossy(&bytes).contains("not an AdmissionReview"));
             let deep = deeply_nested_review(50_000);
             let (status, bytes) = post(path, deep.into_bytes()).await;
             assert_eq!(status, StatusCode::BAD_REQUEST);
