@@ -448,7 +448,7 @@ async fn fault_webhook_nesting_129_and_10000_deep_is_a_clean_400() {
 }
 
 #[tokio::test]
-async fn fault_webhook_answers_v1_as_v1_with_the_same_uid_and_refuses_other_versions() {
+async fn fault_webhook_answers_each_version_in_kind_with_the_same_uid() {
     let (server, client) = serve(snapshot_with("app", "web", "scope")).await;
     let uid = "705ab4f5-6393-11e8-b7cc-42010a800002";
     let cases = [
@@ -506,18 +506,33 @@ async fn fault_webhook_answers_v1_as_v1_with_the_same_uid_and_refuses_other_vers
         assert_eq!(response["uid"], uid, "{path}");
         assert_eq!(response["allowed"], true, "{path}: {response}");
 
-        // Only v1 is registered (admissionReviewVersions: [v1]); anything else is refused.
-        let mut v1beta1 = body.clone();
-        v1beta1["apiVersion"] = json!("admission.k8s.io/v1beta1");
-        let (status, _) = post(
-            &client,
-            &server,
-            path,
-            "application/json",
-            serde_json::to_vec(&v1beta1).unwrap(),
-        )
-        .await;
-        assert_eq!(status, 400, "{path} v1beta1");
+        // v1beta1 is answered in v1beta1, with the same uid; an unknown version is refused.
+        for (version, expected) in [
+            ("admission.k8s.io/v1beta1", 200),
+            ("admission.k8s.io/v2", 400),
+        ] {
+            let mut other = body.clone();
+            other["apiVersion"] = json!(version);
+            let (status, answer_body) = post(
+                &client,
+                &server,
+                path,
+                "application/json",
+                serde_json::to_vec(&other).unwrap(),
+            )
+            .await;
+            assert_eq!(
+                status,
+                expected,
+                "{path} {version}: {}",
+                String::from_utf8_lossy(&answer_body)
+            );
+            if expected == 200 {
+                let review: Value = serde_json::from_slice(&answer_body).unwrap();
+                assert_eq!(review["apiVersion"], version, "{path}");
+                assert_eq!(review["response"]["uid"], uid, "{path} {version}");
+            }
+        }
     }
 }
 
