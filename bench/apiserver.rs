@@ -32,8 +32,10 @@ use tokio_util::sync::CancellationToken;
 
 const NAMESPACE: &str = "bench-api";
 const SELECTOR_LABEL: &str = "healthscope-bench/webhooks";
-const WORKLOAD_WEBHOOK: &str = "workloads.healthscope.core.oam.dev";
-const APPCONFIG_WEBHOOK: &str = "applicationconfigurations.healthscope.core.oam.dev";
+// The webhooks as the chart registers them.
+const WORKLOAD_WEBHOOK: &str = "workloads.mutate.healthscope.oam.dev";
+const APPCONFIG_WEBHOOK: &str = "applicationconfigurations.mutate.healthscope.oam.dev";
+const APPCONFIG_VALIDATE_WEBHOOK: &str = "applicationconfigurations.validate.healthscope.oam.dev";
 const SCOPES: usize = 100;
 const METRIC: &str = "apiserver_admission_webhook_admission_duration_seconds";
 
@@ -105,7 +107,11 @@ async fn main() -> Result<(), BoxError> {
             let p99 = common::percentile(&mut ms, 0.99).unwrap_or(f64::NAN);
             let (calls, server) = if with_webhooks {
                 let mut total = Histogram::default();
-                for name in [WORKLOAD_WEBHOOK, APPCONFIG_WEBHOOK] {
+                for name in [
+                    WORKLOAD_WEBHOOK,
+                    APPCONFIG_WEBHOOK,
+                    APPCONFIG_VALIDATE_WEBHOOK,
+                ] {
                     let h = Histogram::from_samples(&after, METRIC, &[("name", name)])
                         .since(&Histogram::from_samples(&before, METRIC, &[("name", name)]));
                     total = merge(&total, &h);
@@ -242,6 +248,17 @@ async fn register(client: &Client, addr: std::net::SocketAddr, ca: &str) -> Resu
         "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": "healthscope-bench"},
         "webhooks": [{
+            "name": APPCONFIG_WEBHOOK,
+            "clientConfig": client_config(addr, admission::APPLICATION_CONFIGURATION_PATH, ca),
+            "rules": [{"apiGroups": ["core.oam.dev"], "apiVersions": ["v1alpha2"],
+                       "operations": ["CREATE", "UPDATE", "DELETE"],
+                       "resources": ["applicationconfigurations"]}],
+            "namespaceSelector": selector,
+            "sideEffects": "NoneOnDryRun",
+            "failurePolicy": "Fail",
+            "timeoutSeconds": 3,
+            "admissionReviewVersions": ["v1"]
+        }, {
             "name": WORKLOAD_WEBHOOK,
             "clientConfig": client_config(addr, admission::WORKLOAD_PATH, ca),
             "rules": [{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
@@ -258,13 +275,13 @@ async fn register(client: &Client, addr: std::net::SocketAddr, ca: &str) -> Resu
         "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": "healthscope-bench"},
         "webhooks": [{
-            "name": APPCONFIG_WEBHOOK,
-            "clientConfig": client_config(addr, admission::APPLICATION_CONFIGURATION_PATH, ca),
+            "name": APPCONFIG_VALIDATE_WEBHOOK,
+            "clientConfig": client_config(addr, admission::APPLICATION_CONFIGURATION_VALIDATE_PATH, ca),
             "rules": [{"apiGroups": ["core.oam.dev"], "apiVersions": ["v1alpha2"],
-                       "operations": ["CREATE", "UPDATE", "DELETE"],
+                       "operations": ["CREATE", "UPDATE"],
                        "resources": ["applicationconfigurations"]}],
             "namespaceSelector": selector,
-            "sideEffects": "NoneOnDryRun",
+            "sideEffects": "None",
             "failurePolicy": "Fail",
             "timeoutSeconds": 3,
             "admissionReviewVersions": ["v1"]

@@ -32,6 +32,9 @@ struct Args {
     /// Directory for the generated serving certificate.
     #[arg(long, default_value = "target/bench/webhook-certs")]
     cert_dir: std::path::PathBuf,
+    /// Print the route of each review kind (`appconfig=PATH deployment=PATH`) and exit.
+    #[arg(long)]
+    paths: bool,
 }
 
 /// A fixed snapshot: one namespace, one AppConfig, its Components and its HealthScope.
@@ -106,6 +109,14 @@ async fn main() -> Result<(), BoxError> {
         )
         .init();
     let args = Args::parse();
+    if args.paths {
+        println!(
+            "appconfig={} deployment={}",
+            admission::APPLICATION_CONFIGURATION_PATH,
+            admission::WORKLOAD_PATH
+        );
+        return Ok(());
+    }
     if !args.listen.ip().is_loopback() {
         return Err(format!("refusing to listen on {}: loopback only", args.listen).into());
     }

@@ -67,10 +67,7 @@ run_one() { # server-name pid url body conns review
 
 for review in appconfig deployment; do
   body=bench/reviews/$review.json
-  case $review in
-    appconfig) path=/validate/applicationconfigurations ;;
-    deployment) path=/mutate/workloads ;;
-  esac
+  path=$("$BIN/bench-webhook" --paths | tr ' ' '\n' | sed -n "s/^$review=//p")
   url=https://$WEBHOOK_ADDR$path
   wait_ready "$url" "$body" "$webhook_pid"
   # The floor answers with a fixed body as large as the webhook's answer to this review.
