@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use healthscope::admission::{self, AdmissionState, Overlay};
 use healthscope::api::{ApplicationConfiguration, Component, HealthScope, HealthScopeSpec};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::PostParams;
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::TestContext;
 use crate::support::tls::TestWebhookServer;
+use crate::support::{self, TEST_NAMESPACE_LABEL, TestContext, unique_name};
 
 // ---- hostile input over HTTPS: admission::router on webhook::serve, as `healthscope run` ----
 
@@ -662,4 +663,197 @@ async fn fault_webhook_huge_label_maps_and_63_character_names_give_valid_labels(
         )
         .await
         .expect("the API server accepts the labels the webhook produced");
+}
+
+// ---- the real API server calling a webhook that is down or hangs ----
+
+/// Registers one mutating webhook for Deployments and AppConfigs in `ctx.namespace` only, at
+/// `url`, trusting `ca_pem`. Returns the configuration's name (deleted by the caller).
+async fn register_mutating(
+    ctx: &TestContext,
+    webhook: &str,
+    url: String,
+    ca_pem: &str,
+    failure_policy: &str,
+    timeout_seconds: i32,
+) -> String {
+    let name = unique_name("faults-webhook");
+    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": webhook,
+            "clientConfig": {"url": url, "caBundle": base64_encode(ca_pem.as_bytes())},
+            "rules": [
+                {"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                 "resources": ["deployments"]},
+                {"apiGroups": ["core.oam.dev"], "apiVersions": ["v1alpha2"],
+                 "operations": ["CREATE", "UPDATE"], "resources": ["applicationconfigurations"]}
+            ],
+            "namespaceSelector": {"matchLabels": {TEST_NAMESPACE_LABEL: ctx.namespace}},
+            "failurePolicy": failure_policy,
+            "sideEffects": "None",
+            "timeoutSeconds": timeout_seconds,
+            "admissionReviewVersions": ["v1"]
+        }]
+    }))
+    .unwrap();
+    Api::<MutatingWebhookConfiguration>::all(ctx.client.clone())
+        .create(&PostParams::default(), &config)
+        .await
+        .expect("registering the webhook");
+    name
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+async fn deregister(ctx: &TestContext, name: &str) {
+    let _ = Api::<MutatingWebhookConfiguration>::all(ctx.client.clone())
+        .delete(name, &Default::default())
+        .await;
+}
+
+fn plain_deployment(name: &str) -> Deployment {
+    let mut object = oam_deployment(name, "app", "web", json!({}));
+    object["metadata"]["namespace"] = Value::Null; // the request's namespace applies
+    serde_json::from_value(object).unwrap()
+}
+
+/// The value of a counter of the API server's own metrics, summed over series with `labels`.
+async fn apiserver_counter(client: &kube::Client, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let request = axum::http::Request::get("/metrics")
+        .body(Vec::new())
+        .unwrap();
+    let text = client
+        .request_text(request)
+        .await
+        .expect("reading /metrics");
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{metric}{{")))
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|line| {
+            line.rsplit_once(' ')
+                .and_then(|(_, v)| v.parse::<f64>().ok())
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn fault_webhook_down_with_ignore_still_admits_and_counts_fail_open() {
+    let ctx = TestContext::new("fault-webhook-down").await;
+    support::install_crds(&ctx.client, &healthscope::api::crds()).await;
+    // A loopback port nobody listens on: the webhook is down.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ca = crate::support::tls::TestCa::new();
+    let webhook = format!("down-{}.faults.healthscope.oam.dev", ctx.namespace);
+    let url = format!("https://127.0.0.1:{port}{}", admission::WORKLOAD_PATH);
+    let config = register_mutating(&ctx, &webhook, url, ca.ca_pem(), "Ignore", 3).await;
+
+    let fail_open = |client: kube::Client, webhook: String| async move {
+        apiserver_counter(
+            &client,
+            "apiserver_admission_webhook_fail_open_count",
+            &[("name", &webhook)],
+        )
+        .await
+    };
+    // Creates go through once the API server has the configuration; every call to the dead
+    // webhook is counted as failing open.
+    let deployments = ctx.api::<Deployment>();
+    let mut n = 0;
+    support::eventually(Duration::from_secs(30), "a create to fail open", || {
+        n += 1;
+        let deployments = deployments.clone();
+        let (client, webhook) = (ctx.client.clone(), webhook.clone());
+        async move {
+            deployments
+                .create(
+                    &PostParams::default(),
+                    &plain_deployment(&format!("web-{n}")),
+                )
+                .await
+                .expect("creating a Deployment with the webhook down (Ignore)");
+            (fail_open(client, webhook).await >= 1.0).then_some(())
+        }
+    })
+    .await;
+    let before = fail_open(ctx.client.clone(), webhook.clone()).await;
+    let app: ApplicationConfiguration = serde_json::from_value(json!({
+        "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
+        "metadata": {"name": "app"},
+        "spec": {"components": [{"componentName": "web", "scopes": [
+            {"scopeRef": {"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope", "name": "scope"}}]}]}
+    }))
+    .unwrap();
+    ctx.api::<ApplicationConfiguration>()
+        .create(&PostParams::default(), &app)
+        .await
+        .expect("creating an ApplicationConfiguration with the webhook down (Ignore)");
+    let after = fail_open(ctx.client.clone(), webhook.clone()).await;
+    assert!(after > before, "fail-open count {before} -> {after}");
+    deregister(&ctx, &config).await;
+}
+
+#[tokio::test]
+async fn fault_webhook_hanging_is_cut_off_by_timeout_seconds() {
+    let ctx = TestContext::new("fault-webhook-hang").await;
+    // Accepts the connection and the request, never answers.
+    let router = axum::Router::new().route(
+        admission::WORKLOAD_PATH,
+        axum::routing::post(std::future::pending::<()>),
+    );
+    let server = TestWebhookServer::start(router).await;
+    let webhook = format!("hang-{}.faults.healthscope.oam.dev", ctx.namespace);
+    let config = register_mutating(
+        &ctx,
+        &webhook,
+        server.url(admission::WORKLOAD_PATH),
+        server.ca.ca_pem(),
+        "Fail",
+        1,
+    )
+    .await;
+
+    // Fail closed: the create is refused, and the reason is the webhook's deadline, not a hang.
+    let deployments = ctx.api::<Deployment>();
+    let mut n = 0;
+    let message = support::eventually(
+        Duration::from_secs(60),
+        "the API server to give up on the hanging webhook",
+        || {
+            n += 1;
+            let deployments = deployments.clone();
+            async move {
+                match deployments
+                    .create(
+                        &PostParams::default(),
+                        &plain_deployment(&format!("hang-{n}")),
+                    )
+                    .await
+                {
+                    Err(kube::Error::Api(status)) => Some(status.message),
+                    _ => None, // not registered yet: the create went through
+                }
+            }
+        },
+    )
+    .await;
+    assert!(message.contains(&webhook), "{message}");
+    assert!(
+        message.contains("deadline") || message.contains("timeout") || message.contains("Timeout"),
+        "{message}"
+    );
+    deregister(&ctx, &config).await;
 }
