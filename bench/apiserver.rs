@@ -81,6 +81,7 @@ async fn main() -> Result<(), BoxError> {
     .await?;
     let addr = server.local_addr();
     let shutdown = CancellationToken::new();
+    let watches = cache.clone();
     let router = admission::router(AdmissionState::new(Arc::new(cache), client.clone()));
     let stop = shutdown.clone();
     let serving = tokio::spawn(server.run(router, async move { stop.cancelled().await }));
@@ -94,7 +95,7 @@ async fn main() -> Result<(), BoxError> {
     for &clients in &args.clients {
         for with_webhooks in [false, true] {
             if with_webhooks {
-                register(&client, addr, &cert).await?;
+                register(&client, addr, &cert, run).await?;
             } else {
                 unregister(&client).await?;
             }
@@ -163,6 +164,7 @@ async fn main() -> Result<(), BoxError> {
     );
     shutdown.cancel();
     let _ = serving.await;
+    watches.shutdown();
     drop(plane);
     Ok(())
 }
@@ -241,7 +243,12 @@ fn client_config(addr: std::net::SocketAddr, path: &str, ca: &str) -> serde_json
 
 /// Registers both webhooks (as the install manifests do: 3 s timeout, fail closed here so a
 /// failed call shows up as an error in the figures) and waits until they are in effect.
-async fn register(client: &Client, addr: std::net::SocketAddr, ca: &str) -> Result<(), BoxError> {
+async fn register(
+    client: &Client,
+    addr: std::net::SocketAddr,
+    ca: &str,
+    run: usize,
+) -> Result<(), BoxError> {
     let selector = serde_json::json!({"matchLabels": {SELECTOR_LABEL: "true"}});
     let mutating: MutatingWebhookConfiguration = serde_json::from_value(serde_json::json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
@@ -296,7 +303,7 @@ async fn register(client: &Client, addr: std::net::SocketAddr, ca: &str) -> Resu
     // The API server picks configurations up from its own watch: wait until a dry-run create
     // of a labelled workload comes back with the scope label.
     let deployments = Api::<Deployment>::namespaced(client.clone(), NAMESPACE);
-    let (app, deployment) = pair("warmup", 0);
+    let (app, deployment) = pair(&format!("warmup{run}"), 0);
     Api::<ApplicationConfiguration>::namespaced(client.clone(), NAMESPACE)
         .create(&PostParams::default(), &app)
         .await?;

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use healthscope::admission::{self, Snapshot, appconfig, healthscope as scope_review, workload};
+use healthscope::admission::{Snapshot, appconfig, healthscope as scope_review, workload};
 use healthscope::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse};
@@ -110,7 +110,7 @@ fn check_answer(request: &AdmissionRequest<DynamicObject>, response: &AdmissionR
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(request) = admission::decode_review(data) else {
+    let Ok(request) = healthscope::webhook::decode_admission_review(data) else {
         return;
     };
     let mut snapshot = base_snapshot();
