@@ -1,1 +1,201 @@
 //! The status controller: watch caches, reconcile, status writes, events, membership backstop.
+//!
+//! A kube-runtime `Controller` over HealthScopes. Each reconcile reads only watch caches
+//! ([`cache`]), judges every referenced workload ([`evaluate`]), folds in the latest HTTP probe
+//! outcome ([`probes`]), and writes the status only when it changed ([`status`], [`reconcile`]).
+//! A scope is reconciled when it changes, when anything its last evaluation read changes, when
+//! its probe outcome changes, and every probe interval regardless.
+
+pub mod cache;
+pub mod evaluate;
+pub mod probes;
+pub mod reconcile;
+pub mod rules;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::HealthScope;
+use crate::leader::LeaderState;
+use cache::{DependencyIndex, WorkloadCaches};
+use probes::Probes;
+use reconcile::{Context, Stats};
+
+pub use reconcile::{HEALTH_CHANGED, STATUS_FIELD_MANAGER};
+
+/// Lowest probe interval a scope may ask for, unless configured otherwise.
+pub const DEFAULT_MIN_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Probes in flight at once across all scopes, unless configured otherwise.
+pub const DEFAULT_PROBE_CONCURRENCY: usize = 64;
+
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// Watch and reconcile only this namespace (all namespaces when `None`).
+    pub namespace: Option<String>,
+    /// Floor of every scope's probe interval.
+    pub min_probe_interval: Duration,
+    /// Global bound on probes in flight.
+    pub probe_concurrency: usize,
+    /// This replica's name in events (the pod name in a cluster).
+    pub identity: String,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            min_probe_interval: DEFAULT_MIN_PROBE_INTERVAL,
+            probe_concurrency: DEFAULT_PROBE_CONCURRENCY,
+            identity: "healthscope".to_string(),
+        }
+    }
+}
+
+/// A running controller.
+pub struct ControllerHandle {
+    /// The HealthScope cache (with status), for the HTTP API and the backstop.
+    pub scopes: Store<HealthScope>,
+    /// The workload caches.
+    pub caches: WorkloadCaches,
+    /// Counts of reconciles, status writes and events.
+    pub stats: Arc<Stats>,
+    ready: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ControllerHandle {
+    /// True once every cache has listed its objects.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// A receiver that turns true once every cache has listed its objects.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.clone()
+    }
+
+    /// Waits until every cache has listed its objects.
+    pub async fn wait_ready(&mut self) {
+        let _ = self.ready.wait_for(|r| *r).await;
+    }
+
+    /// Waits for the controller to finish draining after shutdown was requested.
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the caches and the controller on the current runtime. Only the leader probes and
+/// writes; every replica keeps its caches warm. Cancelling `shutdown` stops new reconciles,
+/// lets running ones finish, and stops the watches and probes.
+pub fn start(
+    client: Client,
+    config: ControllerConfig,
+    leader: LeaderState,
+    shutdown: CancellationToken,
+) -> ControllerHandle {
+    let (trigger, mut triggered) = mpsc::unbounded_channel::<ObjectRef<HealthScope>>();
+    let index = DependencyIndex::default();
+    let caches = WorkloadCaches::spawn(
+        client.clone(),
+        config.namespace.clone(),
+        index.clone(),
+        trigger.clone(),
+        None,
+        shutdown.clone(),
+    );
+    let scopes_api: Api<HealthScope> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let controller = Controller::new(scopes_api, watcher::Config::default());
+    let scopes = controller.store();
+    let probes = Probes::new(config.probe_concurrency, trigger, shutdown.clone());
+    let stats = Arc::new(Stats::default());
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "healthscope".to_string(),
+            instance: Some(config.identity.clone()),
+        },
+    );
+    let ctx = Arc::new(Context::new(
+        client,
+        scopes.clone(),
+        caches.clone(),
+        index,
+        probes.clone(),
+        leader.clone(),
+        recorder,
+        config.min_probe_interval,
+        stats.clone(),
+    ));
+
+    // Workload, EndpointSlice and probe changes name the scopes to reconcile at once.
+    let triggers = futures::stream::poll_fn(move |cx| triggered.poll_recv(cx));
+    // Gaining leadership re-evaluates every scope; losing it stops probing.
+    let became_leader = leadership_gained(leader, probes);
+
+    let (ready_tx, ready) = watch::channel(false);
+    let waiting_caches = caches.clone();
+    let waiting_scopes = scopes.clone();
+    tokio::spawn(async move {
+        waiting_caches.wait_synced().await;
+        let _ = waiting_scopes.wait_until_ready().await;
+        tracing::info!("caches synced");
+        let _ = ready_tx.send(true);
+    });
+
+    let task = tokio::spawn(async move {
+        controller
+            .reconcile_on(triggers)
+            .reconcile_all_on(became_leader)
+            .graceful_shutdown_on(shutdown.cancelled_owned())
+            .run(reconcile::reconcile, reconcile::error_policy, ctx)
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "controller event");
+                }
+            })
+            .await;
+        tracing::info!("controller stopped");
+    });
+
+    ControllerHandle {
+        scopes,
+        caches,
+        stats,
+        ready,
+        task,
+    }
+}
+
+fn leadership_gained(
+    leader: LeaderState,
+    probes: Probes,
+) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold((leader, probes), |(mut leader, probes)| async move {
+        loop {
+            let before = leader.is_leader();
+            let now = leader.changed().await;
+            if now == before && !now {
+                // The elector stopped: no more changes will come.
+                return None;
+            }
+            if now {
+                return Some(((), (leader, probes)));
+            }
+            probes.stop_all();
+        }
+    })
+}
