@@ -90,3 +90,402 @@ async fn controller_leader_election_standby_takes_over_after_leader_dies() {
     stop_b.cancel();
     task_b.await.expect("elector b ends");
 }
+
+// --- the controller against hand-made workloads -------------------------------------------------
+
+use healthscope::api::{Health, HealthScope, HealthScopeSpec, WorkloadReference};
+use healthscope::controller::{self, ControllerConfig, ControllerHandle};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+
+use crate::support;
+
+/// A controller for the test's namespace only, so parallel tests never see each other.
+fn start_controller(
+    ctx: &TestContext,
+    leader: LeaderState,
+    shutdown: &CancellationToken,
+) -> ControllerHandle {
+    controller::start(
+        ctx.client.clone(),
+        ControllerConfig {
+            namespace: Some(ctx.namespace.clone()),
+            min_probe_interval: Duration::from_secs(1),
+            ..ControllerConfig::default()
+        },
+        leader,
+        shutdown.clone(),
+    )
+}
+
+async fn create_deployment(ctx: &TestContext, name: &str, replicas: i32) {
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name, "labels": { "app.oam.dev/component": name } },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": { "containers": [{ "name": "app", "image": "example.invalid/app:1" }] }
+            }
+        }
+    }))
+    .unwrap();
+    ctx.api::<Deployment>()
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+}
+
+/// Sets a Deployment's status by hand, as its controller would.
+async fn set_ready(ctx: &TestContext, name: &str, ready: i32) {
+    let status = serde_json::json!({
+        "status": { "observedGeneration": 1, "replicas": 2, "readyReplicas": ready, "availableReplicas": ready, "updatedReplicas": 2 }
+    });
+    ctx.api::<Deployment>()
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+async fn create_scope(
+    ctx: &TestContext,
+    name: &str,
+    refs: Vec<WorkloadReference>,
+    spec: HealthScopeSpec,
+) {
+    let scope = HealthScope::new(
+        name,
+        HealthScopeSpec {
+            workload_refs: refs,
+            ..spec
+        },
+    );
+    ctx.api::<HealthScope>()
+        .create(&PostParams::default(), &scope)
+        .await
+        .unwrap();
+}
+
+fn deployment_ref(name: &str) -> WorkloadReference {
+    WorkloadReference::new("apps/v1", "Deployment", name)
+}
+
+/// Waits until the scope's status satisfies `check`; returns the scope.
+async fn wait_scope(
+    ctx: &TestContext,
+    name: &str,
+    within: Duration,
+    what: &str,
+    check: impl Fn(&HealthScope) -> bool,
+) -> HealthScope {
+    let api = ctx.api::<HealthScope>();
+    support::eventually(within, what, || {
+        let api = api.clone();
+        let check = &check;
+        async move { api.get(name).await.ok().filter(|s| check(s)) }
+    })
+    .await
+}
+
+fn health(scope: &HealthScope) -> Option<Health> {
+    scope.status.as_ref().and_then(|s| s.health)
+}
+
+#[tokio::test]
+async fn controller_scope_follows_deployment_status_within_two_seconds() {
+    let ctx = TestContext::new("controller-follow").await;
+    support::install_crds(&ctx.client, &healthscope::api::crds()).await;
+    let shutdown = CancellationToken::new();
+    let mut handle = start_controller(&ctx, LeaderState::always(), &shutdown);
+    handle.wait_ready().await;
+
+    create_deployment(&ctx, "web", 2).await;
+    create_deployment(&ctx, "worker", 2).await;
+    set_ready(&ctx, "web", 2).await;
+    set_ready(&ctx, "worker", 2).await;
+    // A long probe interval: every change below must arrive by watch, not by the timer.
+    let spec = HealthScopeSpec {
+        probe_interval: Some(60),
+        ..Default::default()
+    };
+    create_scope(
+        &ctx,
+        "app",
+        vec![deployment_ref("web"), deployment_ref("worker")],
+        spec,
+    )
+    .await;
+    let scope = wait_scope(&ctx, "app", Duration::from_secs(5), "healthy", |s| {
+        health(s) == Some(Health::Healthy)
+    })
+    .await;
+    let status = scope.status.unwrap();
+    assert_eq!(status.healthy_of_total.as_deref(), Some("2/2"));
+    assert_eq!(status.observed_generation, scope.metadata.generation);
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Evaluated")
+    );
+    assert_eq!(
+        status.health_conditions[0].component_name.as_deref(),
+        Some("web")
+    );
+
+    set_ready(&ctx, "worker", 1).await;
+    let scope = wait_scope(
+        &ctx,
+        "app",
+        Duration::from_secs(2),
+        "unhealthy within 2 s",
+        |s| health(s) == Some(Health::Unhealthy),
+    )
+    .await;
+    let status = scope.status.unwrap();
+    assert_eq!(status.healthy_of_total.as_deref(), Some("1/2"));
+    let worker = status
+        .health_conditions
+        .iter()
+        .find(|c| c.target_workload.name == "worker")
+        .unwrap();
+    assert!(
+        worker.diagnosis.contains("1/2"),
+        "diagnosis: {}",
+        worker.diagnosis
+    );
+
+    set_ready(&ctx, "worker", 2).await;
+    wait_scope(
+        &ctx,
+        "app",
+        Duration::from_secs(2),
+        "healthy again within 2 s",
+        |s| health(s) == Some(Health::Healthy),
+    )
+    .await;
+
+    // One event per transition: healthy → unhealthy and unhealthy → healthy.
+    let events: Api<k8s_openapi::api::events::v1::Event> = ctx.api();
+    let transitions =
+        support::eventually(Duration::from_secs(5), "two HealthChanged events", || {
+            let events = events.clone();
+            async move {
+                let list = events.list(&Default::default()).await.ok()?;
+                let notes: Vec<String> = list
+                    .items
+                    .into_iter()
+                    .filter(|e| e.reason.as_deref() == Some(controller::HEALTH_CHANGED))
+                    .filter_map(|e| e.note)
+                    .collect();
+                (notes.len() >= 2).then_some(notes)
+            }
+        })
+        .await;
+    assert_eq!(transitions.len(), 2, "events: {transitions:?}");
+    assert!(
+        transitions
+            .iter()
+            .any(|n| n.starts_with("healthy → unhealthy: 1 of 2 workloads unhealthy"))
+    );
+    assert!(
+        transitions
+            .iter()
+            .any(|n| n.starts_with("unhealthy → healthy"))
+    );
+
+    shutdown.cancel();
+    handle.join().await;
+}
+
+#[tokio::test]
+async fn controller_scope_without_workloads_is_healthy() {
+    let ctx = TestContext::new("controller-empty").await;
+    support::install_crds(&ctx.client, &healthscope::api::crds()).await;
+    let shutdown = CancellationToken::new();
+    let handle = start_controller(&ctx, LeaderState::always(), &shutdown);
+    create_scope(&ctx, "empty", vec![], HealthScopeSpec::default()).await;
+    let scope = wait_scope(&ctx, "empty", Duration::from_secs(5), "evaluated", |s| {
+        health(s).is_some()
+    })
+    .await;
+    let status = scope.status.unwrap();
+    assert_eq!(status.health, Some(Health::Healthy));
+    assert_eq!(status.healthy_of_total.as_deref(), Some("0/0"));
+    assert!(status.health_conditions.is_empty());
+    shutdown.cancel();
+    handle.join().await;
+}
+
+#[tokio::test]
+async fn controller_reports_a_deleted_workload_as_not_found() {
+    let ctx = TestContext::new("controller-deleted").await;
+    support::install_crds(&ctx.client, &healthscope::api::crds()).await;
+    let shutdown = CancellationToken::new();
+    let handle = start_controller(&ctx, LeaderState::always(), &shutdown);
+    create_deployment(&ctx, "web", 2).await;
+    set_ready(&ctx, "web", 2).await;
+    let spec = HealthScopeSpec {
+        probe_interval: Some(60),
+        ..Default::default()
+    };
+    create_scope(&ctx, "app", vec![deployment_ref("web")], spec).await;
+    wait_scope(&ctx, "app", Duration::from_secs(5), "healthy", |s| {
+        health(s) == Some(Health::Healthy)
+    })
+    .await;
+
+    ctx.api::<Deployment>()
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    let scope = wait_scope(
+        &ctx,
+        "app",
+        Duration::from_secs(2),
+        "not found within 2 s",
+        |s| health(s) == Some(Health::Unhealthy),
+    )
+    .await;
+    let status = scope.status.unwrap();
+    assert!(
+        status.health_conditions[0].diagnosis.contains("not found"),
+        "diagnosis: {}",
+        status.health_conditions[0].diagnosis
+    );
+    shutdown.cancel();
+    handle.join().await;
+}
+
+#[tokio::test]
+async fn controller_does_not_rewrite_an_unchanged_status() {
+    let ctx = TestContext::new("controller-no-rewrite").await;
+    support::install_crds(&ctx.client, &healthscope::api::crds()).await;
+    let shutdown = CancellationToken::new();
+    let handle = start_controller(&ctx, LeaderState::always(), &shutdown);
+    create_deployment(&ctx, "web", 2).await;
+    set_ready(&ctx, "web", 2).await;
+    // Re-evaluated every second: three seconds are three full cycles.
+    let spec = HealthScopeSpec {
+        probe_interval: Some(1),
+        ..Default::default()
+    };
+    create_scope(&ctx, "app", vec![deployment_ref("web")], spec).await;
+    let scope = wait_scope(&ctx, "app", Duration::from_secs(5), "healthy", |s| {
+        health(s) == Some(Health::Healthy)
+    })
+    .await;
+    let version = scope.metadata.resource_version.clone();
+    // The write that made it healthy is counted once the patch call has returned.
+    let stats = handle.stats.clone();
+    let writes = support::eventually(Duration::from_secs(2), "the first write counted", || {
+        let n = stats
+            .status_writes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        async move { (n >= 1).then_some(n) }
+    })
+    .await;
+    let reconciles = handle
+        .stats
+        .reconciles
+        .load(std::sync::atomic::Ordering::Relaxed);
+
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let after = ctx.api::<HealthScope>().get("app").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version, version,
+        "the scope was rewritten"
+    );
+    assert_eq!(
+        handle
+            .stats
+            .status_writes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        writes,
+        "status writes while nothing changed"
+    );
+    let cycles = handle
+        .stats
+        .reconciles
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - reconciles;
+    assert!(
+        cycles >= 3,
+        "the periodic evaluation kept running ({cycles} reconciles in 3.5 s)"
+    );
+    shutdown.cancel();
+    handle.join().await;
+}
+
+#[tokio::test]
+async fn controller_standby_never_writes_and_takes_over_when_the_leader_stops() {
+    let ctx = TestContext::new("controller-standby").await;
+    support::install_crds(&ctx.client, &healthscope::api::crds()).await;
+    let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+    let (lead_a, elector_a) =
+        LeaderElector::spawn(ctx.client.clone(), fast_lease(&ctx, "a"), stop_a.clone());
+    wait_for(&lead_a, true, Duration::from_secs(5)).await;
+    let a = start_controller(&ctx, lead_a.clone(), &stop_a);
+    let (lead_b, elector_b) =
+        LeaderElector::spawn(ctx.client.clone(), fast_lease(&ctx, "b"), stop_b.clone());
+    let b = start_controller(&ctx, lead_b.clone(), &stop_b);
+
+    create_deployment(&ctx, "web", 2).await;
+    set_ready(&ctx, "web", 2).await;
+    let spec = HealthScopeSpec {
+        probe_interval: Some(1),
+        ..Default::default()
+    };
+    create_scope(&ctx, "app", vec![deployment_ref("web")], spec).await;
+    wait_scope(&ctx, "app", Duration::from_secs(5), "healthy", |s| {
+        health(s) == Some(Health::Healthy)
+    })
+    .await;
+    set_ready(&ctx, "web", 1).await;
+    wait_scope(&ctx, "app", Duration::from_secs(2), "unhealthy", |s| {
+        health(s) == Some(Health::Unhealthy)
+    })
+    .await;
+    assert!(
+        a.stats
+            .status_writes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    );
+    assert_eq!(
+        b.stats
+            .status_writes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the standby wrote status"
+    );
+
+    // The leader stops: it releases the lease and the standby writes the next change.
+    stop_a.cancel();
+    elector_a.await.unwrap();
+    a.join().await;
+    wait_for(&lead_b, true, Duration::from_secs(3)).await;
+    set_ready(&ctx, "web", 2).await;
+    wait_scope(
+        &ctx,
+        "app",
+        Duration::from_secs(3),
+        "healthy, written by the new leader",
+        |s| health(s) == Some(Health::Healthy),
+    )
+    .await;
+    assert!(
+        b.stats
+            .status_writes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+
+    stop_b.cancel();
+    elector_b.await.unwrap();
+    b.join().await;
+}
