@@ -11,6 +11,7 @@ pub mod evaluate;
 pub mod probes;
 pub mod reconcile;
 pub mod rules;
+pub mod run;
 pub mod status;
 
 use std::sync::Arc;
@@ -36,7 +37,7 @@ pub use reconcile::{HEALTH_CHANGED, STATUS_FIELD_MANAGER};
 /// Lowest probe interval a scope may ask for, unless configured otherwise.
 pub const DEFAULT_MIN_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Probes in flight at once across all scopes, unless configured otherwise.
-pub const DEFAULT_PROBE_CONCURRENCY: usize = 64;
+pub const DEFAULT_PROBE_CONCURRENCY: u32 = 64;
 
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
@@ -55,7 +56,7 @@ impl Default for ControllerConfig {
         Self {
             namespace: None,
             min_probe_interval: DEFAULT_MIN_PROBE_INTERVAL,
-            probe_concurrency: DEFAULT_PROBE_CONCURRENCY,
+            probe_concurrency: DEFAULT_PROBE_CONCURRENCY as usize,
             identity: "healthscope".to_string(),
         }
     }
