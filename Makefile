@@ -58,11 +58,37 @@ testenv-down: ## Stop the test control plane started by testenv-up
 # --- tools the tests use (installed into target/tools, never by hand) ----------------------------
 
 .PHONY: tools
-tools: $(TOOLS_DIR)/bin/kubectl ## Install kubectl (and helm) into target/tools
+tools: $(TOOLS_DIR)/bin/kubectl $(TOOLS_DIR)/bin/helm ## Install kubectl and helm into target/tools
 
-$(TOOLS_DIR)/bin/kubectl:
+$(TOOLS_DIR)/bin/kubectl $(TOOLS_DIR)/bin/helm:
 	scripts/install-tools.sh $(TOOLS_DIR)
 
 .PHONY: clean
 clean: ## Remove build outputs
 	$(CARGO) clean
+
+# --- install: generated manifests, Helm chart, demo ----------------------------------------------
+
+HELM         := $(TOOLS_DIR)/bin/helm
+CRD_DIRS     := manifests/crds charts/healthscope/files/crds
+INSTALL_NS   := healthscope-system
+
+.PHONY: manifests
+manifests: tools ## Regenerate the CRDs (from the Rust types) and manifests/install.yaml (from the chart)
+	@set -euo pipefail; crds=$$(mktemp); trap 'rm -f "$$crds"' EXIT; \
+	$(CARGO) run -q -- crd >"$$crds"; \
+	for dir in $(CRD_DIRS); do \
+	  mkdir -p $$dir; rm -f $$dir/*.yaml; \
+	  awk -v dir=$$dir 'function flush() { if (name != "") { printf "%s", doc > (dir "/" name ".yaml"); close(dir "/" name ".yaml") } name = ""; doc = "" } \
+	    /^---$$/ { flush() } { doc = doc $$0 "\n" } \
+	    /^metadata:$$/ { meta = 1; next } meta && /^  name: / { name = $$2; meta = 0 } \
+	    END { flush() }' "$$crds"; \
+	done; \
+	$(HELM) template healthscope charts/healthscope --namespace $(INSTALL_NS) \
+	  -f manifests/install-values.yaml >manifests/install.yaml; \
+	echo "wrote $(CRD_DIRS) and manifests/install.yaml"
+
+.PHONY: helm-lint
+helm-lint: tools ## Lint and render the Helm chart
+	$(HELM) lint --strict charts/healthscope
+	$(HELM) template healthscope charts/healthscope --namespace $(INSTALL_NS) >/dev/null

@@ -1,1 +1,740 @@
 //! Prometheus metrics shared by the webhook, the controller and the probes.
+//!
+//! One [`Metrics`] per process, cloned into every part (an `Arc` inside, so clones are cheap and
+//! share the same series). Names follow the Prometheus conventions: a `healthscope_` prefix, base
+//! units, `_total` on counters. Per-workload series are deliberately absent: 10,000 workloads would
+//! mean 10,000 series; per-workload detail is served by `/scopes/{namespace}/{name}` instead.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::api::{Health, ScopeHealthCondition};
+
+/// The `Content-Type` of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus reads).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Webhook latency buckets (seconds). They include the API server's own admission-latency
+/// boundaries (0.005, 0.025, 0.1, 0.5, 1, 2.5, 10) so both sides can be compared bucket for bucket.
+pub const WEBHOOK_DURATION_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// AdmissionReview body sizes (bytes): 1 KiB up to the 7 MiB body limit.
+pub const WEBHOOK_REQUEST_BYTES_BUCKETS: [f64; 8] = [
+    1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 3145728.0, 7340032.0,
+];
+
+/// Reconcile latency buckets (seconds), 1 ms to 60 s like controller-runtime's.
+pub const RECONCILE_DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
+
+/// HTTP probe latency buckets (seconds), up to the longest sensible probe timeout.
+pub const PROBE_DURATION_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// Every metric family healthscope exposes, by the sample name it is scraped as.
+pub const METRIC_NAMES: [&str; 16] = [
+    "healthscope_webhook_requests_total",
+    "healthscope_webhook_request_duration_seconds",
+    "healthscope_webhook_requests_in_flight",
+    "healthscope_webhook_request_bytes",
+    "healthscope_webhook_rejected_total",
+    "healthscope_reconcile_total",
+    "healthscope_reconcile_duration_seconds",
+    "healthscope_status_patch_total",
+    "healthscope_status_patch_timeouts_total",
+    "healthscope_probe_success",
+    "healthscope_probe_duration_seconds",
+    "healthscope_workloads",
+    "healthscope_scope_health",
+    "healthscope_leader",
+    "healthscope_build_info",
+    "healthscope_cert_expiry_timestamp_seconds",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookRequestLabels {
+    operation: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeScopeLabels {
+    scope_namespace: String,
+    scope: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthLabels {
+    health: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeHealthLabels {
+    namespace: String,
+    scope: String,
+    health: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// How one reconcile of a HealthScope ended (`healthscope_reconcile_total{result}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReconcileResult {
+    Success,
+    Error,
+    Requeue,
+    RequeueAfter,
+}
+
+impl ReconcileResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReconcileResult::Success => "success",
+            ReconcileResult::Error => "error",
+            ReconcileResult::Requeue => "requeue",
+            ReconcileResult::RequeueAfter => "requeue_after",
+        }
+    }
+}
+
+/// How one status write ended (`healthscope_status_patch_total{result}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchResult {
+    Success,
+    Conflict,
+    Error,
+    /// Also counted in `healthscope_status_patch_timeouts_total`.
+    Timeout,
+}
+
+impl PatchResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PatchResult::Success => "success",
+            PatchResult::Conflict => "conflict",
+            PatchResult::Error => "error",
+            PatchResult::Timeout => "timeout",
+        }
+    }
+}
+
+/// Workloads of one scope by health.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadCounts {
+    pub healthy: i64,
+    pub unhealthy: i64,
+    pub unknown: i64,
+}
+
+impl From<&ScopeHealthCondition> for WorkloadCounts {
+    fn from(c: &ScopeHealthCondition) -> Self {
+        Self {
+            healthy: c.healthy_workloads,
+            unhealthy: c.unhealthy_workloads,
+            unknown: c.unknown_workloads,
+        }
+    }
+}
+
+const HEALTHS: [Health; 3] = [Health::Healthy, Health::Unhealthy, Health::Unknown];
+
+/// The process's metrics. Clone it freely: clones share the same registry and series.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    webhook_requests: Family<WebhookRequestLabels, Counter>,
+    webhook_duration: Histogram,
+    webhook_in_flight: Gauge,
+    webhook_request_bytes: Histogram,
+    webhook_rejected: Family<ReasonLabels, Counter>,
+    reconcile: Family<ResultLabels, Counter>,
+    reconcile_duration: Histogram,
+    status_patch: Family<ResultLabels, Counter>,
+    status_patch_timeouts: Counter,
+    probe_success: Family<ProbeScopeLabels, Gauge>,
+    probe_duration: Histogram,
+    workloads: Family<HealthLabels, Gauge>,
+    scope_health: Family<ScopeHealthLabels, Gauge>,
+    leader: Gauge,
+    cert_expiry: Gauge,
+    /// Per-scope workload counts, so `healthscope_workloads` is the sum over the scopes that
+    /// exist now (a deleted scope's workloads drop out of it).
+    scope_counts: Mutex<BTreeMap<(String, String), WorkloadCounts>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("healthscope");
+
+        let webhook_requests = Family::<WebhookRequestLabels, Counter>::default();
+        registry.register(
+            "webhook_requests",
+            "AdmissionReview requests answered, by operation and HTTP status code",
+            webhook_requests.clone(),
+        );
+        let webhook_duration = Histogram::new(WEBHOOK_DURATION_BUCKETS);
+        registry.register_with_unit(
+            "webhook_request_duration",
+            "Time from reading an AdmissionReview to writing the response",
+            Unit::Seconds,
+            webhook_duration.clone(),
+        );
+        let webhook_in_flight = Gauge::default();
+        registry.register(
+            "webhook_requests_in_flight",
+            "AdmissionReview requests being handled now",
+            webhook_in_flight.clone(),
+        );
+        let webhook_request_bytes = Histogram::new(WEBHOOK_REQUEST_BYTES_BUCKETS);
+        registry.register_with_unit(
+            "webhook_request",
+            "Size of AdmissionReview request bodies",
+            Unit::Bytes,
+            webhook_request_bytes.clone(),
+        );
+        let webhook_rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "webhook_rejected",
+            "Admission requests denied, by reason",
+            webhook_rejected.clone(),
+        );
+
+        let reconcile = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "reconcile",
+            "HealthScope reconciles, by result (success, error, requeue, requeue_after)",
+            reconcile.clone(),
+        );
+        let reconcile_duration = Histogram::new(RECONCILE_DURATION_BUCKETS);
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Time one HealthScope reconcile took",
+            Unit::Seconds,
+            reconcile_duration.clone(),
+        );
+        for result in [
+            ReconcileResult::Success,
+            ReconcileResult::Error,
+            ReconcileResult::Requeue,
+            ReconcileResult::RequeueAfter,
+        ] {
+            // Present from the start, so rate() works before the first error.
+            let _ = reconcile.get_or_create_owned(&ResultLabels {
+                result: result.as_str(),
+            });
+        }
+        let status_patch = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "status_patch",
+            "HealthScope status writes, by result (success, conflict, error, timeout)",
+            status_patch.clone(),
+        );
+        for result in [
+            PatchResult::Success,
+            PatchResult::Conflict,
+            PatchResult::Error,
+            PatchResult::Timeout,
+        ] {
+            let _ = status_patch.get_or_create_owned(&ResultLabels {
+                result: result.as_str(),
+            });
+        }
+        let status_patch_timeouts = Counter::default();
+        registry.register(
+            "status_patch_timeouts",
+            "HealthScope status writes that timed out",
+            status_patch_timeouts.clone(),
+        );
+
+        let probe_success = Family::<ProbeScopeLabels, Gauge>::default();
+        registry.register(
+            "probe_success",
+            "1 if every HTTP probe of the scope's last cycle succeeded, else 0",
+            probe_success.clone(),
+        );
+        let probe_duration = Histogram::new(PROBE_DURATION_BUCKETS);
+        registry.register_with_unit(
+            "probe_duration",
+            "Time one HTTP probe of one endpoint took",
+            Unit::Seconds,
+            probe_duration.clone(),
+        );
+        let workloads = Family::<HealthLabels, Gauge>::default();
+        registry.register(
+            "workloads",
+            "Workloads in all HealthScopes, by health",
+            workloads.clone(),
+        );
+        for health in HEALTHS {
+            let _ = workloads.get_or_create_owned(&HealthLabels {
+                health: health.as_str(),
+            });
+        }
+        let scope_health = Family::<ScopeHealthLabels, Gauge>::default();
+        registry.register(
+            "scope_health",
+            "1 for the scope's current health, 0 for the others",
+            scope_health.clone(),
+        );
+
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease and writes status",
+            leader.clone(),
+        );
+        registry.register(
+            "build",
+            "Version of the running healthscope",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        let cert_expiry = Gauge::default();
+        registry.register_with_unit(
+            "cert_expiry_timestamp",
+            "When the webhook's serving certificate expires (Unix time), 0 if none is loaded",
+            Unit::Seconds,
+            cert_expiry.clone(),
+        );
+
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                webhook_requests,
+                webhook_duration,
+                webhook_in_flight,
+                webhook_request_bytes,
+                webhook_rejected,
+                reconcile,
+                reconcile_duration,
+                status_patch,
+                status_patch_timeouts,
+                probe_success,
+                probe_duration,
+                workloads,
+                scope_health,
+                leader,
+                cert_expiry,
+                scope_counts: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// Counts one AdmissionReview request as in flight until the returned guard is dropped.
+    pub fn webhook_in_flight(&self) -> InFlight {
+        self.inner.webhook_in_flight.inc();
+        InFlight {
+            gauge: self.inner.webhook_in_flight.clone(),
+        }
+    }
+
+    /// Records one answered AdmissionReview: `operation` as in the request (CREATE, UPDATE, ...;
+    /// "unknown" when the body could not be read), the HTTP status code, and how long it took.
+    pub fn observe_webhook_request(
+        &self,
+        operation: &str,
+        code: u16,
+        duration: Duration,
+        request_bytes: usize,
+    ) {
+        self.inner
+            .webhook_requests
+            .get_or_create(&WebhookRequestLabels {
+                operation: operation.to_string(),
+                code: code.to_string(),
+            })
+            .inc();
+        self.inner.webhook_duration.observe(duration.as_secs_f64());
+        self.inner
+            .webhook_request_bytes
+            .observe(request_bytes as f64);
+    }
+
+    /// Counts one denied admission. `reason` must come from a small fixed set (it is a label).
+    pub fn webhook_rejected(&self, reason: &str) {
+        self.inner
+            .webhook_rejected
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn observe_reconcile(&self, result: ReconcileResult, duration: Duration) {
+        self.inner
+            .reconcile
+            .get_or_create(&ResultLabels {
+                result: result.as_str(),
+            })
+            .inc();
+        self.inner
+            .reconcile_duration
+            .observe(duration.as_secs_f64());
+    }
+
+    pub fn status_patch(&self, result: PatchResult) {
+        self.inner
+            .status_patch
+            .get_or_create(&ResultLabels {
+                result: result.as_str(),
+            })
+            .inc();
+        if result == PatchResult::Timeout {
+            self.inner.status_patch_timeouts.inc();
+        }
+    }
+
+    /// Records how long one HTTP probe of one endpoint took.
+    pub fn observe_probe_duration(&self, duration: Duration) {
+        self.inner.probe_duration.observe(duration.as_secs_f64());
+    }
+
+    /// Records whether every probe of the scope's last cycle succeeded.
+    pub fn set_probe_success(&self, scope_namespace: &str, scope: &str, success: bool) {
+        self.inner
+            .probe_success
+            .get_or_create(&ProbeScopeLabels {
+                scope_namespace: scope_namespace.to_string(),
+                scope: scope.to_string(),
+            })
+            .set(i64::from(success));
+    }
+
+    /// Records a scope's evaluated health and its workloads by health. Call it after every
+    /// evaluation; the series follow the latest call.
+    pub fn record_scope(
+        &self,
+        namespace: &str,
+        scope: &str,
+        health: Health,
+        counts: WorkloadCounts,
+    ) {
+        for h in HEALTHS {
+            self.inner
+                .scope_health
+                .get_or_create(&ScopeHealthLabels {
+                    namespace: namespace.to_string(),
+                    scope: scope.to_string(),
+                    health: h.as_str(),
+                })
+                .set(i64::from(h == health));
+        }
+        let mut scopes = self
+            .inner
+            .scope_counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        scopes.insert((namespace.to_string(), scope.to_string()), counts);
+        self.set_workload_totals(&scopes);
+    }
+
+    /// Drops every series of a scope that no longer exists (or that this replica stopped
+    /// evaluating).
+    pub fn forget_scope(&self, namespace: &str, scope: &str) {
+        for h in HEALTHS {
+            self.inner.scope_health.remove(&ScopeHealthLabels {
+                namespace: namespace.to_string(),
+                scope: scope.to_string(),
+                health: h.as_str(),
+            });
+        }
+        self.inner.probe_success.remove(&ProbeScopeLabels {
+            scope_namespace: namespace.to_string(),
+            scope: scope.to_string(),
+        });
+        let mut scopes = self
+            .inner
+            .scope_counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        scopes.remove(&(namespace.to_string(), scope.to_string()));
+        self.set_workload_totals(&scopes);
+    }
+
+    fn set_workload_totals(&self, scopes: &BTreeMap<(String, String), WorkloadCounts>) {
+        let total = scopes
+            .values()
+            .fold(WorkloadCounts::default(), |acc, c| WorkloadCounts {
+                healthy: acc.healthy + c.healthy,
+                unhealthy: acc.unhealthy + c.unhealthy,
+                unknown: acc.unknown + c.unknown,
+            });
+        for (health, value) in [
+            (Health::Healthy, total.healthy),
+            (Health::Unhealthy, total.unhealthy),
+            (Health::Unknown, total.unknown),
+        ] {
+            self.inner
+                .workloads
+                .get_or_create(&HealthLabels {
+                    health: health.as_str(),
+                })
+                .set(value);
+        }
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.inner.leader.set(i64::from(leader));
+    }
+
+    /// Records when the serving certificate just loaded expires.
+    pub fn set_cert_expiry(&self, not_after: SystemTime) {
+        let seconds = not_after
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        self.inner.cert_expiry.set(seconds);
+    }
+
+    /// The metrics in OpenMetrics text format (serve with [`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; an error here would only come from an encoder bug,
+        // and an empty scrape is the safe answer to that.
+        if prometheus_client::encoding::text::encode(&mut out, &self.inner.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Keeps one request counted in `healthscope_webhook_requests_in_flight` until dropped.
+#[derive(Debug)]
+pub struct InFlight {
+    gauge: Gauge,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the sample line that starts with `series` (name plus labels).
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    fn exercise_everything(m: &Metrics) {
+        let _guard = m.webhook_in_flight();
+        m.observe_webhook_request("CREATE", 200, Duration::from_millis(2), 2048);
+        m.webhook_rejected("invalid_probe_endpoint");
+        m.observe_reconcile(ReconcileResult::Success, Duration::from_millis(3));
+        m.status_patch(PatchResult::Timeout);
+        m.observe_probe_duration(Duration::from_millis(7));
+        m.set_probe_success("default", "example", true);
+        m.record_scope(
+            "default",
+            "example",
+            Health::Healthy,
+            WorkloadCounts::default(),
+        );
+        m.set_leader(true);
+        m.set_cert_expiry(UNIX_EPOCH + Duration::from_secs(1_900_000_000));
+    }
+
+    #[test]
+    fn encode_contains_every_family_name() {
+        let m = Metrics::new();
+        exercise_everything(&m);
+        let text = m.encode();
+        for name in METRIC_NAMES {
+            assert!(
+                text.lines()
+                    .any(|l| !l.starts_with('#') && l.starts_with(name)),
+                "no sample of {name} in:\n{text}"
+            );
+        }
+        assert!(
+            text.ends_with("# EOF\n"),
+            "OpenMetrics text ends with # EOF"
+        );
+    }
+
+    #[test]
+    fn result_counters_start_at_zero_for_every_result() {
+        let text = Metrics::new().encode();
+        for result in ["success", "error", "requeue", "requeue_after"] {
+            let series = format!("healthscope_reconcile_total{{result=\"{result}\"}}");
+            assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+        }
+        for result in ["success", "conflict", "error", "timeout"] {
+            let series = format!("healthscope_status_patch_total{{result=\"{result}\"}}");
+            assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+        }
+    }
+
+    #[test]
+    fn webhook_duration_buckets_align_with_the_api_server() {
+        for boundary in [0.005, 0.025, 0.1, 0.5, 1.0, 2.5, 10.0] {
+            assert!(WEBHOOK_DURATION_BUCKETS.contains(&boundary), "{boundary}");
+        }
+        let m = Metrics::new();
+        m.observe_webhook_request("CREATE", 200, Duration::from_millis(4), 100);
+        let text = m.encode();
+        assert_eq!(
+            sample(
+                &text,
+                "healthscope_webhook_request_duration_seconds_bucket{le=\"0.005\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "healthscope_webhook_requests_total{operation=\"CREATE\",code=\"200\"}"
+            ),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn in_flight_gauge_follows_the_guard() {
+        let m = Metrics::new();
+        let a = m.webhook_in_flight();
+        let b = m.webhook_in_flight();
+        assert_eq!(
+            sample(&m.encode(), "healthscope_webhook_requests_in_flight"),
+            Some(2.0)
+        );
+        drop(a);
+        drop(b);
+        assert_eq!(
+            sample(&m.encode(), "healthscope_webhook_requests_in_flight"),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn scope_health_marks_only_the_current_health() {
+        let m = Metrics::new();
+        m.record_scope("ns", "s", Health::Healthy, WorkloadCounts::default());
+        m.record_scope("ns", "s", Health::Unhealthy, WorkloadCounts::default());
+        let text = m.encode();
+        let series = |h: &str| {
+            sample(
+                &text,
+                &format!("healthscope_scope_health{{namespace=\"ns\",scope=\"s\",health=\"{h}\"}}"),
+            )
+        };
+        assert_eq!(series("healthy"), Some(0.0));
+        assert_eq!(series("unhealthy"), Some(1.0));
+        assert_eq!(series("unknown"), Some(0.0));
+    }
+
+    #[test]
+    fn workloads_sum_over_existing_scopes_and_forget_drops_a_scope() {
+        let m = Metrics::new();
+        let counts = |healthy, unhealthy, unknown| WorkloadCounts {
+            healthy,
+            unhealthy,
+            unknown,
+        };
+        m.record_scope("a", "one", Health::Unhealthy, counts(2, 1, 0));
+        m.record_scope("b", "two", Health::Unknown, counts(1, 0, 3));
+        m.set_probe_success("a", "one", false);
+        let text = m.encode();
+        assert_eq!(
+            sample(&text, "healthscope_workloads{health=\"healthy\"}"),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(&text, "healthscope_workloads{health=\"unhealthy\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "healthscope_workloads{health=\"unknown\"}"),
+            Some(3.0)
+        );
+
+        m.forget_scope("a", "one");
+        let text = m.encode();
+        assert_eq!(
+            sample(&text, "healthscope_workloads{health=\"healthy\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "healthscope_workloads{health=\"unhealthy\"}"),
+            Some(0.0)
+        );
+        assert!(!text.contains("scope=\"one\""), "{text}");
+    }
+
+    #[test]
+    fn status_patch_timeout_counts_twice() {
+        let m = Metrics::new();
+        m.status_patch(PatchResult::Timeout);
+        m.status_patch(PatchResult::Success);
+        let text = m.encode();
+        assert_eq!(
+            sample(&text, "healthscope_status_patch_timeouts_total"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "healthscope_status_patch_total{result=\"timeout\"}"),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn build_info_and_cert_expiry() {
+        let m = Metrics::new();
+        m.set_cert_expiry(UNIX_EPOCH + Duration::from_secs(1_900_000_000));
+        let text = m.encode();
+        assert!(text.contains(&format!(
+            "healthscope_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert_eq!(
+            sample(&text, "healthscope_cert_expiry_timestamp_seconds"),
+            Some(1_900_000_000.0)
+        );
+    }
+}
