@@ -64,10 +64,15 @@ fn manager_prefix() -> String {
 }
 
 /// The workloadRefs keys (apiVersion, kind, name) a field manager owns, read from managedFields.
-pub fn owned_refs(managed: &[ManagedFieldsEntry], manager: &str) -> BTreeSet<(String, String, String)> {
+pub fn owned_refs(
+    managed: &[ManagedFieldsEntry],
+    manager: &str,
+) -> BTreeSet<(String, String, String)> {
     managed
         .iter()
-        .filter(|m| m.manager.as_deref() == Some(manager) && m.operation.as_deref() == Some("Apply"))
+        .filter(|m| {
+            m.manager.as_deref() == Some(manager) && m.operation.as_deref() == Some("Apply")
+        })
         .filter_map(|m| m.fields_v1.as_ref())
         .filter_map(|f| f.0.get("f:spec")?.get("f:workloadRefs")?.as_object())
         .flat_map(|refs| refs.keys())
@@ -143,7 +148,10 @@ pub fn plan(snapshot: &NamespaceSnapshot) -> Vec<Action> {
             let Some(scope) = snapshot.scopes.get(&scope_name) else {
                 continue;
             };
-            let owned = owned_refs(scope.meta().managed_fields.as_deref().unwrap_or_default(), &manager);
+            let owned = owned_refs(
+                scope.meta().managed_fields.as_deref().unwrap_or_default(),
+                &manager,
+            );
             let present: BTreeSet<_> = scope.spec.workload_refs.iter().map(key).collect();
             let wanted: BTreeSet<_> = refs.iter().map(key).collect();
             if owned == wanted && wanted.is_subset(&present) {
@@ -160,7 +168,9 @@ pub fn plan(snapshot: &NamespaceSnapshot) -> Vec<Action> {
     // Managers whose ApplicationConfiguration is gone or no longer names the scope.
     for (scope_name, scope) in &snapshot.scopes {
         for manager in ref_managers(scope.meta()) {
-            let still_named = kept.get(&manager).is_some_and(|scopes| scopes.contains(scope_name));
+            let still_named = kept
+                .get(&manager)
+                .is_some_and(|scopes| scopes.contains(scope_name));
             if !still_named {
                 actions.push(Action::ApplyRefs {
                     namespace: ns.to_string(),
@@ -172,7 +182,9 @@ pub fn plan(snapshot: &NamespaceSnapshot) -> Vec<Action> {
         }
     }
     for (api_version, kind, meta) in &snapshot.workloads {
-        let WorkloadScopes::Scopes(scopes) = membership::workload_scopes(api_version, kind, meta, snapshot) else {
+        let WorkloadScopes::Scopes(scopes) =
+            membership::workload_scopes(api_version, kind, meta, snapshot)
+        else {
             continue;
         };
         let labels = meta.labels.clone().unwrap_or_default();
@@ -292,7 +304,9 @@ impl Backstop {
             for action in plan(&snapshot) {
                 match self.execute(&action).await {
                     Ok(()) => writes += 1,
-                    Err(error) => tracing::warn!(?action, %error, "membership backstop write failed; retrying on the next pass"),
+                    Err(error) => {
+                        tracing::warn!(?action, %error, "membership backstop write failed; retrying on the next pass")
+                    }
                 }
             }
         }
@@ -301,14 +315,17 @@ impl Backstop {
 
     fn snapshots(&self) -> Vec<NamespaceSnapshot> {
         let mut by_ns: BTreeMap<String, NamespaceSnapshot> = BTreeMap::new();
-        let mut entry = |ns: Option<String>| -> String { ns.unwrap_or_default() };
+        let entry = |ns: Option<String>| -> String { ns.unwrap_or_default() };
         macro_rules! add {
             ($store:expr, $field:ident) => {
                 for obj in $store.state() {
                     let ns = entry(obj.namespace());
                     by_ns
                         .entry(ns.clone())
-                        .or_insert_with(|| NamespaceSnapshot { namespace: ns, ..Default::default() })
+                        .or_insert_with(|| NamespaceSnapshot {
+                            namespace: ns,
+                            ..Default::default()
+                        })
                         .$field
                         .insert(obj.name_any(), obj.clone());
                 }
@@ -343,7 +360,11 @@ impl Backstop {
             workload("v1", "Service", &s.metadata);
         }
         for c in self.caches.containerized.state() {
-            workload(crate::api::oam::API_VERSION, "ContainerizedWorkload", &c.metadata);
+            workload(
+                crate::api::oam::API_VERSION,
+                "ContainerizedWorkload",
+                &c.metadata,
+            );
         }
         by_ns.into_values().collect()
     }
@@ -358,8 +379,12 @@ impl Backstop {
             } => {
                 let api: Api<HealthScope> = Api::namespaced(self.client.clone(), namespace);
                 let body = workload_refs_apply(namespace, scope, refs);
-                api.patch(scope, &PatchParams::apply(manager).force(), &Patch::Apply(&body))
-                    .await?;
+                api.patch(
+                    scope,
+                    &PatchParams::apply(manager).force(),
+                    &Patch::Apply(&body),
+                )
+                .await?;
                 tracing::info!(%namespace, %scope, %manager, refs = refs.len(), "applied workloadRefs");
             }
             Action::Label {
@@ -377,9 +402,11 @@ impl Backstop {
                 };
                 let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
                 let resource = ApiResource::from_gvk(&gvk);
-                let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &resource);
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(self.client.clone(), namespace, &resource);
                 let patch = label_patch(resource_version.as_deref(), add, remove);
-                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
                 tracing::info!(%namespace, %kind, %name, added = ?add.keys().collect::<Vec<_>>(), removed = ?remove, "corrected scope labels");
             }
         }

@@ -1,209 +1,163 @@
-//! Reads one workload reference from the watch caches and judges its health. The rules are the
-//! pure functions of the health module; this file only finds the objects they need and records
-//! what was read, so a change to any of them re-evaluates the scope.
+//! The health rules ([`crate::health`]) read objects through a lookup; this one answers from the
+//! watch caches and records every object it was asked for, so a change to any of them
+//! re-evaluates the scope at once (including objects that did not exist yet).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::GroupVersionKind;
+use kube::api::{DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
 use super::cache::{DependencyKey, DynamicLookup, SERVICE_NAME_LABEL, WorkloadCaches};
-use super::rules::{self, WorkloadHealth};
-use crate::api::{ContainerizedWorkload, WorkloadReference, oam};
+use crate::api::{ContainerizedWorkload, WorkloadHealthCondition, WorkloadReference};
+use crate::health;
 
-/// The outcome for one reference: its health, the component it came from, and the Services
-/// (direct or a ContainerizedWorkload's child) whose endpoints get HTTP probes.
-pub struct Evaluated {
-    pub health: WorkloadHealth,
-    pub component: Option<String>,
-    pub services: Vec<String>,
+/// A [`health::WorkloadLookup`] over the caches that remembers what it was asked for.
+pub struct CacheLookup<'a> {
+    caches: &'a WorkloadCaches,
+    /// Stores of the kinds without a built-in cache, resolved before evaluation (discovery and
+    /// the first list are the only awaits, and happen once per kind).
+    dynamic: HashMap<GroupVersionKind, Result<Store<DynamicObject>, String>>,
+    read: Mutex<BTreeSet<DependencyKey>>,
 }
 
-impl Evaluated {
-    fn of(health: WorkloadHealth) -> Self {
-        Self {
-            health,
-            component: None,
-            services: Vec::new(),
+impl<'a> CacheLookup<'a> {
+    /// A lookup for evaluating `refs`: starts (or finds) the watch of every kind they name that
+    /// has no built-in cache.
+    pub async fn for_refs(caches: &'a WorkloadCaches, refs: &[WorkloadReference]) -> Self {
+        let mut dynamic = HashMap::new();
+        for wref in refs {
+            if is_builtin(wref) {
+                continue;
+            }
+            let Some(gvk) = gvk_of(wref) else { continue };
+            if dynamic.contains_key(&gvk) {
+                continue;
+            }
+            let store = match caches.dynamic(&gvk).await {
+                DynamicLookup::Store(store) => Ok(store),
+                DynamicLookup::Unknown(reason) => Err(reason),
+            };
+            dynamic.insert(gvk, store);
         }
+        Self {
+            caches,
+            dynamic,
+            read: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// Everything read so far.
+    pub fn into_dependencies(self) -> BTreeSet<DependencyKey> {
+        self.read.into_inner().unwrap_or_default()
+    }
+
+    fn record(&self, key: DependencyKey) {
+        if let Ok(mut read) = self.read.lock() {
+            read.insert(key);
+        }
+    }
+
+    fn typed<K>(&self, store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
+    where
+        K: Resource<DynamicType = ()> + Clone,
+    {
+        self.record(DependencyKey::new(
+            &K::group(&()),
+            &K::kind(&()),
+            namespace,
+            name,
+        ));
+        store.get(&ObjectRef::new(name).within(namespace))
     }
 }
 
-fn component_of<K: Resource>(obj: &K) -> Option<String> {
-    obj.labels().get(oam::labels::COMPONENT).cloned()
+fn is_builtin(wref: &WorkloadReference) -> bool {
+    matches!(
+        (wref.group(), wref.kind.as_str()),
+        (
+            "apps",
+            "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet"
+        ) | ("", "Service")
+            | (crate::api::oam::GROUP, "ContainerizedWorkload")
+    )
 }
 
-fn get<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<std::sync::Arc<K>>
-where
-    K: Resource<DynamicType = ()> + Clone,
-{
-    store.get(&ObjectRef::new(name).within(namespace))
-}
-
-/// The ready EndpointSlices of a Service, from the cache.
-pub fn slices_of(caches: &WorkloadCaches, namespace: &str, service: &str) -> Vec<EndpointSlice> {
-    caches
-        .endpointslices
-        .state_filter(|s| {
+impl health::WorkloadLookup for CacheLookup<'_> {
+    fn deployment(&self, namespace: &str, name: &str) -> Option<Arc<Deployment>> {
+        self.typed(&self.caches.deployments, namespace, name)
+    }
+    fn statefulset(&self, namespace: &str, name: &str) -> Option<Arc<StatefulSet>> {
+        self.typed(&self.caches.statefulsets, namespace, name)
+    }
+    fn daemonset(&self, namespace: &str, name: &str) -> Option<Arc<DaemonSet>> {
+        self.typed(&self.caches.daemonsets, namespace, name)
+    }
+    fn replicaset(&self, namespace: &str, name: &str) -> Option<Arc<ReplicaSet>> {
+        self.typed(&self.caches.replicasets, namespace, name)
+    }
+    fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
+        self.typed(&self.caches.services, namespace, name)
+    }
+    fn endpoint_slices(&self, namespace: &str, service: &str) -> Vec<Arc<EndpointSlice>> {
+        self.record(DependencyKey::endpoints_of(namespace, service));
+        self.caches.endpointslices.state_filter(|s| {
             s.namespace().as_deref() == Some(namespace)
                 && s.labels().get(SERVICE_NAME_LABEL).map(String::as_str) == Some(service)
         })
-        .into_iter()
-        .map(|s| (*s).clone())
-        .collect()
-}
-
-fn service_health(
-    caches: &WorkloadCaches,
-    namespace: &str,
-    service: &Service,
-    deps: &mut BTreeSet<DependencyKey>,
-) -> WorkloadHealth {
-    let name = service.name_any();
-    deps.insert(DependencyKey::endpoints_of(namespace, &name));
-    rules::service(service, &slices_of(caches, namespace, &name))
-}
-
-/// Evaluates one reference of a scope in `namespace`, adding everything it read to `deps`.
-pub async fn evaluate(
-    caches: &WorkloadCaches,
-    namespace: &str,
-    wref: &WorkloadReference,
-    deps: &mut BTreeSet<DependencyKey>,
-) -> Evaluated {
-    let group = wref.group();
-    deps.insert(DependencyKey::new(group, &wref.kind, namespace, &wref.name));
-    let name = wref.name.as_str();
-    match (group, wref.kind.as_str()) {
-        ("apps", "Deployment") => match get(&caches.deployments, namespace, name) {
-            Some(d) => Evaluated {
-                health: rules::deployment(&d),
-                component: component_of(&*d),
-                services: Vec::new(),
-            },
-            None => Evaluated::of(rules::not_found(wref)),
-        },
-        ("apps", "StatefulSet") => match get(&caches.statefulsets, namespace, name) {
-            Some(s) => Evaluated {
-                health: rules::statefulset(&s),
-                component: component_of(&*s),
-                services: Vec::new(),
-            },
-            None => Evaluated::of(rules::not_found(wref)),
-        },
-        ("apps", "DaemonSet") => match get(&caches.daemonsets, namespace, name) {
-            Some(d) => Evaluated {
-                health: rules::daemonset(&d),
-                component: component_of(&*d),
-                services: Vec::new(),
-            },
-            None => Evaluated::of(rules::not_found(wref)),
-        },
-        ("apps", "ReplicaSet") => match get(&caches.replicasets, namespace, name) {
-            Some(r) => Evaluated {
-                health: rules::replicaset(&r),
-                component: component_of(&*r),
-                services: Vec::new(),
-            },
-            None => Evaluated::of(rules::not_found(wref)),
-        },
-        ("", "Service") => match get(&caches.services, namespace, name) {
-            Some(s) => Evaluated {
-                health: service_health(caches, namespace, &s, deps),
-                component: component_of(&*s),
-                services: vec![name.to_string()],
-            },
-            None => Evaluated::of(rules::not_found(wref)),
-        },
-        (oam::GROUP, "ContainerizedWorkload") => {
-            match get(&caches.containerized, namespace, name) {
-                Some(cw) => containerized(caches, namespace, &cw, deps),
-                None => Evaluated::of(rules::not_found(wref)),
-            }
-        }
-        _ => generic(caches, namespace, wref).await,
     }
-}
-
-/// A ContainerizedWorkload through its children: the Deployment and the Service its controller
-/// listed in `status.resources`.
-fn containerized(
-    caches: &WorkloadCaches,
-    namespace: &str,
-    cw: &ContainerizedWorkload,
-    deps: &mut BTreeSet<DependencyKey>,
-) -> Evaluated {
-    let children = cw
-        .status
-        .as_ref()
-        .map(|s| s.resources.clone())
-        .unwrap_or_default();
-    let mut deployment = None;
-    let mut service = None;
-    let mut services = Vec::new();
-    for child in &children {
-        let child_ref = WorkloadReference::new(
-            child.api_version.clone(),
-            child.kind.clone(),
-            child.name.clone(),
-        );
-        deps.insert(DependencyKey::new(
-            child_ref.group(),
-            &child.kind,
+    fn containerized_workload(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<ContainerizedWorkload>> {
+        self.typed(&self.caches.containerized, namespace, name)
+    }
+    fn dynamic(
+        &self,
+        namespace: &str,
+        reference: &WorkloadReference,
+    ) -> Result<Option<Arc<DynamicObject>>, String> {
+        self.record(DependencyKey::new(
+            reference.group(),
+            &reference.kind,
             namespace,
-            &child.name,
+            &reference.name,
         ));
-        match (child_ref.group(), child.kind.as_str()) {
-            ("apps", "Deployment") => {
-                deployment = Some(
-                    get(&caches.deployments, namespace, &child.name)
-                        .map(|d| (*d).clone())
-                        .ok_or(child_ref),
-                )
-            }
-            ("", "Service") => {
-                services.push(child.name.clone());
-                service = Some(match get(&caches.services, namespace, &child.name) {
-                    Some(s) => Ok(service_health(caches, namespace, &s, deps)),
-                    None => Err(child_ref),
-                })
-            }
-            _ => {}
-        }
-    }
-    Evaluated {
-        health: rules::containerized_workload(cw, deployment, service),
-        component: component_of(cw),
-        services,
+        let gvk = gvk_of(reference).ok_or_else(|| {
+            format!(
+                "apiVersion {:?} is not of the form group/version",
+                reference.api_version
+            )
+        })?;
+        let store = match self.dynamic.get(&gvk) {
+            Some(Ok(store)) => store,
+            Some(Err(reason)) => return Err(reason.clone()),
+            None => return Err("kind not resolved yet".to_string()),
+        };
+        Ok(store.find(|o| {
+            o.metadata.name.as_deref() == Some(reference.name.as_str())
+                && o.metadata.namespace.as_deref() == Some(namespace)
+        }))
     }
 }
 
-async fn generic(caches: &WorkloadCaches, namespace: &str, wref: &WorkloadReference) -> Evaluated {
-    let Some(gvk) = gvk_of(wref) else {
-        return Evaluated::of(rules::unknown(format!(
-            "apiVersion {:?} of {} is not group/version",
-            wref.api_version, wref.name
-        )));
-    };
-    match caches.dynamic(&gvk).await {
-        DynamicLookup::Unknown(reason) => Evaluated::of(rules::unknown(reason)),
-        DynamicLookup::Store(store) => {
-            let found = store.find(|o| {
-                o.metadata.name.as_deref() == Some(wref.name.as_str())
-                    && o.metadata.namespace.as_deref() == Some(namespace)
-            });
-            match found {
-                Some(obj) => Evaluated {
-                    health: rules::generic(&obj),
-                    component: component_of(&*obj),
-                    services: Vec::new(),
-                },
-                None => Evaluated::of(rules::not_found(wref)),
-            }
-        }
+/// One workload's verdict and the endpoints its HTTP probe goes to.
+pub struct Evaluated {
+    pub condition: WorkloadHealthCondition,
+    pub probe_addresses: Vec<SocketAddr>,
+}
+
+/// Judges one reference with the health rules, reading through `lookup`.
+pub fn evaluate(namespace: &str, wref: &WorkloadReference, lookup: &CacheLookup<'_>) -> Evaluated {
+    Evaluated {
+        condition: health::evaluate(namespace, wref, lookup),
+        probe_addresses: health::probe_addresses(namespace, wref, lookup),
     }
 }
 
@@ -232,5 +186,21 @@ mod tests {
         assert_eq!((apps.group.as_str(), apps.version.as_str()), ("apps", "v1"));
         assert!(gvk_of(&WorkloadReference::new("a/b/c", "X", "x")).is_none());
         assert!(gvk_of(&WorkloadReference::new("", "X", "x")).is_none());
+    }
+
+    #[test]
+    fn builtin_kinds_need_no_discovery() {
+        assert!(is_builtin(&WorkloadReference::new(
+            "apps/v1",
+            "Deployment",
+            "d"
+        )));
+        assert!(is_builtin(&WorkloadReference::new("v1", "Service", "s")));
+        assert!(is_builtin(&WorkloadReference::new(
+            "core.oam.dev/v1alpha2",
+            "ContainerizedWorkload",
+            "c"
+        )));
+        assert!(!is_builtin(&WorkloadReference::new("batch/v1", "Job", "j")));
     }
 }

@@ -6,11 +6,11 @@
 //! A scope is reconciled when it changes, when anything its last evaluation read changes, when
 //! its probe outcome changes, and every probe interval regardless.
 
+pub mod backstop;
 pub mod cache;
 pub mod evaluate;
 pub mod probes;
 pub mod reconcile;
-pub mod rules;
 pub mod run;
 pub mod status;
 
@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::HealthScope;
 use crate::leader::LeaderState;
+use crate::metrics::Metrics;
+use crate::probe::{ProbeObserver, ProbeOutcome, ProbeTarget, Prober};
 use cache::{DependencyIndex, WorkloadCaches};
 use probes::Probes;
 use reconcile::{Context, Stats};
@@ -39,7 +41,7 @@ pub const DEFAULT_MIN_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Probes in flight at once across all scopes, unless configured otherwise.
 pub const DEFAULT_PROBE_CONCURRENCY: u32 = 64;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ControllerConfig {
     /// Watch and reconcile only this namespace (all namespaces when `None`).
     pub namespace: Option<String>,
@@ -49,6 +51,10 @@ pub struct ControllerConfig {
     pub probe_concurrency: usize,
     /// This replica's name in events (the pod name in a cluster).
     pub identity: String,
+    /// How often the membership backstop runs when nothing changes; `None` turns it off.
+    pub backstop_interval: Option<Duration>,
+    /// Where reconcile, status-write, probe and leader metrics go.
+    pub metrics: Option<Metrics>,
 }
 
 impl Default for ControllerConfig {
@@ -58,6 +64,8 @@ impl Default for ControllerConfig {
             min_probe_interval: DEFAULT_MIN_PROBE_INTERVAL,
             probe_concurrency: DEFAULT_PROBE_CONCURRENCY as usize,
             identity: "healthscope".to_string(),
+            backstop_interval: Some(backstop::DEFAULT_BACKSTOP_INTERVAL),
+            metrics: None,
         }
     }
 }
@@ -104,15 +112,17 @@ pub fn start(
     config: ControllerConfig,
     leader: LeaderState,
     shutdown: CancellationToken,
-) -> ControllerHandle {
+) -> Result<ControllerHandle, crate::probe::ProbeError> {
     let (trigger, mut triggered) = mpsc::unbounded_channel::<ObjectRef<HealthScope>>();
     let index = DependencyIndex::default();
+    let membership_changed = Arc::new(tokio::sync::Notify::new());
+    let backstop_on = config.backstop_interval.is_some();
     let caches = WorkloadCaches::spawn(
         client.clone(),
         config.namespace.clone(),
         index.clone(),
         trigger.clone(),
-        None,
+        backstop_on.then(|| membership_changed.clone()),
         shutdown.clone(),
     );
     let scopes_api: Api<HealthScope> = match &config.namespace {
@@ -121,7 +131,12 @@ pub fn start(
     };
     let controller = Controller::new(scopes_api, watcher::Config::default());
     let scopes = controller.store();
-    let probes = Probes::new(config.probe_concurrency, trigger, shutdown.clone());
+    let observer = config
+        .metrics
+        .clone()
+        .map(|m| Arc::new(ProbeMetrics(m)) as Arc<dyn ProbeObserver>);
+    let prober = Prober::new(config.probe_concurrency.max(1), observer)?;
+    let probes = Probes::new(prober, trigger, config.metrics.clone(), shutdown.clone());
     let stats = Arc::new(Stats::default());
     let recorder = Recorder::new(
         client.clone(),
@@ -131,7 +146,7 @@ pub fn start(
         },
     );
     let ctx = Arc::new(Context::new(
-        client,
+        client.clone(),
         scopes.clone(),
         caches.clone(),
         index,
@@ -140,12 +155,28 @@ pub fn start(
         recorder,
         config.min_probe_interval,
         stats.clone(),
+        config.metrics.clone(),
+        backstop_on.then(|| membership_changed.clone()),
     ));
+
+    if let Some(interval) = config.backstop_interval {
+        let backstop = backstop::Backstop::new(
+            client.clone(),
+            config.namespace.clone(),
+            scopes.clone(),
+            caches.clone(),
+            leader.clone(),
+            membership_changed,
+            interval,
+            &shutdown,
+        );
+        tokio::spawn(backstop.run(shutdown.clone()));
+    }
 
     // Workload, EndpointSlice and probe changes name the scopes to reconcile at once.
     let triggers = futures::stream::poll_fn(move |cx| triggered.poll_recv(cx));
     // Gaining leadership re-evaluates every scope; losing it stops probing.
-    let became_leader = leadership_gained(leader, probes);
+    let became_leader = leadership_gained(leader, probes, config.metrics.clone());
 
     let (ready_tx, ready) = watch::channel(false);
     let waiting_caches = caches.clone();
@@ -172,29 +203,46 @@ pub fn start(
         tracing::info!("controller stopped");
     });
 
-    ControllerHandle {
+    Ok(ControllerHandle {
         scopes,
         caches,
         stats,
         ready,
         task,
+    })
+}
+
+/// Records every probe's duration.
+struct ProbeMetrics(Metrics);
+
+impl ProbeObserver for ProbeMetrics {
+    fn observe(&self, _target: &ProbeTarget, outcome: &ProbeOutcome) {
+        self.0.observe_probe_duration(outcome.duration);
     }
 }
 
 fn leadership_gained(
     leader: LeaderState,
     probes: Probes,
+    metrics: Option<Metrics>,
 ) -> impl futures::Stream<Item = ()> + Send {
-    futures::stream::unfold((leader, probes), |(mut leader, probes)| async move {
+    if let Some(metrics) = &metrics {
+        metrics.set_leader(leader.is_leader());
+    }
+    let state = (leader, probes, metrics);
+    futures::stream::unfold(state, |(mut leader, probes, metrics)| async move {
         loop {
             let before = leader.is_leader();
             let now = leader.changed().await;
+            if let Some(metrics) = &metrics {
+                metrics.set_leader(now);
+            }
             if now == before && !now {
                 // The elector stopped: no more changes will come.
                 return None;
             }
             if now {
-                return Some(((), (leader, probes)));
+                return Some(((), (leader, probes, metrics)));
             }
             probes.stop_all();
         }

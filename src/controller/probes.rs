@@ -1,7 +1,7 @@
 //! Background HTTP probes, one task per scope on the scope's own interval. A reconcile states
-//! what to probe (method, path, timeout, endpoints per Service); the task probes, keeps the
-//! latest outcome, and queues the scope when that outcome changes. A slow endpoint only ever
-//! delays its own scope's task; every task shares one global concurrency bound.
+//! what to probe (method, path, timeout, endpoints per workload); the task probes through the
+//! shared [`Prober`] (one global concurrency bound), keeps the latest outcome, and queues the
+//! scope when that outcome changes. A slow endpoint only ever delays its own scope's task.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -9,11 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::runtime::reflector::ObjectRef;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::Trigger;
-use crate::api::HealthScope;
+use crate::api::{HealthScope, WorkloadReference};
+use crate::health::ProbeResult;
+use crate::metrics::Metrics;
+use crate::probe::{ProbeOutcome, ProbeTarget, Prober};
 
 /// What a scope wants probed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,55 +25,49 @@ pub struct ProbePlan {
     pub path: String,
     pub timeout: Duration,
     pub interval: Duration,
-    /// Endpoint addresses per Service name.
-    pub targets: BTreeMap<String, Vec<SocketAddr>>,
+    /// Endpoint addresses per workload (a Service, or a ContainerizedWorkload's Service).
+    pub targets: BTreeMap<WorkloadReference, Vec<SocketAddr>>,
 }
-
-/// The outcome of one probe of one endpoint: `Ok(status code)` or the failure reason.
-pub type EndpointOutcome = Result<u16, String>;
-
-/// The latest outcome per Service, per endpoint.
-pub type ProbeResults = BTreeMap<String, Vec<(SocketAddr, EndpointOutcome)>>;
 
 struct ProbeTask {
     plan: ProbePlan,
-    results: watch::Receiver<Option<Arc<ProbeResults>>>,
+    results: watch::Receiver<Option<Arc<Vec<ProbeResult>>>>,
     stop: CancellationToken,
 }
 
-/// The probe tasks of every scope.
+/// The probe tasks of every scope. Cheap to clone.
 #[derive(Clone)]
 pub struct Probes {
     tasks: Arc<Mutex<HashMap<ObjectRef<HealthScope>, ProbeTask>>>,
-    http: reqwest::Client,
-    permits: Arc<Semaphore>,
+    prober: Prober,
     trigger: Trigger,
+    metrics: Option<Metrics>,
     shutdown: CancellationToken,
 }
 
 impl Probes {
-    pub fn new(concurrency: usize, trigger: Trigger, shutdown: CancellationToken) -> Self {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build()
-            .unwrap_or_default();
+    pub fn new(
+        prober: Prober,
+        trigger: Trigger,
+        metrics: Option<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             tasks: Default::default(),
-            http,
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            prober,
             trigger,
+            metrics,
             shutdown,
         }
     }
 
     /// Makes the scope's task follow `plan` (starting, replacing or stopping it) and returns
-    /// the latest results for that plan, if a round has finished.
+    /// the latest outcome for that plan, once a round has finished.
     pub fn ensure(
         &self,
         scope: &ObjectRef<HealthScope>,
         plan: Option<ProbePlan>,
-    ) -> Option<Arc<ProbeResults>> {
+    ) -> Option<Arc<Vec<ProbeResult>>> {
         let Ok(mut tasks) = self.tasks.lock() else {
             return None;
         };
@@ -93,10 +90,10 @@ impl Probes {
         tokio::spawn(probe_loop(
             scope.clone(),
             plan.clone(),
-            self.http.clone(),
-            self.permits.clone(),
+            self.prober.clone(),
             tx,
             self.trigger.clone(),
+            self.metrics.clone(),
             stop.clone(),
         ));
         tasks.insert(
@@ -123,14 +120,14 @@ impl Probes {
 async fn probe_loop(
     scope: ObjectRef<HealthScope>,
     plan: ProbePlan,
-    http: reqwest::Client,
-    permits: Arc<Semaphore>,
-    results: watch::Sender<Option<Arc<ProbeResults>>>,
+    prober: Prober,
+    results: watch::Sender<Option<Arc<Vec<ProbeResult>>>>,
     trigger: Trigger,
+    metrics: Option<Metrics>,
     stop: CancellationToken,
 ) {
-    // The next round starts one interval after the previous one started, however long it took;
-    // an overrunning round delays the next, it never cancels probing.
+    // The next round starts one interval after the previous one started, or as soon as it ends
+    // when it overran: probing never stops, whatever a round costs.
     let mut ticks = tokio::time::interval(plan.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -140,10 +137,18 @@ async fn probe_loop(
         }
         let round = tokio::select! {
             _ = stop.cancelled() => return,
-            round = probe_round(&plan, &http, &permits) => round,
+            round = probe_round(&plan, &prober) => round,
         };
+        if let Some(metrics) = &metrics {
+            let success = round.iter().all(|r| r.outcomes.iter().all(|o| o.ok));
+            metrics.set_probe_success(
+                scope.namespace.as_deref().unwrap_or_default(),
+                &scope.name,
+                success,
+            );
+        }
         let changed = results.send_if_modified(|current| {
-            if current.as_deref() == Some(&round) {
+            if current.as_deref().is_some_and(|c| same_verdicts(c, &round)) {
                 return false;
             }
             *current = Some(Arc::new(round));
@@ -156,108 +161,71 @@ async fn probe_loop(
     }
 }
 
-async fn probe_round(
-    plan: &ProbePlan,
-    http: &reqwest::Client,
-    permits: &Semaphore,
-) -> ProbeResults {
-    let mut round = ProbeResults::new();
-    let probes = plan.targets.iter().flat_map(|(service, addrs)| {
-        addrs.iter().map(move |addr| async move {
-            let outcome = match permits.acquire().await {
-                Ok(_permit) => probe_one(plan, http, *addr).await,
-                Err(_) => Err("prober stopped".to_string()),
-            };
-            (service.clone(), *addr, outcome)
-        })
-    });
-    for (service, addr, outcome) in futures::future::join_all(probes).await {
-        round.entry(service).or_default().push((addr, outcome));
-    }
-    round
+/// Equal for the status: the same workloads with the same results, whatever each probe took.
+fn same_verdicts(a: &[ProbeResult], b: &[ProbeResult]) -> bool {
+    let verdicts = |r: &[ProbeResult]| -> Vec<(WorkloadReference, Vec<(bool, String)>)> {
+        r.iter()
+            .map(|p| {
+                (
+                    p.workload.clone(),
+                    p.outcomes
+                        .iter()
+                        .map(|o| (o.ok, o.reason.clone()))
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    verdicts(a) == verdicts(b)
 }
 
-async fn probe_one(plan: &ProbePlan, http: &reqwest::Client, addr: SocketAddr) -> EndpointOutcome {
-    let method = reqwest::Method::from_bytes(plan.method.as_bytes())
-        .map_err(|_| format!("invalid probe method {:?}", plan.method))?;
-    let url = format!("http://{addr}{}", plan.path);
-    let response = http
-        .request(method, &url)
-        .timeout(plan.timeout)
-        .send()
-        .await
-        .map_err(|e| describe(&e, plan.timeout))?;
-    let code = response.status();
-    // 2xx and 3xx are success, as the kubelet judges HTTP probes.
-    if code.is_success() || code.is_redirection() {
-        Ok(code.as_u16())
-    } else {
-        Err(format!("HTTP {}", code.as_u16()))
-    }
-}
-
-fn describe(error: &reqwest::Error, timeout: Duration) -> String {
-    if error.is_timeout() {
-        format!("timed out after {timeout:?}")
-    } else if error.is_connect() {
-        let mut source: Option<&dyn std::error::Error> = std::error::Error::source(error);
-        while let Some(inner) = source {
-            if let Some(io) = inner.downcast_ref::<std::io::Error>() {
-                return format!("connection failed: {}", io.kind());
+async fn probe_round(plan: &ProbePlan, prober: &Prober) -> Vec<ProbeResult> {
+    let rounds = plan.targets.iter().map(|(workload, addrs)| async move {
+        let mut outcomes = Vec::with_capacity(addrs.len());
+        let mut targets = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            match ProbeTarget::new(&plan.method, plan.path.clone(), *addr, plan.timeout) {
+                Ok(target) => targets.push(target),
+                Err(error) => outcomes.push(ProbeOutcome {
+                    ok: false,
+                    reason: format!("{} {} on {addr}: {error}", plan.method, plan.path),
+                    duration: Duration::ZERO,
+                }),
             }
-            source = inner.source();
         }
-        "connection failed".to_string()
-    } else {
-        format!("request failed: {error}")
-    }
-}
-
-/// Folds one Service's probe outcome into a one-line verdict: `Err` lists the failures.
-pub fn verdict(
-    plan_method: &str,
-    path: &str,
-    outcomes: &[(SocketAddr, EndpointOutcome)],
-) -> Result<String, String> {
-    let failures: Vec<String> = outcomes
-        .iter()
-        .filter_map(|(addr, o)| o.as_ref().err().map(|e| format!("{addr}: {e}")))
-        .collect();
-    if failures.is_empty() {
-        Ok(format!(
-            "probe {plan_method} {path}: {}/{} endpoints OK",
-            outcomes.len(),
-            outcomes.len()
-        ))
-    } else {
-        Err(format!(
-            "probe {plan_method} {path} failed on {}/{} endpoints ({})",
-            failures.len(),
-            outcomes.len(),
-            failures.join(", ")
-        ))
-    }
+        outcomes.extend(prober.probe_all(&targets).await);
+        ProbeResult {
+            workload: workload.clone(),
+            outcomes,
+        }
+    });
+    futures::future::join_all(rounds).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn result(ok: bool, reason: &str, ms: u64) -> ProbeResult {
+        ProbeResult {
+            workload: WorkloadReference::new("v1", "Service", "web"),
+            outcomes: vec![ProbeOutcome {
+                ok,
+                reason: reason.to_string(),
+                duration: Duration::from_millis(ms),
+            }],
+        }
+    }
+
     #[test]
-    fn verdict_names_each_failing_endpoint() {
-        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
-        let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
-        assert_eq!(
-            verdict("GET", "/health", &[(a, Ok(200)), (b, Ok(204))]),
-            Ok("probe GET /health: 2/2 endpoints OK".to_string())
-        );
-        assert_eq!(
-            verdict(
-                "GET",
-                "/health",
-                &[(a, Ok(200)), (b, Err("HTTP 500".into()))]
-            ),
-            Err("probe GET /health failed on 1/2 endpoints (10.0.0.2:80: HTTP 500)".to_string())
-        );
+    fn probe_durations_alone_are_no_change() {
+        assert!(same_verdicts(
+            &[result(true, "HTTP 200", 3)],
+            &[result(true, "HTTP 200", 9)]
+        ));
+        assert!(!same_verdicts(
+            &[result(true, "HTTP 200", 3)],
+            &[result(false, "HTTP 500", 3)]
+        ));
     }
 }

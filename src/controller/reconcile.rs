@@ -3,7 +3,6 @@
 //! and come back after the probe interval.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,14 +14,16 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 
 use super::cache::{DependencyIndex, WorkloadCaches};
-use super::evaluate::{self, Evaluated};
-use super::probes::{self, ProbePlan, ProbeResults, Probes};
+use super::evaluate::{self, CacheLookup, Evaluated};
+use super::probes::{ProbePlan, Probes};
 use super::status;
 use crate::api::{
     DEFAULT_PROBE_INTERVAL_SECONDS, DEFAULT_PROBE_METHOD, DEFAULT_PROBE_TIMEOUT_SECONDS, Health,
-    HealthScope, HealthScopeStatus, WorkloadHealthCondition,
+    HealthScope, HealthScopeStatus, WorkloadReference,
 };
+use crate::health::{ScopeStatusInput, scope_status};
 use crate::leader::LeaderState;
+use crate::metrics::{Metrics, PatchResult, ReconcileResult, WorkloadCounts};
 
 /// The field manager of every status write.
 pub const STATUS_FIELD_MANAGER: &str = "healthscope-controller";
@@ -68,6 +69,11 @@ pub struct Context {
     pub recorder: Recorder,
     pub min_probe_interval: Duration,
     pub stats: Arc<Stats>,
+    pub metrics: Option<Metrics>,
+    /// Pinged when a scope is new or its spec changed, so the membership backstop looks at it.
+    pub scope_changed: Option<Arc<tokio::sync::Notify>>,
+    /// The generation each scope had when last seen.
+    generations: Mutex<HashMap<ObjectRef<HealthScope>, Option<i64>>>,
     /// The last status written per scope, with the resourceVersion it was based on, so a write
     /// is not repeated while the cache has not caught up with it.
     written: Mutex<HashMap<ObjectRef<HealthScope>, Written>>,
@@ -86,6 +92,8 @@ impl Context {
         recorder: Recorder,
         min_probe_interval: Duration,
         stats: Arc<Stats>,
+        metrics: Option<Metrics>,
+        scope_changed: Option<Arc<tokio::sync::Notify>>,
     ) -> Self {
         Self {
             client,
@@ -97,6 +105,9 @@ impl Context {
             recorder,
             min_probe_interval,
             stats,
+            metrics,
+            scope_changed,
+            generations: Default::default(),
             written: Default::default(),
             failures: Default::default(),
         }
@@ -129,11 +140,25 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     let started = Instant::now();
+    let result = evaluate_and_write(&scope, &ctx).await;
+    if let Some(metrics) = &ctx.metrics {
+        let outcome = match &result {
+            Ok(_) => ReconcileResult::RequeueAfter,
+            Err(_) => ReconcileResult::Error,
+        };
+        metrics.observe_reconcile(outcome, started.elapsed());
+    }
+    tracing::debug!(scope = %ObjectRef::from_obj(&*scope), took = ?started.elapsed(), ok = result.is_ok(), "reconciled");
+    result
+}
+
+async fn evaluate_and_write(scope: &HealthScope, ctx: &Context) -> Result<Action, ReconcileError> {
     ctx.stats
         .reconciles
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let key = ObjectRef::from_obj(&*scope);
-    let interval = probe_interval(&scope, ctx.min_probe_interval);
+    let key = ObjectRef::from_obj(scope);
+    let interval = probe_interval(scope, ctx.min_probe_interval);
+    notice_spec_change(ctx, &key, scope.meta().generation);
     // Standbys keep their caches warm but neither probe nor write.
     if !ctx.leader.is_leader() {
         ctx.probes.ensure(&key, None);
@@ -141,86 +166,66 @@ pub async fn reconcile(
     }
     let namespace = scope.namespace().unwrap_or_default();
 
-    let mut deps = BTreeSet::new();
-    let mut evaluated = Vec::new();
+    let mut refs: Vec<WorkloadReference> = Vec::new();
     let mut seen = BTreeSet::new();
     for wref in &scope.spec.workload_refs {
-        if !seen.insert(wref.key()) {
-            continue;
+        if seen.insert(wref.key()) {
+            refs.push(wref.clone());
         }
-        let outcome = evaluate::evaluate(&ctx.caches, &namespace, wref, &mut deps).await;
-        evaluated.push((wref.clone(), outcome));
     }
-    ctx.index.set(&key, deps);
-
-    let plan = probe_plan(&ctx.caches, &scope, &namespace, &evaluated, interval);
-    let results = ctx.probes.ensure(&key, plan.clone());
-    let conditions = evaluated
+    let lookup = CacheLookup::for_refs(&ctx.caches, &refs).await;
+    let evaluated: Vec<(WorkloadReference, Evaluated)> = refs
         .into_iter()
-        .map(|(wref, outcome)| condition(wref, outcome, plan.as_ref(), results.as_deref()))
+        .map(|wref| {
+            let outcome = evaluate::evaluate(&namespace, &wref, &lookup);
+            (wref, outcome)
+        })
         .collect();
+    ctx.index.set(&key, lookup.into_dependencies());
 
-    let current = scope.status.as_ref();
-    let desired = status::build(
-        conditions,
-        scope.meta().generation,
-        current,
-        Timestamp::now(),
-    );
-    write_if_changed(&ctx, &scope, &key, desired).await?;
+    let plan = probe_plan(scope, &evaluated, interval);
+    let probes = ctx.probes.ensure(&key, plan).unwrap_or_default();
+    let desired = scope_status(ScopeStatusInput {
+        generation: scope.meta().generation,
+        workloads: evaluated.into_iter().map(|(_, e)| e.condition).collect(),
+        probes: &probes,
+        previous: scope.status.as_ref(),
+        now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+    });
+    if let (Some(metrics), Some(health), Some(counts)) = (
+        &ctx.metrics,
+        desired.health,
+        desired.scope_health_condition.as_ref(),
+    ) {
+        metrics.record_scope(&namespace, &key.name, health, WorkloadCounts::from(counts));
+    }
+    write_if_changed(ctx, scope, &key, desired).await?;
     if let Ok(mut failures) = ctx.failures.lock() {
         failures.remove(&key);
     }
-    tracing::debug!(scope = %key, took = ?started.elapsed(), "reconciled");
     Ok(Action::requeue(interval))
 }
 
-/// One workload's condition, with the probe verdict of its Services folded in.
-fn condition(
-    wref: crate::api::WorkloadReference,
-    outcome: Evaluated,
-    plan: Option<&ProbePlan>,
-    results: Option<&ProbeResults>,
-) -> WorkloadHealthCondition {
-    let mut health = outcome.health;
-    if let (Some(plan), Some(results)) = (plan, results) {
-        for service in &outcome.services {
-            let Some(outcomes) = results.get(service).filter(|o| !o.is_empty()) else {
-                continue;
-            };
-            match probes::verdict(&plan.method, &plan.path, outcomes) {
-                Ok(fine) => health.diagnosis = join(&health.diagnosis, &fine),
-                Err(failed) => {
-                    health.health = Health::Unhealthy;
-                    health.diagnosis = join(&health.diagnosis, &failed);
-                }
-            }
-        }
-    }
-    WorkloadHealthCondition {
-        component_name: outcome.component,
-        target_workload: wref,
-        health_status: health.health.into(),
-        diagnosis: health.diagnosis,
-        workload_status: health.workload_status,
-    }
-}
-
-fn join(a: &str, b: &str) -> String {
-    if a.is_empty() {
-        b.to_string()
-    } else {
-        format!("{a}; {b}")
+/// Pings the backstop when a scope appears or its spec changes.
+fn notice_spec_change(ctx: &Context, key: &ObjectRef<HealthScope>, generation: Option<i64>) {
+    let Some(notify) = &ctx.scope_changed else {
+        return;
+    };
+    let changed = ctx
+        .generations
+        .lock()
+        .map(|mut seen| seen.insert(key.clone(), generation) != Some(generation))
+        .unwrap_or(false);
+    if changed {
+        notify.notify_one();
     }
 }
 
 /// What to probe for this scope: nothing without a probe-endpoint; otherwise every ready
-/// endpoint address (on each TCP port) of the scope's Services, from the EndpointSlice cache.
+/// endpoint of the scope's Services (direct, or a ContainerizedWorkload's child).
 fn probe_plan(
-    caches: &WorkloadCaches,
     scope: &HealthScope,
-    namespace: &str,
-    evaluated: &[(crate::api::WorkloadReference, Evaluated)],
+    evaluated: &[(WorkloadReference, Evaluated)],
     interval: Duration,
 ) -> Option<ProbePlan> {
     let path = scope
@@ -233,40 +238,11 @@ fn probe_plan(
     } else {
         format!("/{path}")
     };
-    let mut targets = BTreeMap::new();
-    for service in evaluated.iter().flat_map(|(_, e)| e.services.iter()) {
-        let mut addrs = BTreeSet::new();
-        for slice in evaluate::slices_of(caches, namespace, service) {
-            let ports: Vec<u16> = slice
-                .ports
-                .iter()
-                .flatten()
-                .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
-                .filter_map(|p| p.port.and_then(|p| u16::try_from(p).ok()))
-                .collect();
-            for endpoint in slice.endpoints.iter().flatten() {
-                let ready = endpoint
-                    .conditions
-                    .as_ref()
-                    .and_then(|c| c.ready)
-                    .unwrap_or(true);
-                if !ready {
-                    continue;
-                }
-                for address in &endpoint.addresses {
-                    let Ok(ip) = address.parse::<IpAddr>() else {
-                        continue;
-                    };
-                    for port in &ports {
-                        addrs.insert(SocketAddr::new(ip, *port));
-                    }
-                }
-            }
-        }
-        if !addrs.is_empty() {
-            targets.insert(service.clone(), addrs.into_iter().collect());
-        }
-    }
+    let targets: BTreeMap<WorkloadReference, Vec<std::net::SocketAddr>> = evaluated
+        .iter()
+        .filter(|(_, e)| !e.probe_addresses.is_empty())
+        .map(|(wref, e)| (wref.clone(), e.probe_addresses.clone()))
+        .collect();
     if targets.is_empty() {
         return None;
     }
@@ -317,12 +293,20 @@ async fn write_if_changed(
     });
     let params = PatchParams::apply(STATUS_FIELD_MANAGER).force();
     let scope_name = format!("{namespace}/{name}");
-    match tokio::time::timeout(
+    let outcome = tokio::time::timeout(
         STATUS_WRITE_TIMEOUT,
         api.patch_status(&name, &params, &Patch::Apply(&body)),
     )
-    .await
-    {
+    .await;
+    if let Some(metrics) = &ctx.metrics {
+        metrics.status_patch(match &outcome {
+            Err(_) => PatchResult::Timeout,
+            Ok(Err(kube::Error::Api(status))) if status.code == 409 => PatchResult::Conflict,
+            Ok(Err(_)) => PatchResult::Error,
+            Ok(Ok(_)) => PatchResult::Success,
+        });
+    }
+    match outcome {
         Err(_) => {
             return Err(ReconcileError::WriteTimeout {
                 scope: scope_name,

@@ -18,6 +18,8 @@ pub enum RunError {
     LogFilter { filter: String, reason: String },
     #[error("connecting to the API server: {0}")]
     Client(#[source] kube::Error),
+    #[error("setting up probes: {0}")]
+    Probe(#[source] crate::probe::ProbeError),
     #[error("installing the signal handler: {0}")]
     Signal(#[source] std::io::Error),
 }
@@ -90,10 +92,13 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             min_probe_interval: args.min_probe_interval,
             probe_concurrency: args.probe_concurrency as usize,
             identity,
+            backstop_interval: Some(super::backstop::DEFAULT_BACKSTOP_INTERVAL),
+            metrics: None,
         },
         leader_state,
         shutdown.clone(),
-    );
+    )
+    .map_err(RunError::Probe)?;
 
     let signal = shutdown_signal();
     tokio::pin!(signal);

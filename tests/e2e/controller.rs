@@ -116,6 +116,7 @@ fn start_controller(
         leader,
         shutdown.clone(),
     )
+    .expect("the controller starts")
 }
 
 async fn create_deployment(ctx: &TestContext, name: &str, replicas: i32) {
@@ -230,7 +231,7 @@ async fn controller_scope_follows_deployment_status_within_two_seconds() {
         .unwrap();
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
-        ("True", "Evaluated")
+        ("True", "Healthy")
     );
     assert_eq!(
         status.health_conditions[0].component_name.as_deref(),
