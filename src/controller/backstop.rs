@@ -453,3 +453,275 @@ where
     });
     store
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1;
+    use serde_json::json;
+
+    fn from<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn component(name: &str) -> Arc<Component> {
+        Arc::new(from(json!({
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {
+                "workload": {"apiVersion": "apps/v1", "kind": "Deployment"},
+                "parameters": [{"name": "instance-name", "fieldPaths": ["metadata.name"]}],
+            },
+        })))
+    }
+
+    fn appconfig(name: &str, instance: &str, scopes: &[&str]) -> Arc<ApplicationConfiguration> {
+        let scopes: Vec<_> = scopes
+            .iter()
+            .map(|s| json!({"scopeRef": {"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope", "name": s}}))
+            .collect();
+        Arc::new(from(json!({
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"components": [{
+                "componentName": "web",
+                "parameterValues": [{"name": "instance-name", "value": instance}],
+                "scopes": scopes,
+            }]},
+        })))
+    }
+
+    fn owned_by(manager: &str, names: &[&str]) -> ManagedFieldsEntry {
+        let refs: serde_json::Map<String, serde_json::Value> = names
+            .iter()
+            .map(|n| {
+                (
+                    format!(r#"k:{{"apiVersion":"apps/v1","kind":"Deployment","name":"{n}"}}"#),
+                    json!({".": {}}),
+                )
+            })
+            .collect();
+        ManagedFieldsEntry {
+            manager: Some(manager.to_string()),
+            operation: Some("Apply".to_string()),
+            api_version: Some("core.oam.dev/v1alpha2".to_string()),
+            fields_type: Some("FieldsV1".to_string()),
+            fields_v1: Some(FieldsV1(json!({"f:spec": {"f:workloadRefs": refs}}))),
+            ..Default::default()
+        }
+    }
+
+    fn scope(name: &str, refs: &[&str], managed: Vec<ManagedFieldsEntry>) -> Arc<HealthScope> {
+        let mut scope = HealthScope::new(name, Default::default());
+        scope.metadata.namespace = Some("ns".into());
+        scope.metadata.managed_fields = Some(managed);
+        scope.spec.workload_refs = refs
+            .iter()
+            .map(|n| WorkloadReference::new("apps/v1", "Deployment", *n))
+            .collect();
+        Arc::new(scope)
+    }
+
+    fn deployment(name: &str, app: &str, labels: &[(&str, &str)]) -> (String, String, ObjectMeta) {
+        let mut all: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        all.insert("app.oam.dev/name".into(), app.into());
+        all.insert("app.oam.dev/component".into(), "web".into());
+        let meta = ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("ns".into()),
+            labels: Some(all),
+            resource_version: Some("7".into()),
+            ..Default::default()
+        };
+        ("apps/v1".into(), "Deployment".into(), meta)
+    }
+
+    fn snapshot() -> NamespaceSnapshot {
+        NamespaceSnapshot {
+            namespace: "ns".into(),
+            components: [("web".to_string(), component("web"))].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn missing_refs_and_labels_are_planned_with_the_appconfig_field_manager() {
+        let mut s = snapshot();
+        s.apps
+            .insert("shop".into(), appconfig("shop", "web-1", &["health"]));
+        s.scopes
+            .insert("health".into(), scope("health", &[], vec![]));
+        s.workloads.push(deployment("web-1", "shop", &[]));
+        let actions = plan(&s);
+        assert_eq!(
+            actions[0],
+            Action::ApplyRefs {
+                namespace: "ns".into(),
+                scope: "health".into(),
+                manager: field_manager("shop"),
+                refs: vec![WorkloadReference::new("apps/v1", "Deployment", "web-1")],
+            }
+        );
+        let Action::Label {
+            name,
+            add,
+            remove,
+            resource_version,
+            ..
+        } = &actions[1]
+        else {
+            panic!("expected a label action: {actions:?}")
+        };
+        assert_eq!(name, "web-1");
+        assert_eq!(resource_version.as_deref(), Some("7"));
+        assert_eq!(
+            add.keys().collect::<Vec<_>>(),
+            vec!["healthscope.core.oam.dev/health"]
+        );
+        assert!(remove.is_empty());
+        assert_eq!(actions.len(), 2);
+    }
+
+    #[test]
+    fn nothing_is_planned_when_the_cluster_is_right() {
+        let mut s = snapshot();
+        s.apps
+            .insert("shop".into(), appconfig("shop", "web-1", &["health"]));
+        s.scopes.insert(
+            "health".into(),
+            scope(
+                "health",
+                &["web-1"],
+                vec![owned_by(&field_manager("shop"), &["web-1"])],
+            ),
+        );
+        s.workloads.push(deployment(
+            "web-1",
+            "shop",
+            &[("healthscope.core.oam.dev/health", "true")],
+        ));
+        assert_eq!(plan(&s), vec![]);
+    }
+
+    #[test]
+    fn a_scope_that_does_not_exist_is_never_written() {
+        let mut s = snapshot();
+        s.apps
+            .insert("shop".into(), appconfig("shop", "web-1", &["missing"]));
+        assert!(
+            plan(&s)
+                .iter()
+                .all(|a| !matches!(a, Action::ApplyRefs { .. }))
+        );
+    }
+
+    #[test]
+    fn a_dropped_scope_loses_exactly_that_appconfigs_refs_and_labels() {
+        let mut s = snapshot();
+        // shop now names only "other"; its manager still owns web-1 in "health", next to
+        // another AppConfig's entry that must stay.
+        s.apps
+            .insert("shop".into(), appconfig("shop", "web-1", &["other"]));
+        s.apps
+            .insert("blog".into(), appconfig("blog", "web-2", &["health"]));
+        s.scopes.insert(
+            "health".into(),
+            scope(
+                "health",
+                &["web-1", "web-2"],
+                vec![
+                    owned_by(&field_manager("shop"), &["web-1"]),
+                    owned_by(&field_manager("blog"), &["web-2"]),
+                ],
+            ),
+        );
+        s.scopes.insert(
+            "other".into(),
+            scope(
+                "other",
+                &["web-1"],
+                vec![owned_by(&field_manager("shop"), &["web-1"])],
+            ),
+        );
+        s.workloads.push(deployment(
+            "web-1",
+            "shop",
+            &[
+                ("healthscope.core.oam.dev/health", "true"),
+                ("healthscope.core.oam.dev/other", "true"),
+            ],
+        ));
+        s.workloads.push(deployment(
+            "web-2",
+            "blog",
+            &[("healthscope.core.oam.dev/health", "true")],
+        ));
+        let actions = plan(&s);
+        assert_eq!(
+            actions,
+            vec![
+                Action::ApplyRefs {
+                    namespace: "ns".into(),
+                    scope: "health".into(),
+                    manager: field_manager("shop"),
+                    refs: vec![],
+                },
+                Action::Label {
+                    namespace: "ns".into(),
+                    api_version: "apps/v1".into(),
+                    kind: "Deployment".into(),
+                    name: "web-1".into(),
+                    resource_version: Some("7".into()),
+                    add: BTreeMap::new(),
+                    remove: ["healthscope.core.oam.dev/health".to_string()].into(),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_deleted_appconfig_gives_up_its_refs() {
+        let mut s = snapshot();
+        s.scopes.insert(
+            "health".into(),
+            scope(
+                "health",
+                &["web-1"],
+                vec![owned_by(&field_manager("gone"), &["web-1"])],
+            ),
+        );
+        assert_eq!(
+            plan(&s),
+            vec![Action::ApplyRefs {
+                namespace: "ns".into(),
+                scope: "health".into(),
+                manager: field_manager("gone"),
+                refs: vec![],
+            }]
+        );
+    }
+
+    #[test]
+    fn other_managers_are_left_alone() {
+        let mut s = snapshot();
+        s.scopes.insert(
+            "health".into(),
+            scope("health", &["web-1"], vec![owned_by("kubectl", &["web-1"])]),
+        );
+        assert_eq!(plan(&s), vec![]);
+    }
+
+    #[test]
+    fn label_patch_sets_and_deletes_under_a_resource_version() {
+        let patch = label_patch(
+            Some("9"),
+            &[("a".to_string(), "true".to_string())].into(),
+            &["b".to_string()].into(),
+        );
+        assert_eq!(
+            patch,
+            json!({"metadata": {"resourceVersion": "9", "labels": {"a": "true", "b": null}}})
+        );
+    }
+}

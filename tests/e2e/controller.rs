@@ -490,3 +490,143 @@ async fn controller_standby_never_writes_and_takes_over_when_the_leader_stops() 
     elector_b.await.unwrap();
     b.join().await;
 }
+
+// --- membership backstop: the cluster is made right without the webhook --------------------------
+
+use healthscope::api::{ApplicationConfiguration, Component};
+use healthscope::membership::{field_manager, scope_label_key};
+
+fn from<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+    serde_json::from_value(value).unwrap()
+}
+
+fn oam_appconfig(name: &str, instance: &str, scopes: &[&str]) -> ApplicationConfiguration {
+    let scopes: Vec<serde_json::Value> = scopes
+        .iter()
+        .map(|s| serde_json::json!({"scopeRef": {"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope", "name": s}}))
+        .collect();
+    from(serde_json::json!({
+        "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
+        "metadata": {"name": name},
+        "spec": {"components": [{
+            "componentName": "web",
+            "parameterValues": [{"name": "instance-name", "value": instance}],
+            "scopes": scopes,
+        }]},
+    }))
+}
+
+async fn scope_refs(ctx: &TestContext, name: &str) -> Vec<String> {
+    let scope = ctx.api::<HealthScope>().get(name).await.unwrap();
+    let mut names: Vec<String> = scope
+        .spec
+        .workload_refs
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    names.sort();
+    names
+}
+
+async fn scope_labels(ctx: &TestContext, deployment: &str) -> Vec<String> {
+    let d = ctx.api::<Deployment>().get(deployment).await.unwrap();
+    let mut keys: Vec<String> = d
+        .metadata
+        .labels
+        .unwrap_or_default()
+        .into_keys()
+        .filter(|k| k.starts_with(healthscope::membership::SCOPE_LABEL_PREFIX))
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn controller_backstop_wires_and_unwires_an_appconfig_without_the_webhook() {
+    let ctx = TestContext::new("controller-backstop").await;
+    support::install_crds(&ctx.client, &healthscope::api::crds()).await;
+    let shutdown = CancellationToken::new();
+    let handle = start_controller(&ctx, LeaderState::always(), &shutdown);
+
+    let pp = PostParams::default();
+    let component: Component = from(serde_json::json!({
+        "apiVersion": "core.oam.dev/v1alpha2", "kind": "Component",
+        "metadata": {"name": "web"},
+        "spec": {
+            "workload": {"apiVersion": "apps/v1", "kind": "Deployment", "spec": {}},
+            "parameters": [{"name": "instance-name", "fieldPaths": ["metadata.name"]}],
+        },
+    }));
+    ctx.api::<Component>()
+        .create(&pp, &component)
+        .await
+        .unwrap();
+    create_scope(&ctx, "health", vec![], HealthScopeSpec::default()).await;
+    create_scope(&ctx, "other", vec![], HealthScopeSpec::default()).await;
+    // The workload the OAM runtime would render for the AppConfig.
+    let deployment: Deployment = from(serde_json::json!({
+        "metadata": {"name": "web-1", "labels": {"app.oam.dev/name": "shop", "app.oam.dev/component": "web"}},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web-1"}},
+            "template": {"metadata": {"labels": {"app": "web-1"}},
+                         "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]}},
+        },
+    }));
+    ctx.api::<Deployment>()
+        .create(&pp, &deployment)
+        .await
+        .unwrap();
+
+    ctx.api::<ApplicationConfiguration>()
+        .create(&pp, &oam_appconfig("shop", "web-1", &["health"]))
+        .await
+        .unwrap();
+    support::eventually(
+        Duration::from_secs(5),
+        "the backstop filled workloadRefs and labels",
+        || async {
+            let refs = scope_refs(&ctx, "health").await;
+            let labels = scope_labels(&ctx, "web-1").await;
+            (refs == ["web-1"] && labels == [scope_label_key("health")]).then_some(())
+        },
+    )
+    .await;
+    let scope = ctx.api::<HealthScope>().get("health").await.unwrap();
+    let managers: Vec<String> = scope
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert!(
+        managers.contains(&field_manager("shop")),
+        "managers: {managers:?}"
+    );
+
+    // The AppConfig moves its component from "health" to "other".
+    let patch = serde_json::json!({"spec": {"components": [{
+        "componentName": "web",
+        "parameterValues": [{"name": "instance-name", "value": "web-1"}],
+        "scopes": [{"scopeRef": {"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope", "name": "other"}}],
+    }]}});
+    ctx.api::<ApplicationConfiguration>()
+        .patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    support::eventually(
+        Duration::from_secs(5),
+        "refs and labels moved to the other scope",
+        || async {
+            let health = scope_refs(&ctx, "health").await;
+            let other = scope_refs(&ctx, "other").await;
+            let labels = scope_labels(&ctx, "web-1").await;
+            (health.is_empty() && other == ["web-1"] && labels == [scope_label_key("other")])
+                .then_some(())
+        },
+    )
+    .await;
+
+    shutdown.cancel();
+    handle.join().await;
+}
