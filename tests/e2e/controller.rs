@@ -630,3 +630,115 @@ async fn controller_backstop_wires_and_unwires_an_appconfig_without_the_webhook(
     shutdown.cancel();
     handle.join().await;
 }
+
+// --- HTTP probes against a real app on a test host -----------------------------------------------
+
+use crate::support::netns::{Answer, TestHost};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+fn workload_diagnosis(scope: &HealthScope) -> String {
+    scope
+        .status
+        .as_ref()
+        .and_then(|s| s.health_conditions.first())
+        .map(|c| c.diagnosis.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn controller_http_probe_follows_a_real_app_200_500_and_hang() {
+    let ctx = TestContext::new("controller-probe").await;
+    support::install_crds(&ctx.client, &healthscope::api::crds()).await;
+    let host = TestHost::start();
+    let pp = PostParams::default();
+    let svc: Service = from(serde_json::json!({
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    }));
+    ctx.api::<Service>().create(&pp, &svc).await.unwrap();
+    let slice: EndpointSlice = from(serde_json::json!({
+        "metadata": {"name": "web-a", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [host.ip().to_string()], "conditions": {"ready": true}}]
+    }));
+    ctx.api::<EndpointSlice>()
+        .create(&pp, &slice)
+        .await
+        .unwrap();
+
+    let shutdown = CancellationToken::new();
+    let handle = start_controller(&ctx, LeaderState::always(), &shutdown);
+    let spec = HealthScopeSpec {
+        probe_method: Some("GET".into()),
+        probe_endpoint: Some("/health".into()),
+        probe_timeout: Some(1),
+        probe_interval: Some(2),
+        ..Default::default()
+    };
+    create_scope(
+        &ctx,
+        "web",
+        vec![WorkloadReference::new("v1", "Service", "web")],
+        spec,
+    )
+    .await;
+    let scope = wait_scope(
+        &ctx,
+        "web",
+        Duration::from_secs(6),
+        "healthy after a 200 probe",
+        |s| health(s) == Some(Health::Healthy) && workload_diagnosis(s).contains("probe ok"),
+    )
+    .await;
+    assert!(
+        workload_diagnosis(&scope).contains("1/1"),
+        "{}",
+        workload_diagnosis(&scope)
+    );
+
+    host.answer(Answer::Status(500));
+    let scope = wait_scope(
+        &ctx,
+        "web",
+        Duration::from_secs(6),
+        "unhealthy after a 500",
+        |s| health(s) == Some(Health::Unhealthy),
+    )
+    .await;
+    let expected = format!("GET /health on {}: HTTP 500", host.addr());
+    assert!(
+        workload_diagnosis(&scope).contains(&expected),
+        "{}",
+        workload_diagnosis(&scope)
+    );
+
+    host.answer(Answer::Hang);
+    let scope = wait_scope(
+        &ctx,
+        "web",
+        Duration::from_secs(8),
+        "unhealthy with a timeout",
+        |s| workload_diagnosis(s).contains("timed out"),
+    )
+    .await;
+    assert_eq!(health(&scope), Some(Health::Unhealthy));
+    assert!(
+        workload_diagnosis(&scope).contains(&format!(
+            "GET /health on {}: timed out after 1s",
+            host.addr()
+        )),
+        "{}",
+        workload_diagnosis(&scope)
+    );
+
+    host.answer(Answer::Status(200));
+    wait_scope(&ctx, "web", Duration::from_secs(8), "healthy again", |s| {
+        health(s) == Some(Health::Healthy)
+    })
+    .await;
+
+    shutdown.cancel();
+    handle.join().await;
+}
