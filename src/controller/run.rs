@@ -1,13 +1,19 @@
 //! `healthscope run`: builds the client, logging, leader election and the controller, and
 //! shuts them down in order on SIGTERM/SIGINT.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use super::{ControllerConfig, start};
+use crate::admission::{self, AdmissionState};
+use crate::cache::OamCache;
 use crate::cli::{LogFormat, RunArgs};
 use crate::leader::{self, LeaderElector, LeaderState, LeaseConfig};
+use crate::metrics::Metrics;
+use crate::serve::{self, AdminState, Readiness};
+use crate::webhook::{self, WebhookServerConfig};
 
 /// How long shutdown may take before the process exits anyway (inside the usual 30 s grace).
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(25);
@@ -20,6 +26,10 @@ pub enum RunError {
     Client(#[source] kube::Error),
     #[error("setting up probes: {0}")]
     Probe(#[source] crate::probe::ProbeError),
+    #[error("admin server: {0}")]
+    Admin(#[source] crate::serve::ServeError),
+    #[error("webhook server: {0}")]
+    Webhook(#[source] crate::webhook::WebhookError),
     #[error("installing the signal handler: {0}")]
     Signal(#[source] std::io::Error),
 }
@@ -73,6 +83,26 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), %identity, namespace = ?args.namespace, "starting healthscope");
 
     let shutdown = CancellationToken::new();
+    let metrics = Metrics::new();
+    let readiness = Readiness::new();
+
+    // Bind both servers first: a wrong address or certificate fails the start, not later.
+    let admin = serve::bind(args.admin_addr)
+        .await
+        .map_err(RunError::Admin)?;
+    let webhook = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let config = WebhookServerConfig::new(args.webhook_addr, cert, key);
+            let server = webhook::bind(config).await.map_err(RunError::Webhook)?;
+            tracing::info!(addr = %server.local_addr(), "webhook certificate loaded");
+            Some(server)
+        }
+        _ => {
+            tracing::info!("no --tls-cert/--tls-key: the admission webhook is not served");
+            None
+        }
+    };
+
     let (leader_state, elector) = if args.leader_election {
         let config = LeaseConfig::new(
             args.lease_name.clone(),
@@ -93,22 +123,72 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             probe_concurrency: args.probe_concurrency as usize,
             identity,
             backstop_interval: Some(super::backstop::DEFAULT_BACKSTOP_INTERVAL),
-            metrics: None,
+            metrics: Some(metrics.clone()),
         },
         leader_state,
         shutdown.clone(),
     )
     .map_err(RunError::Probe)?;
 
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
-    signal.await?;
+    let admin_task = tokio::spawn(serve::serve(
+        admin,
+        serve::router(AdminState::new(
+            controller.scopes.clone(),
+            metrics.clone(),
+            readiness.clone(),
+        )),
+        shutdown.clone().cancelled_owned(),
+    ));
+
+    let mut webhook_task = None;
+    let oam = if let Some(server) = webhook {
+        let certificate = server.certificate();
+        let expiry = certificate.info().not_after_unix;
+        metrics.set_cert_expiry(
+            std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(expiry).unwrap_or(0)),
+        );
+        readiness.mark_certs_loaded();
+        let oam = OamCache::spawn(client.clone());
+        let router = admission::router(AdmissionState::new(Arc::new(oam.clone()), client.clone()));
+        webhook_task = Some(tokio::spawn(
+            server.run(router, shutdown.clone().cancelled_owned()),
+        ));
+        Some(oam)
+    } else {
+        readiness.mark_certs_loaded();
+        None
+    };
+
+    // Ready once every watch has listed its objects.
+    let mut ready = controller.ready();
+    let synced_readiness = readiness.clone();
+    let synced_oam = oam.clone();
+    tokio::spawn(async move {
+        let _ = ready.wait_for(|r| *r).await;
+        if let Some(oam) = synced_oam {
+            while let Err(error) = oam.wait_synced(Duration::from_secs(60)).await {
+                tracing::warn!(%error, "waiting for the OAM caches");
+            }
+        }
+        synced_readiness.mark_caches_synced();
+        tracing::info!("ready");
+    });
+
+    shutdown_signal().await?;
     shutdown.cancel();
 
     let drain = async {
         controller.join().await;
         if let Some(elector) = elector {
             let _ = elector.await;
+        }
+        if let Some(task) = webhook_task
+            && let Ok(Err(error)) = task.await
+        {
+            tracing::warn!(%error, "webhook server ended with an error");
+        }
+        if let Ok(Err(error)) = admin_task.await {
+            tracing::warn!(%error, "admin server ended with an error");
         }
     };
     if tokio::time::timeout(SHUTDOWN_DEADLINE, drain)
@@ -118,6 +198,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         tracing::warn!(deadline = ?SHUTDOWN_DEADLINE, "shutdown did not finish in time; exiting");
     } else {
         tracing::info!("shut down cleanly");
+    }
+    if let Some(oam) = oam {
+        oam.shutdown();
     }
     Ok(())
 }
