@@ -742,3 +742,153 @@ async fn controller_http_probe_follows_a_real_app_200_500_and_hang() {
     shutdown.cancel();
     handle.join().await;
 }
+
+// --- `healthscope run`, the process as it runs in a pod ------------------------------------------
+
+use k8s_openapi::api::coordination::v1::Lease;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the process on drop, so a failed test leaves nothing running.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn controller_run_command_serves_scopes_and_releases_its_lease_on_sigterm() {
+    let ctx = TestContext::new("controller-run").await;
+    support::install_crds(&ctx.client, &healthscope::api::crds()).await;
+    create_deployment(&ctx, "web", 2).await;
+    set_ready(&ctx, "web", 2).await;
+    create_scope(
+        &ctx,
+        "app",
+        vec![deployment_ref("web")],
+        HealthScopeSpec::default(),
+    )
+    .await;
+
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_healthscope"))
+        .args([
+            "run",
+            "--namespace",
+            &ctx.namespace,
+            "--lease-namespace",
+            &ctx.namespace,
+        ])
+        .args([
+            "--admin-addr",
+            &format!("127.0.0.1:{port}"),
+            "--log-format",
+            "json",
+        ])
+        .env("KUBECONFIG", &support::env().kubeconfig)
+        .env("POD_NAME", "healthscope-0")
+        .env_remove("RUST_LOG")
+        .stdout(log.reopen().unwrap())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let mut running = Running(child);
+
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    support::eventually(Duration::from_secs(20), "/readyz answers 200", || {
+        let http = http.clone();
+        let url = format!("{base}/readyz");
+        async move {
+            let response = http.get(url).send().await.ok()?;
+            (response.status() == 200).then_some(())
+        }
+    })
+    .await;
+    wait_scope(
+        &ctx,
+        "app",
+        Duration::from_secs(10),
+        "healthy, written by the process",
+        |s| health(s) == Some(Health::Healthy),
+    )
+    .await;
+    let detail: serde_json::Value =
+        support::eventually(Duration::from_secs(5), "/scopes shows the scope", || {
+            let http = http.clone();
+            let url = format!("{base}/scopes/{}/app", ctx.namespace);
+            async move {
+                let body: serde_json::Value = http.get(url).send().await.ok()?.json().await.ok()?;
+                (body["health"] == "healthy").then_some(body)
+            }
+        })
+        .await;
+    assert_eq!(detail["name"], "app", "{detail}");
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("healthscope_leader 1"), "{metrics}");
+    assert!(
+        metrics.contains("healthscope_status_patch_total{result=\"success\"}"),
+        "{metrics}"
+    );
+
+    let leases = ctx.api::<Lease>();
+    let lease = leases
+        .get(healthscope::leader::DEFAULT_LEASE_NAME)
+        .await
+        .unwrap();
+    assert_eq!(
+        lease.spec.unwrap().holder_identity.as_deref(),
+        Some("healthscope-0")
+    );
+
+    // SIGTERM: the lease is released and the process exits well inside the grace period.
+    let pid = running.0.id().to_string();
+    let stopped = std::time::Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let status = running.0.wait();
+        (status, running)
+    });
+    let (status, _running) = tokio::time::timeout(Duration::from_secs(25), status)
+        .await
+        .expect("exited within 25 s")
+        .unwrap();
+    assert!(
+        status.unwrap().success(),
+        "log: {}",
+        std::fs::read_to_string(log.path()).unwrap()
+    );
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        stopped.elapsed()
+    );
+    let lease = leases
+        .get(healthscope::leader::DEFAULT_LEASE_NAME)
+        .await
+        .unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity, None, "lease released");
+}
