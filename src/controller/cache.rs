@@ -404,9 +404,19 @@ impl DynamicCaches {
         };
         let writer = reflector::store::Writer::new(resource.clone());
         let store = writer.as_reader();
+        let types = resource.clone();
         let events = watcher(api, watcher::Config::default().page_size(100))
             .default_backoff()
-            .modify(|obj: &mut DynamicObject| obj.managed_fields_mut().clear())
+            .modify(move |obj: &mut DynamicObject| {
+                obj.managed_fields_mut().clear();
+                // List items may come without apiVersion/kind; the rules read them.
+                if obj.types.is_none() {
+                    obj.types = Some(kube::api::TypeMeta {
+                        api_version: types.api_version.clone(),
+                        kind: types.kind.clone(),
+                    });
+                }
+            })
             .reflect(writer)
             .touched_objects();
         tokio::spawn(forward(

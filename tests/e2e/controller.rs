@@ -892,3 +892,92 @@ async fn controller_run_command_serves_scopes_and_releases_its_lease_on_sigterm(
         .unwrap();
     assert_eq!(lease.spec.unwrap().holder_identity, None, "lease released");
 }
+
+// --- kinds without a built-in cache ---------------------------------------------------------------
+
+#[tokio::test]
+async fn controller_watches_other_kinds_on_demand_and_reports_unknown_kinds() {
+    let ctx = TestContext::new("controller-dynamic").await;
+    support::install_crds(&ctx.client, &healthscope::api::crds()).await;
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = ctx.api();
+    let claim = from(serde_json::json!({
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }));
+    claims.create(&PostParams::default(), &claim).await.unwrap();
+    let phase = |p: &str| serde_json::json!({"status": {"phase": p}});
+    claims
+        .patch_status(
+            "data",
+            &PatchParams::default(),
+            &Patch::Merge(&phase("Bound")),
+        )
+        .await
+        .unwrap();
+
+    let shutdown = CancellationToken::new();
+    let handle = start_controller(&ctx, LeaderState::always(), &shutdown);
+    let spec = HealthScopeSpec {
+        probe_interval: Some(60),
+        ..Default::default()
+    };
+    create_scope(
+        &ctx,
+        "data",
+        vec![WorkloadReference::new(
+            "v1",
+            "PersistentVolumeClaim",
+            "data",
+        )],
+        spec.clone(),
+    )
+    .await;
+    wait_scope(
+        &ctx,
+        "data",
+        Duration::from_secs(8),
+        "a bound claim is healthy",
+        |s| health(s) == Some(Health::Healthy),
+    )
+    .await;
+    // The watch started for this kind delivers the change at once.
+    claims
+        .patch_status(
+            "data",
+            &PatchParams::default(),
+            &Patch::Merge(&phase("Lost")),
+        )
+        .await
+        .unwrap();
+    let scope = wait_scope(
+        &ctx,
+        "data",
+        Duration::from_secs(2),
+        "a lost claim is unhealthy within 2 s",
+        |s| health(s) == Some(Health::Unhealthy),
+    )
+    .await;
+    assert!(
+        workload_diagnosis(&scope).contains("Lost"),
+        "{}",
+        workload_diagnosis(&scope)
+    );
+
+    create_scope(
+        &ctx,
+        "widgets",
+        vec![WorkloadReference::new("example.com/v1", "Widget", "w")],
+        spec,
+    )
+    .await;
+    let scope = wait_scope(&ctx, "widgets", Duration::from_secs(8), "evaluated", |s| {
+        health(s).is_some()
+    })
+    .await;
+    assert_eq!(health(&scope), Some(Health::Unknown));
+    let diagnosis = workload_diagnosis(&scope);
+    assert!(diagnosis.contains("example.com/v1/Widget"), "{diagnosis}");
+
+    shutdown.cancel();
+    handle.join().await;
+}
