@@ -14,6 +14,8 @@ use futures::future::join_all;
 use reqwest::Method;
 use tokio::sync::Semaphore;
 
+use crate::api::{DEFAULT_PROBE_METHOD, DEFAULT_PROBE_TIMEOUT_SECONDS, HealthScopeSpec};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error("building the HTTP client for probes: {0}")]
@@ -28,7 +30,7 @@ pub enum ProbeError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeTarget {
     pub method: Method,
-    /// An absolute path, optionally with a query, e.g. `/health`.
+    /// An absolute path, optionally with a query, e.g. `/health` (a leading `/` is added).
     pub path: String,
     pub addr: SocketAddr,
     pub timeout: Duration,
@@ -44,17 +46,22 @@ impl ProbeTarget {
     ) -> Result<Self, ProbeError> {
         let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
             .map_err(|_| ProbeError::Method(method.to_string()))?;
+        let path = path.into();
+        let path = if path.starts_with('/') {
+            path
+        } else {
+            format!("/{path}")
+        };
         Ok(Self {
             method,
-            path: path.into(),
+            path,
             addr,
             timeout,
         })
     }
 
     fn url(&self) -> String {
-        let slash = if self.path.starts_with('/') { "" } else { "/" };
-        format!("http://{}{slash}{}", self.addr, self.path)
+        format!("http://{}{}", self.addr, self.path)
     }
 }
 
@@ -63,6 +70,28 @@ impl fmt::Display for ProbeTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {} on {}", self.method, self.path, self.addr)
     }
+}
+
+/// The probes a scope asks for: its `probe-method` (default GET) on its `probe-endpoint` at every
+/// address, within its `probe-timeout` (default 10 s, at least 1 s). None without a
+/// `probe-endpoint`: the scope then relies on the workloads' own status only.
+pub fn scope_probe_targets(
+    spec: &HealthScopeSpec,
+    addresses: &[SocketAddr],
+) -> Result<Vec<ProbeTarget>, ProbeError> {
+    let Some(path) = spec.probe_endpoint.as_deref().filter(|p| !p.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let method = spec.probe_method.as_deref().unwrap_or(DEFAULT_PROBE_METHOD);
+    let seconds = spec
+        .probe_timeout
+        .unwrap_or(DEFAULT_PROBE_TIMEOUT_SECONDS)
+        .max(1);
+    let timeout = Duration::from_secs(u64::from(seconds.unsigned_abs()));
+    addresses
+        .iter()
+        .map(|addr| ProbeTarget::new(method, path, *addr, timeout))
+        .collect()
 }
 
 /// What one probe found. `reason` names the target and the result, e.g.
@@ -78,6 +107,14 @@ pub struct ProbeOutcome {
 /// Told about every finished probe, e.g. to record metrics.
 pub trait ProbeObserver: Send + Sync {
     fn observe(&self, target: &ProbeTarget, outcome: &ProbeOutcome);
+}
+
+/// Probe durations go to `healthscope_probe_duration_seconds`. Per-scope success
+/// (`healthscope_probe_success`) is recorded by the caller, which knows the scope.
+impl ProbeObserver for crate::metrics::Metrics {
+    fn observe(&self, _: &ProbeTarget, outcome: &ProbeOutcome) {
+        self.observe_probe_duration(outcome.duration);
+    }
 }
 
 /// Sends HTTP probes, at most `max_concurrent` at a time across every caller. Cheap to clone.
@@ -112,6 +149,7 @@ impl Prober {
             // connections must fail its probe.
             .pool_max_idle_per_host(0)
             .http1_only()
+            .user_agent(concat!("healthscope-probe/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
             client,
@@ -244,6 +282,15 @@ pub(crate) mod tests {
                 get(|| async { (StatusCode::FOUND, [(header::LOCATION, "/target")]) }),
             )
             .route(
+                "/loop",
+                get(|| async {
+                    (
+                        StatusCode::TEMPORARY_REDIRECT,
+                        [(header::LOCATION, "/loop")],
+                    )
+                }),
+            )
+            .route(
                 "/target",
                 get(|State(s): State<Server>| async move {
                     s.redirect_followed.fetch_add(1, Ordering::SeqCst);
@@ -321,6 +368,22 @@ pub(crate) mod tests {
                 "timed out after 200ms",
             ),
             case(
+                "answer 1 ms after the timeout fails",
+                "/slow",
+                149,
+                false,
+                false,
+                "timed out after 149ms",
+            ),
+            case(
+                "redirect loop is not followed",
+                "/loop",
+                1000,
+                false,
+                true,
+                "HTTP 307",
+            ),
+            case(
                 "refused connection",
                 "/ok",
                 1000,
@@ -394,7 +457,8 @@ pub(crate) mod tests {
         let (addr, server) = start().await;
         let prober = Prober::new(1, None).unwrap();
         for method in ["post", "HEAD", "GET"] {
-            let t = ProbeTarget::new(method, "/method", addr, Duration::from_secs(1)).unwrap();
+            let t = ProbeTarget::new(method, "method", addr, Duration::from_secs(1)).unwrap();
+            assert_eq!(t.path, "/method");
             assert!(prober.probe(&t).await.ok);
         }
         assert_eq!(*server.methods.lock().unwrap(), ["POST", "HEAD", "GET"]);
@@ -436,6 +500,42 @@ pub(crate) mod tests {
         );
         assert!(!hanging.is_finished());
         hanging.abort();
+    }
+
+    #[test]
+    fn scope_probe_targets_apply_the_spec_and_defaults() {
+        let addrs: Vec<SocketAddr> = vec![
+            "10.1.0.5:8080".parse().unwrap(),
+            "10.1.0.6:8080".parse().unwrap(),
+        ];
+        let spec =
+            |method: Option<&str>, endpoint: Option<&str>, timeout: Option<i32>| HealthScopeSpec {
+                probe_method: method.map(String::from),
+                probe_endpoint: endpoint.map(String::from),
+                probe_timeout: timeout,
+                ..Default::default()
+            };
+        assert!(
+            scope_probe_targets(&spec(None, None, None), &addrs)
+                .unwrap()
+                .is_empty()
+        );
+        let defaults = scope_probe_targets(&spec(None, Some("/health"), None), &addrs).unwrap();
+        assert_eq!(defaults.len(), 2);
+        assert_eq!(defaults[1].to_string(), "GET /health on 10.1.0.6:8080");
+        assert_eq!(defaults[0].timeout, Duration::from_secs(10));
+        let set =
+            scope_probe_targets(&spec(Some("head"), Some("/ready"), Some(3)), &addrs).unwrap();
+        assert_eq!(
+            (set[0].method.as_str(), set[0].timeout),
+            ("HEAD", Duration::from_secs(3))
+        );
+        let floor = scope_probe_targets(&spec(None, Some("/h"), Some(0)), &addrs).unwrap();
+        assert_eq!(floor[0].timeout, Duration::from_secs(1));
+        assert!(matches!(
+            scope_probe_targets(&spec(Some("NOT A METHOD"), Some("/h"), None), &addrs),
+            Err(ProbeError::Method(_))
+        ));
     }
 
     #[tokio::test]

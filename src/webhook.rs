@@ -261,7 +261,12 @@ async fn serve_connection(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HANDSHAKE_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+    // Pings find HTTP/2 peers that vanished without closing, so their connections end.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
     let service = hyper_util::service::TowerToHyperService::new(app);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
@@ -313,6 +318,18 @@ pub struct CertInfo {
     pub serial_hex: String,
     /// The leaf's subject, RFC 4514 style.
     pub subject: String,
+}
+
+impl CertInfo {
+    /// The leaf's notAfter as a time (e.g. for `Metrics::set_cert_expiry`).
+    pub fn not_after(&self) -> std::time::SystemTime {
+        let seconds = Duration::from_secs(self.not_after_unix.unsigned_abs());
+        if self.not_after_unix >= 0 {
+            std::time::UNIX_EPOCH + seconds
+        } else {
+            std::time::UNIX_EPOCH - seconds
+        }
+    }
 }
 
 /// The serving certificate and key, read from files and replaced when the files change.
@@ -614,8 +631,12 @@ async fn enforce_body_limit(
         tracing::warn!(declared, limit, "request body too large");
         return BadAdmissionReview::TooLarge { limit }.into_response();
     }
-    // Reserve what the body may take for as long as the request is handled.
-    let reserve = declared.map_or(limit, |d| d as usize);
+    // Reserve what the body may take for as long as the request is handled: its exact size
+    // when known (0 for a bodiless GET), else the limit.
+    let exact = axum::body::HttpBody::size_hint(req.body()).exact();
+    let reserve = exact
+        .or(declared)
+        .map_or(limit, |n| (n as usize).min(limit));
     let _reserved = match u32::try_from(reserve)
         .ok()
         .and_then(|n| limits.budget.clone().try_acquire_many_owned(n).ok())
@@ -1215,6 +1236,13 @@ mod tests {
         let expected =
             cert_info(&CertificateDer::from_pem_slice(next.cert_pem.as_bytes()).unwrap()).unwrap();
         assert_eq!(served, expected);
+        let days_left = expected
+            .not_after()
+            .duration_since(std::time::SystemTime::now())
+            .unwrap()
+            .as_secs()
+            / 86_400;
+        assert!((364..=365).contains(&days_left), "{days_left}");
         updates.changed().await.unwrap();
         assert_eq!(*updates.borrow(), expected);
 
@@ -1338,6 +1366,29 @@ mod tests {
         assert_eq!(busy.headers()[header::RETRY_AFTER], "1");
         let small = app.clone().oneshot(request("/echo", 400)).await.unwrap();
         assert_eq!(small.status(), StatusCode::OK, "small bodies still fit");
+        let unknown_length = axum::http::Request::post("/echo")
+            .body(Body::from_stream(futures::stream::iter([Ok::<
+                _,
+                std::io::Error,
+            >(
+                axum::body::Bytes::from_static(b"abc"),
+            )])))
+            .unwrap();
+        let unknown = app.clone().oneshot(unknown_length).await.unwrap();
+        assert_eq!(
+            unknown.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a body of unknown length counts as the limit"
+        );
+        let bodiless = axum::http::Request::post("/echo")
+            .body(Body::empty())
+            .unwrap();
+        let bodiless = app.clone().oneshot(bodiless).await.unwrap();
+        assert_eq!(
+            bodiless.status(),
+            StatusCode::OK,
+            "no body, nothing reserved"
+        );
         gate.notify_one();
         assert_eq!(held.await.unwrap().unwrap().status(), StatusCode::OK);
         let after = app.clone().oneshot(request("/echo", 1000)).await.unwrap();

@@ -27,11 +27,13 @@ use crate::api::{
     ContainerizedWorkload, Health, HealthStatus, WorkloadHealthCondition, WorkloadReference,
 };
 
-pub use aggregate::{ProbeResult, ScopeStatusInput, aggregate, healthy_of_total, scope_status};
+pub use aggregate::{
+    ProbeResult, READY_CONDITION, ScopeStatusInput, aggregate, healthy_of_total, scope_status,
+};
 pub use apps::{daemonset, deployment, replicaset, statefulset};
 pub use generic::generic;
 pub use oam::containerized_workload;
-pub use service::{ready_endpoints, service};
+pub use service::{SERVICE_NAME_LABEL, ready_endpoints, service};
 
 /// The verdict on one workload: its health and a short reason a person can act on.
 #[derive(Clone, Debug, PartialEq, Eq)]

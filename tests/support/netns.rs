@@ -25,8 +25,16 @@ pub enum Answer {
 }
 
 const APP: &str = r#"
-import http.server, sys, time
+import http.server, os, sys, threading, time
 control, address, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+# Exit when the test process that started this app is gone, even if it died without cleanup.
+parent = os.getppid()
+def watch_parent():
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+threading.Thread(target=watch_parent, daemon=True).start()
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def answer(self):
@@ -71,10 +79,11 @@ impl TestHost {
             .expect("creating a temporary directory");
         let control = dir.path().join("answer");
         std::fs::write(&control, "200").expect("writing the answer file");
+        remove_stale_namespaces();
         let tag = random_tag();
         let (host_ip, ip) = free_subnet(tag);
         let mut host = TestHost {
-            netns: format!("hs-{tag:08x}"),
+            netns: format!("{NETNS_PREFIX}{:x}-{tag:08x}", std::process::id()),
             veth: format!("hsv{tag:08x}"),
             host_ip,
             ip,
@@ -197,6 +206,32 @@ impl Drop for TestHost {
             let _ = Command::new("ip")
                 .args(["link", "del", &self.veth])
                 .status();
+        }
+    }
+}
+
+/// Test host namespaces are named `hs-<pid of the test process, hex>-<random>`.
+const NETNS_PREFIX: &str = "hs-";
+
+/// Deletes test host namespaces left by test processes that died before their cleanup ran (their
+/// apps exit on their own once the parent is gone; the veth pair goes with the namespace).
+fn remove_stale_namespaces() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix(NETNS_PREFIX)
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| u32::from_str_radix(pid, 16).ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
     }
 }
