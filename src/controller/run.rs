@@ -143,10 +143,16 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let mut webhook_task = None;
     let oam = if let Some(server) = webhook {
         let certificate = server.certificate();
-        let expiry = certificate.info().not_after_unix;
-        metrics.set_cert_expiry(
-            std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(expiry).unwrap_or(0)),
-        );
+        metrics.set_cert_expiry(certificate.info().not_after());
+        // Keep the expiry metric current across certificate reloads.
+        let mut reloads = certificate.subscribe();
+        let expiry_metrics = metrics.clone();
+        tokio::spawn(async move {
+            while reloads.changed().await.is_ok() {
+                let not_after = reloads.borrow_and_update().not_after();
+                expiry_metrics.set_cert_expiry(not_after);
+            }
+        });
         readiness.mark_certs_loaded();
         let oam = OamCache::spawn(client.clone());
         let router = admission::router(AdmissionState::new(Arc::new(oam.clone()), client.clone()));
