@@ -780,6 +780,25 @@ async fn controller_run_command_serves_scopes_and_releases_its_lease_on_sigterm(
     .await;
 
     let port = free_port();
+    let webhook_port = free_port();
+    let certs = tempfile::tempdir().unwrap();
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_healthscope"))
+        .args([
+            "certs",
+            "--service",
+            "healthscope",
+            "--namespace",
+            &ctx.namespace,
+        ])
+        .args(["--ip", "127.0.0.1", "--out-dir"])
+        .arg(certs.path())
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let log = tempfile::NamedTempFile::new().unwrap();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_healthscope"))
         .args([
@@ -795,6 +814,11 @@ async fn controller_run_command_serves_scopes_and_releases_its_lease_on_sigterm(
             "--log-format",
             "json",
         ])
+        .args(["--webhook-addr", &format!("127.0.0.1:{webhook_port}")])
+        .arg("--tls-cert")
+        .arg(certs.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(certs.path().join("tls.key"))
         .env("KUBECONFIG", &support::env().kubeconfig)
         .env("POD_NAME", "healthscope-0")
         .env_remove("RUST_LOG")
@@ -847,6 +871,25 @@ async fn controller_run_command_serves_scopes_and_releases_its_lease_on_sigterm(
         metrics.contains("healthscope_status_patch_total{result=\"success\"}"),
         "{metrics}"
     );
+
+    // The webhook answers over TLS with the certificate given; a body that is no
+    // AdmissionReview is a 400.
+    let ca = std::fs::read(certs.path().join("ca.crt")).unwrap();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap();
+    let answer = https
+        .post(format!(
+            "https://127.0.0.1:{webhook_port}{}",
+            healthscope::admission::APPLICATION_CONFIGURATION_PATH
+        ))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
 
     let leases = ctx.api::<Lease>();
     let lease = leases
