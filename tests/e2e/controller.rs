@@ -422,6 +422,19 @@ async fn controller_does_not_rewrite_an_unchanged_status() {
     handle.join().await;
 }
 
+/// Waits until a controller has counted at least `n` status writes.
+async fn writes_reach(handle: &ControllerHandle, n: u64) {
+    let stats = handle.stats.clone();
+    support::eventually(Duration::from_secs(2), "status writes counted", || {
+        let done = stats
+            .status_writes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= n;
+        async move { done.then_some(()) }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn controller_standby_never_writes_and_takes_over_when_the_leader_stops() {
     let ctx = TestContext::new("controller-standby").await;
@@ -451,12 +464,8 @@ async fn controller_standby_never_writes_and_takes_over_when_the_leader_stops() 
         health(s) == Some(Health::Unhealthy)
     })
     .await;
-    assert!(
-        a.stats
-            .status_writes
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 2
-    );
+    // Counted once the patch call has returned, just after the API server has it.
+    writes_reach(&a, 2).await;
     assert_eq!(
         b.stats
             .status_writes
@@ -479,12 +488,7 @@ async fn controller_standby_never_writes_and_takes_over_when_the_leader_stops() 
         |s| health(s) == Some(Health::Healthy),
     )
     .await;
-    assert!(
-        b.stats
-            .status_writes
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
-    );
+    writes_reach(&b, 1).await;
 
     stop_b.cancel();
     elector_b.await.unwrap();
