@@ -38,6 +38,8 @@ pub use reconcile::{HEALTH_CHANGED, STATUS_FIELD_MANAGER};
 
 /// Lowest probe interval a scope may ask for, unless configured otherwise.
 pub const DEFAULT_MIN_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often state kept for deleted scopes is dropped.
+const FORGET_DELETED_EVERY: Duration = Duration::from_secs(30);
 /// Probes in flight at once across all scopes, unless configured otherwise.
 pub const DEFAULT_PROBE_CONCURRENCY: u32 = 64;
 
@@ -177,6 +179,18 @@ pub fn start(
     let triggers = futures::stream::poll_fn(move |cx| triggered.poll_recv(cx));
     // Gaining leadership re-evaluates every scope; losing it stops probing.
     let became_leader = leadership_gained(leader, probes, config.metrics.clone());
+
+    // Deleted scopes get no reconcile: forget their probes, index entries and metrics here.
+    let janitor_ctx = ctx.clone();
+    let janitor_stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = janitor_stop.cancelled() => return,
+                _ = tokio::time::sleep(FORGET_DELETED_EVERY) => janitor_ctx.forget_deleted_scopes(),
+            }
+        }
+    });
 
     let (ready_tx, ready) = watch::channel(false);
     let waiting_caches = caches.clone();

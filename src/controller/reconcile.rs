@@ -114,6 +114,39 @@ impl Context {
     }
 }
 
+impl Context {
+    /// Drops what is kept for scopes that no longer exist: their probe task, dependency index
+    /// entries, metric series and memos. Reconciles never run for a deleted scope, so this is
+    /// called periodically.
+    pub fn forget_deleted_scopes(&self) {
+        let known: Vec<ObjectRef<HealthScope>> = self
+            .generations
+            .lock()
+            .map(|g| g.keys().cloned().collect())
+            .unwrap_or_default();
+        for key in known {
+            if self.scopes.get(&key).is_some() {
+                continue;
+            }
+            tracing::debug!(scope = %key, "forgetting a deleted scope");
+            self.probes.ensure(&key, None);
+            self.index.remove(&key);
+            if let Some(metrics) = &self.metrics {
+                metrics.forget_scope(key.namespace.as_deref().unwrap_or_default(), &key.name);
+            }
+            if let Ok(mut generations) = self.generations.lock() {
+                generations.remove(&key);
+            }
+            if let Ok(mut written) = self.written.lock() {
+                written.remove(&key);
+            }
+            if let Ok(mut failures) = self.failures.lock() {
+                failures.remove(&key);
+            }
+        }
+    }
+}
+
 /// The scope's probe interval, never below the floor (and never zero).
 pub fn probe_interval(scope: &HealthScope, floor: Duration) -> Duration {
     let seconds = scope
@@ -208,15 +241,12 @@ async fn evaluate_and_write(scope: &HealthScope, ctx: &Context) -> Result<Action
 
 /// Pings the backstop when a scope appears or its spec changes.
 fn notice_spec_change(ctx: &Context, key: &ObjectRef<HealthScope>, generation: Option<i64>) {
-    let Some(notify) = &ctx.scope_changed else {
-        return;
-    };
     let changed = ctx
         .generations
         .lock()
         .map(|mut seen| seen.insert(key.clone(), generation) != Some(generation))
         .unwrap_or(false);
-    if changed {
+    if changed && let Some(notify) = &ctx.scope_changed {
         notify.notify_one();
     }
 }
