@@ -21,7 +21,7 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::cache::WorkloadCaches;
+use super::cache::{WorkloadCaches, store_ready};
 use crate::api::{
     ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope, WorkloadReference,
 };
@@ -269,9 +269,9 @@ impl Backstop {
     /// Runs a pass on every change (debounced) and every interval, while leading, until shutdown.
     pub async fn run(self, shutdown: CancellationToken) {
         let synced = async {
-            let _ = self.apps.wait_until_ready().await;
-            let _ = self.components.wait_until_ready().await;
-            let _ = self.scopes.wait_until_ready().await;
+            store_ready(&self.apps).await;
+            store_ready(&self.components).await;
+            store_ready(&self.scopes).await;
             self.caches.wait_synced().await;
         };
         tokio::select! {

@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
@@ -140,10 +140,7 @@ pub struct WorkloadCaches {
     pub endpointslices: Store<EndpointSlice>,
     pub containerized: Store<ContainerizedWorkload>,
     dynamic: Arc<DynamicCaches>,
-    ready: Arc<Mutex<Vec<BoxReady>>>,
 }
-
-type BoxReady = futures::future::BoxFuture<'static, ()>;
 
 struct DynamicCaches {
     client: Client,
@@ -180,20 +177,19 @@ impl WorkloadCaches {
         on_change: Option<Arc<tokio::sync::Notify>>,
         shutdown: CancellationToken,
     ) -> Self {
-        let mut ready = Vec::new();
         let ctx = WatchCtx {
             index: index.clone(),
             trigger: trigger.clone(),
             on_change: on_change.clone(),
             shutdown: shutdown.clone(),
         };
-        let deployments = typed::<Deployment>(&client, &namespace, &ctx, &mut ready);
-        let statefulsets = typed::<StatefulSet>(&client, &namespace, &ctx, &mut ready);
-        let daemonsets = typed::<DaemonSet>(&client, &namespace, &ctx, &mut ready);
-        let replicasets = typed::<ReplicaSet>(&client, &namespace, &ctx, &mut ready);
-        let services = typed::<Service>(&client, &namespace, &ctx, &mut ready);
-        let endpointslices = typed::<EndpointSlice>(&client, &namespace, &ctx, &mut ready);
-        let containerized = typed::<ContainerizedWorkload>(&client, &namespace, &ctx, &mut ready);
+        let deployments = typed::<Deployment>(&client, &namespace, &ctx);
+        let statefulsets = typed::<StatefulSet>(&client, &namespace, &ctx);
+        let daemonsets = typed::<DaemonSet>(&client, &namespace, &ctx);
+        let replicasets = typed::<ReplicaSet>(&client, &namespace, &ctx);
+        let services = typed::<Service>(&client, &namespace, &ctx);
+        let endpointslices = typed::<EndpointSlice>(&client, &namespace, &ctx);
+        let containerized = typed::<ContainerizedWorkload>(&client, &namespace, &ctx);
         Self {
             deployments,
             statefulsets,
@@ -211,18 +207,20 @@ impl WorkloadCaches {
                 shutdown,
                 entries: Default::default(),
             }),
-            ready: Arc::new(Mutex::new(ready)),
         }
     }
 
-    /// Resolves once every built-in cache has listed its objects.
+    /// Resolves once every built-in cache has listed its objects (any number of callers).
     pub async fn wait_synced(&self) {
-        let pending: Vec<BoxReady> = self
-            .ready
-            .lock()
-            .map(|mut r| std::mem::take(&mut *r))
-            .unwrap_or_default();
-        futures::future::join_all(pending).await;
+        futures::join!(
+            store_ready(&self.deployments),
+            store_ready(&self.statefulsets),
+            store_ready(&self.daemonsets),
+            store_ready(&self.replicasets),
+            store_ready(&self.services),
+            store_ready(&self.endpointslices),
+            store_ready(&self.containerized),
+        );
     }
 
     /// The cache for a kind without a built-in one, starting its watch on first use.
@@ -238,12 +236,7 @@ struct WatchCtx {
     shutdown: CancellationToken,
 }
 
-fn typed<K>(
-    client: &Client,
-    namespace: &Option<String>,
-    ctx: &WatchCtx,
-    ready: &mut Vec<BoxReady>,
-) -> Store<K>
+fn typed<K>(client: &Client, namespace: &Option<String>, ctx: &WatchCtx) -> Store<K>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -257,15 +250,10 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    spawn_reflector(api, (), ctx, ready)
+    spawn_reflector(api, (), ctx)
 }
 
-fn spawn_reflector<K>(
-    api: Api<K>,
-    dt: K::DynamicType,
-    ctx: &WatchCtx,
-    ready: &mut Vec<BoxReady>,
-) -> Store<K>
+fn spawn_reflector<K>(api: Api<K>, dt: K::DynamicType, ctx: &WatchCtx) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Clone + Default + Eq + Hash + Send + Sync + Unpin,
@@ -277,10 +265,6 @@ where
         .modify(|obj: &mut K| obj.managed_fields_mut().clear())
         .reflect(writer)
         .touched_objects();
-    let waiting = store.clone();
-    ready.push(Box::pin(async move {
-        let _ = waiting.wait_until_ready().await;
-    }));
     tokio::spawn(forward(
         events,
         dt,
@@ -319,6 +303,24 @@ async fn forward<K>(
             Err(error) => {
                 tracing::warn!(kind = %K::kind(&dt), %error, "watch error; retrying with backoff")
             }
+        }
+    }
+}
+
+/// Waits until a store has listed its objects; safe with any number of concurrent waiters.
+///
+/// `Store::wait_until_ready` wakes only the last task that polled it (one waker slot behind
+/// it), so with several waiters, e.g. the controller's own runner and readiness, some would
+/// never wake. Polling again every 100 ms re-checks the state whatever happened to the waker.
+pub async fn store_ready<K>(store: &Store<K>)
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await {
+            Ok(_) => return,
+            Err(_) => continue,
         }
     }
 }
@@ -386,7 +388,7 @@ impl DynamicCaches {
         let store = self.watch(resource);
         entries.insert(gvk.clone(), DynamicEntry::Watching(store.clone()));
         drop(entries);
-        let _ = tokio::time::timeout(DYNAMIC_SYNC_TIMEOUT, store.wait_until_ready()).await;
+        let _ = tokio::time::timeout(DYNAMIC_SYNC_TIMEOUT, store_ready(&store)).await;
         DynamicLookup::Store(store)
     }
 

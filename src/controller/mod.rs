@@ -197,7 +197,7 @@ pub fn start(
     let waiting_scopes = scopes.clone();
     tokio::spawn(async move {
         waiting_caches.wait_synced().await;
-        let _ = waiting_scopes.wait_until_ready().await;
+        cache::store_ready(&waiting_scopes).await;
         tracing::info!("caches synced");
         let _ = ready_tx.send(true);
     });

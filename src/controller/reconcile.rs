@@ -32,6 +32,8 @@ pub const HEALTH_CHANGED: &str = "HealthChanged";
 /// Per-scope retry delays after a failed reconcile: 5 ms doubling up to 5 min.
 const BACKOFF_BASE: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Recording an event gives up after this long: it must never hold up a reconcile.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A status write that takes longer than this is abandoned and retried.
 const STATUS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -374,7 +376,12 @@ async fn write_if_changed(
             secondary: None,
         };
         // An event is best effort: failing to record it must not fail the status.
-        match ctx.recorder.publish(&event, &scope.object_ref(&())).await {
+        let reference = scope.object_ref(&());
+        let publish = tokio::time::timeout(EVENT_TIMEOUT, ctx.recorder.publish(&event, &reference));
+        match publish
+            .await
+            .unwrap_or_else(|_| Err(kube::Error::Service("timed out".into())))
+        {
             Ok(()) => {
                 ctx.stats
                     .events
