@@ -425,7 +425,7 @@ fn install_rbac_is_least_privilege() {
     }
     let expected = [
         ("core.oam.dev", "healthscopes", "get list watch patch"),
-        ("core.oam.dev", "healthscopes/status", "patch update"),
+        ("core.oam.dev", "healthscopes/status", "patch"),
         (
             "core.oam.dev",
             "applicationconfigurations",
@@ -529,28 +529,22 @@ fn install_webhook_configurations_follow_the_admission_guidance() {
         paths,
         vec![
             row(
-                "applicationconfigurations.mutate.healthscope.oam.dev",
-                "/mutate/applicationconfiguration",
-                "Ignore",
-                "NoneOnDryRun"
-            ),
-            row(
                 "workloads.mutate.healthscope.oam.dev",
-                "/mutate/workload",
+                "/mutate/workloads",
                 "Ignore",
                 "None"
             ),
             row(
                 "healthscopes.validate.healthscope.oam.dev",
-                "/validate/healthscope",
+                "/validate/healthscopes",
                 "Fail",
                 "None"
             ),
             row(
                 "applicationconfigurations.validate.healthscope.oam.dev",
-                "/validate/applicationconfiguration",
+                "/validate/applicationconfigurations",
                 "Ignore",
-                "None"
+                "NoneOnDryRun"
             ),
         ]
     );
