@@ -92,3 +92,7 @@ manifests: tools ## Regenerate the CRDs (from the Rust types) and manifests/inst
 helm-lint: tools ## Lint and render the Helm chart
 	$(HELM) lint --strict charts/healthscope
 	$(HELM) template healthscope charts/healthscope --namespace $(INSTALL_NS) >/dev/null
+
+.PHONY: demo
+demo: build testenv tools ## Run healthscope end to end on a local control plane, then clean up (needs root)
+	scripts/demo.sh
