@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod cache;
 pub mod certs;
 pub mod cli;
 pub mod controller;

@@ -6,6 +6,7 @@ mod support;
 
 mod controller;
 mod faults;
+mod health;
 mod install;
 mod testenv;
 mod webhook;

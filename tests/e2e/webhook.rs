@@ -1,1 +1,714 @@
-//! webhook tests against the real control plane.
+//! webhook tests against the real control plane: the admission webhook runs in this process over
+//! HTTPS, registered with the API server for the test's namespace only; every assertion reads
+//! what the API server stored.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::future::join_all;
+use healthscope::api::{
+    ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope, WorkloadReference,
+};
+use healthscope::membership::scope_label_key;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::client::Body;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::support::webhook::WebhookUnderTest;
+use crate::support::{TestContext, eventually};
+
+fn from<T: DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value).expect("a valid test object")
+}
+
+fn health_scope(name: &str, spec: Value) -> HealthScope {
+    let mut spec = spec;
+    spec["workloadRefs"] = json!([]);
+    from(
+        json!({"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope",
+                "metadata": {"name": name}, "spec": spec}),
+    )
+}
+
+/// A Component whose workload is `kind` (apiVersion `api_version`), named by `instance-name`.
+fn component(name: &str, api_version: &str, kind: &str) -> Component {
+    from(json!({
+        "apiVersion": "core.oam.dev/v1alpha2", "kind": "Component",
+        "metadata": {"name": name},
+        "spec": {
+            "workload": {"apiVersion": api_version, "kind": kind, "spec": {}},
+            "parameters": [{"name": "instance-name", "fieldPaths": ["metadata.name"]}],
+        },
+    }))
+}
+
+fn scope_ref(scope: &str) -> Value {
+    json!({"scopeRef": {"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope", "name": scope}})
+}
+
+/// An ApplicationConfiguration with one entry of `component`, rendered as `instance`.
+fn appconfig(
+    name: &str,
+    component: &str,
+    instance: &str,
+    scopes: &[&str],
+) -> ApplicationConfiguration {
+    let scopes: Vec<Value> = scopes.iter().map(|s| scope_ref(s)).collect();
+    from(json!({
+        "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
+        "metadata": {"name": name},
+        "spec": {"components": [{
+            "componentName": component,
+            "parameterValues": [{"name": "instance-name", "value": instance}],
+            "scopes": scopes,
+        }]},
+    }))
+}
+
+async fn refs_of(scopes: &Api<HealthScope>, name: &str) -> Vec<WorkloadReference> {
+    let mut refs = scopes
+        .get(name)
+        .await
+        .expect("reading the scope")
+        .spec
+        .workload_refs;
+    refs.sort();
+    refs
+}
+
+fn deployment_ref(name: &str) -> WorkloadReference {
+    WorkloadReference::new("apps/v1", "Deployment", name)
+}
+
+fn scope_labels(labels: Option<BTreeMap<String, String>>) -> BTreeMap<String, String> {
+    labels
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("healthscope.core.oam.dev/"))
+        .collect()
+}
+
+#[tokio::test]
+async fn webhook_wires_refs_on_create_and_unwires_on_scope_drop_and_delete() {
+    let ctx = TestContext::new("webhook-wiring").await;
+    let webhook = WebhookUnderTest::start(&ctx).await;
+    let pp = PostParams::default();
+    let scopes: Api<HealthScope> = ctx.api();
+    let apps: Api<ApplicationConfiguration> = ctx.api();
+    for name in ["front", "all"] {
+        scopes
+            .create(
+                &pp,
+                &health_scope(name, json!({"probe-endpoint": "/health"})),
+            )
+            .await
+            .unwrap();
+    }
+    ctx.api::<Component>()
+        .create(&pp, &component("web", "apps/v1", "Deployment"))
+        .await
+        .unwrap();
+
+    // The refs are in place as soon as the create returns: the webhook applies them first.
+    apps.create(&pp, &appconfig("shop", "web", "web-1", &["front", "all"]))
+        .await
+        .unwrap();
+    assert_eq!(refs_of(&scopes, "front").await, [deployment_ref("web-1")]);
+    assert_eq!(refs_of(&scopes, "all").await, [deployment_ref("web-1")]);
+
+    // A second application shares "all"; its refs merge with the first one's.
+    apps.create(&pp, &appconfig("blog", "web", "web-2", &["all"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        refs_of(&scopes, "all").await,
+        [deployment_ref("web-1"), deployment_ref("web-2")]
+    );
+
+    // Dropping a scope from the application removes exactly its ref there.
+    let params = PatchParams::apply("webhook-test").force();
+    let mut shop = appconfig("shop", "web", "web-1", &["all"]);
+    shop.metadata.namespace = Some(ctx.namespace.clone());
+    apps.patch("shop", &params, &Patch::Apply(&shop))
+        .await
+        .unwrap();
+    assert_eq!(refs_of(&scopes, "front").await, []);
+    assert_eq!(
+        refs_of(&scopes, "all").await,
+        [deployment_ref("web-1"), deployment_ref("web-2")]
+    );
+
+    // Deleting the application removes its refs and leaves the other application's.
+    apps.delete("shop", &DeleteParams::default()).await.unwrap();
+    assert_eq!(refs_of(&scopes, "all").await, [deployment_ref("web-2")]);
+
+    webhook.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_keeps_all_refs_of_50_concurrent_appconfigs() {
+    let ctx = TestContext::new("webhook-concurrent").await;
+    let webhook = WebhookUnderTest::start(&ctx).await;
+    let pp = PostParams::default();
+    let scopes: Api<HealthScope> = ctx.api();
+    let apps: Api<ApplicationConfiguration> = ctx.api();
+    scopes
+        .create(&pp, &health_scope("shared", json!({})))
+        .await
+        .unwrap();
+    ctx.api::<Component>()
+        .create(&pp, &component("web", "apps/v1", "Deployment"))
+        .await
+        .unwrap();
+
+    let params = PatchParams::apply("webhook-test").force();
+    let started = std::time::Instant::now();
+    let applies = (0..50).map(|i| {
+        let apps = apps.clone();
+        let params = params.clone();
+        let ns = ctx.namespace.clone();
+        async move {
+            let name = format!("app-{i:02}");
+            let mut app = appconfig(&name, "web", &format!("web-{i:02}"), &["shared"]);
+            app.metadata.namespace = Some(ns);
+            apps.patch(&name, &params, &Patch::Apply(&app)).await
+        }
+    });
+    for result in join_all(applies).await {
+        result.expect("applying an ApplicationConfiguration");
+    }
+    let elapsed = started.elapsed();
+    let expected: Vec<WorkloadReference> = (0..50)
+        .map(|i| deployment_ref(&format!("web-{i:02}")))
+        .collect();
+    assert_eq!(refs_of(&scopes, "shared").await, expected);
+    println!("50 concurrent ApplicationConfiguration applies through the webhook: {elapsed:?}");
+
+    webhook.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_dry_run_writes_nothing() {
+    let ctx = TestContext::new("webhook-dry-run").await;
+    let webhook = WebhookUnderTest::start(&ctx).await;
+    let pp = PostParams::default();
+    let scopes: Api<HealthScope> = ctx.api();
+    let apps: Api<ApplicationConfiguration> = ctx.api();
+    scopes
+        .create(&pp, &health_scope("s", json!({})))
+        .await
+        .unwrap();
+    ctx.api::<Component>()
+        .create(&pp, &component("web", "apps/v1", "Deployment"))
+        .await
+        .unwrap();
+
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    apps.create(&dry_run, &appconfig("shop", "web", "web-1", &["s"]))
+        .await
+        .unwrap();
+    assert_eq!(refs_of(&scopes, "s").await, []);
+    assert!(apps.get_opt("shop").await.unwrap().is_none());
+
+    // A dry-run delete of a wired application leaves its refs too.
+    apps.create(&pp, &appconfig("shop", "web", "web-1", &["s"]))
+        .await
+        .unwrap();
+    assert_eq!(refs_of(&scopes, "s").await, [deployment_ref("web-1")]);
+    let dry_delete = DeleteParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    apps.delete("shop", &dry_delete).await.unwrap();
+    assert_eq!(refs_of(&scopes, "s").await, [deployment_ref("web-1")]);
+
+    webhook.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_labels_workloads_and_containerized_workload_children() {
+    let ctx = TestContext::new("webhook-labels").await;
+    let webhook = WebhookUnderTest::start(&ctx).await;
+    let pp = PostParams::default();
+    let long_scope = format!("a-very-long-scope-name-{}", "x".repeat(60));
+    let scopes: Api<HealthScope> = ctx.api();
+    for name in ["front", long_scope.as_str()] {
+        scopes
+            .create(&pp, &health_scope(name, json!({})))
+            .await
+            .unwrap();
+    }
+    ctx.api::<Component>()
+        .create(
+            &pp,
+            &component("web", "core.oam.dev/v1alpha2", "ContainerizedWorkload"),
+        )
+        .await
+        .unwrap();
+    ctx.api::<Component>()
+        .create(&pp, &component("api", "apps/v1", "Deployment"))
+        .await
+        .unwrap();
+    let app: ApplicationConfiguration = from(json!({
+        "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
+        "metadata": {"name": "shop"},
+        "spec": {"components": [
+            {"componentName": "web", "parameterValues": [{"name": "instance-name", "value": "web"}],
+             "scopes": [scope_ref("front"), scope_ref(&long_scope)]},
+            {"componentName": "api", "parameterValues": [{"name": "instance-name", "value": "api"}],
+             "scopes": [scope_ref("front")]},
+        ]},
+    }));
+    let app = ctx
+        .api::<ApplicationConfiguration>()
+        .create(&pp, &app)
+        .await
+        .unwrap();
+    let app_uid = app.metadata.uid.clone().unwrap();
+    let both = BTreeMap::from([
+        (scope_label_key("front"), "true".to_string()),
+        (scope_label_key(&long_scope), "true".to_string()),
+    ]);
+    assert!(scope_label_key(&long_scope).len() <= "healthscope.core.oam.dev/".len() + 63);
+
+    // The ContainerizedWorkload the OAM runtime would render, owned by the application.
+    let cw: ContainerizedWorkload = from(json!({
+        "apiVersion": "core.oam.dev/v1alpha2", "kind": "ContainerizedWorkload",
+        "metadata": {"name": "web", "labels": {"app.oam.dev/name": "shop", "app.oam.dev/component": "web"},
+            "ownerReferences": [{"apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
+                                 "name": "shop", "uid": app_uid, "controller": true}]},
+        "spec": {"containers": []},
+    }));
+    let cw = ctx
+        .api::<ContainerizedWorkload>()
+        .create(&pp, &cw)
+        .await
+        .unwrap();
+    assert_eq!(scope_labels(cw.metadata.labels.clone()), both);
+    let cw_uid = cw.metadata.uid.clone().unwrap();
+
+    // Its Deployment and Service, created right away (the cache may not have the parent yet).
+    let owner = json!([{"apiVersion": "core.oam.dev/v1alpha2", "kind": "ContainerizedWorkload",
+                        "name": "web", "uid": cw_uid, "controller": true}]);
+    let child: Deployment = from(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "ownerReferences": owner},
+        "spec": {"selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "web", "image": "nginx"}]}}},
+    }));
+    let child = ctx.api::<Deployment>().create(&pp, &child).await.unwrap();
+    assert_eq!(scope_labels(child.metadata.labels), both);
+    let service: Service = from(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "ownerReferences": owner},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
+    }));
+    let service = ctx.api::<Service>().create(&pp, &service).await.unwrap();
+    assert_eq!(scope_labels(service.metadata.labels), both);
+
+    // A Deployment rendered from a component, found by its labels; stale labels go.
+    let deployments: Api<Deployment> = ctx.api();
+    let api: Deployment = from(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "api", "labels": {"app.oam.dev/name": "shop", "app.oam.dev/component": "api",
+                                                "healthscope.core.oam.dev/old": "true", "team": "a"}},
+        "spec": {"selector": {"matchLabels": {"app": "api"}},
+                 "template": {"metadata": {"labels": {"app": "api"}},
+                              "spec": {"containers": [{"name": "api", "image": "nginx"}]}}},
+    }));
+    let api = deployments.create(&pp, &api).await.unwrap();
+    let labels = api.metadata.labels.clone().unwrap();
+    assert_eq!(
+        scope_labels(Some(labels.clone())),
+        BTreeMap::from([(scope_label_key("front"), "true".to_string())])
+    );
+    assert_eq!(labels.get("team").map(String::as_str), Some("a"));
+
+    // Removing the scope label by hand: the webhook puts it back on update.
+    let strip = json!({"metadata": {"labels": {scope_label_key("front"): null}}});
+    let patched = deployments
+        .patch("api", &PatchParams::default(), &Patch::Merge(&strip))
+        .await
+        .unwrap();
+    assert_eq!(
+        scope_labels(patched.metadata.labels),
+        BTreeMap::from([(scope_label_key("front"), "true".to_string())])
+    );
+
+    // A Deployment OAM did not render keeps its labels, whatever they are.
+    let plain: Deployment = from(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "plain", "labels": {"healthscope.core.oam.dev/mine": "true"}},
+        "spec": {"selector": {"matchLabels": {"app": "plain"}},
+                 "template": {"metadata": {"labels": {"app": "plain"}},
+                              "spec": {"containers": [{"name": "p", "image": "nginx"}]}}},
+    }));
+    let plain = deployments.create(&pp, &plain).await.unwrap();
+    assert_eq!(
+        scope_labels(plain.metadata.labels),
+        BTreeMap::from([(
+            "healthscope.core.oam.dev/mine".to_string(),
+            "true".to_string()
+        )])
+    );
+
+    webhook.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_rejects_invalid_healthscopes_and_malformed_scope_refs() {
+    let ctx = TestContext::new("webhook-validation").await;
+    let webhook = WebhookUnderTest::start(&ctx).await;
+    let pp = PostParams::default();
+    let scopes: Api<HealthScope> = ctx.api();
+
+    let cases = [
+        (
+            json!({"probe-endpoint": "http://169.254.169.254/latest"}),
+            "probe-endpoint",
+        ),
+        (
+            json!({"probe-endpoint": "//other-host/health"}),
+            "names a host",
+        ),
+        (json!({"probe-method": "TRACE"}), "probe-method \"TRACE\""),
+        (
+            json!({"probe-timeout": 30, "probe-interval": 10}),
+            "must be less than probe-interval",
+        ),
+        (json!({"probe-interval": 0}), "probe-interval 0"),
+    ];
+    for (i, (spec, reason)) in cases.into_iter().enumerate() {
+        let err = scopes
+            .create(&pp, &health_scope(&format!("bad-{i}"), spec.clone()))
+            .await
+            .expect_err("an invalid HealthScope is rejected");
+        let message = err.to_string();
+        assert!(
+            message.contains("is invalid") && message.contains(reason),
+            "{spec}: {message}"
+        );
+        assert!(scopes.get_opt(&format!("bad-{i}")).await.unwrap().is_none());
+    }
+    scopes
+        .create(
+            &pp,
+            &health_scope(
+                "good",
+                json!({"probe-method": "HEAD", "probe-endpoint": "/healthz",
+                                                    "probe-timeout": 5, "probe-interval": 15}),
+            ),
+        )
+        .await
+        .expect("a valid HealthScope is admitted");
+    // Changing a valid scope into an invalid one is rejected too.
+    let err = scopes
+        .patch(
+            "good",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"probe-endpoint": "health"}})),
+        )
+        .await
+        .expect_err("an invalid update is rejected");
+    assert!(err.to_string().contains("starting with '/'"), "{err}");
+
+    // An ApplicationConfiguration with a malformed scope reference is rejected, naming it.
+    let apps: Api<ApplicationConfiguration> = ctx.api();
+    let bad: ApplicationConfiguration = from(json!({
+        "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
+        "metadata": {"name": "bad"},
+        "spec": {"components": [{"componentName": "web", "scopes": [
+            {"scopeRef": {"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope"}}]}]},
+    }));
+    let err = apps
+        .create(&pp, &bad)
+        .await
+        .expect_err("malformed refs are rejected");
+    assert!(
+        err.to_string()
+            .contains("spec.components[0].scopes[0] names a HealthScope without a name"),
+        "{err}"
+    );
+
+    webhook.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_warns_about_a_missing_scope_and_wires_it_later_by_update() {
+    let ctx = TestContext::new("webhook-warning").await;
+    let webhook = WebhookUnderTest::start(&ctx).await;
+    let pp = PostParams::default();
+    ctx.api::<Component>()
+        .create(&pp, &component("web", "apps/v1", "Deployment"))
+        .await
+        .unwrap();
+
+    // POST by hand to read the API server's Warning header.
+    let body = serde_json::to_vec(&appconfig("shop", "web", "web-1", &["not-yet"])).unwrap();
+    let url = format!(
+        "/apis/core.oam.dev/v1alpha2/namespaces/{}/applicationconfigurations",
+        ctx.namespace
+    );
+    let request = kube::core::Request::new(url).create(&pp, body).unwrap();
+    let response = ctx.client.send(request.map(Body::from)).await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let warnings: Vec<String> = response
+        .headers()
+        .get_all("warning")
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    assert!(
+        warnings.iter().any(|w| w.contains(&format!(
+            "HealthScope {}/not-yet does not exist",
+            ctx.namespace
+        ))),
+        "{warnings:?}"
+    );
+    // No scope was created by the webhook.
+    let scopes: Api<HealthScope> = ctx.api();
+    assert!(scopes.get_opt("not-yet").await.unwrap().is_none());
+
+    // Once the scope exists, the next update of the application wires it.
+    scopes
+        .create(&pp, &health_scope("not-yet", json!({})))
+        .await
+        .unwrap();
+    let apps: Api<ApplicationConfiguration> = ctx.api();
+    let touch = json!({"metadata": {"annotations": {"touched": "1"}}});
+    apps.patch("shop", &PatchParams::default(), &Patch::Merge(&touch))
+        .await
+        .unwrap();
+    let refs = eventually(
+        Duration::from_secs(5),
+        "the ref in the new scope",
+        || async {
+            let refs = refs_of(&scopes, "not-yet").await;
+            (!refs.is_empty()).then_some(refs)
+        },
+    )
+    .await;
+    assert_eq!(refs, [deployment_ref("web-1")]);
+
+    webhook.stop().await;
+}
+
+/// A serving certificate swapped on disk is used by the real API server without a restart:
+/// a certificate from an unknown CA makes calls fail (failurePolicy Fail denies), and once the
+/// caBundle names the new CA they succeed again.
+mod certificate_swap {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use axum::extract::State;
+    use axum::response::Response;
+    use axum::routing::post;
+    use healthscope::webhook::{AdmissionReviewRequest, review_response};
+    use k8s_openapi::api::admissionregistration::v1::{
+        RuleWithOperations, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+    };
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+    use kube::core::admission::AdmissionResponse;
+
+    use crate::support::tls::{TestCa, TestWebhookServer};
+    use crate::support::{self, TEST_NAMESPACE_LABEL, TestContext};
+
+    const DENY_PREFIX: &str = "deny-";
+    const DENIAL: &str = "denied by the certificate-swap test webhook";
+
+    /// Allows every ConfigMap except those named `deny-*`, so a test can tell that the webhook
+    /// was really called.
+    async fn review(
+        State(calls): State<Arc<AtomicUsize>>,
+        AdmissionReviewRequest(request): AdmissionReviewRequest,
+    ) -> Response {
+        calls.fetch_add(1, Ordering::Relaxed);
+        let response = AdmissionResponse::from(&request);
+        if request.name.starts_with(DENY_PREFIX) {
+            review_response(response.deny(DENIAL))
+        } else {
+            review_response(response)
+        }
+    }
+
+    fn config_map(name: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn webhook_configuration(
+        name: &str,
+        namespace: &str,
+        url: String,
+        ca: &TestCa,
+    ) -> ValidatingWebhookConfiguration {
+        ValidatingWebhookConfiguration {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            webhooks: Some(vec![ValidatingWebhook {
+                name: "cert-swap.webhook.healthscope.test".into(),
+                client_config: WebhookClientConfig {
+                    url: Some(url),
+                    ca_bundle: Some(ca.ca_bundle()),
+                    service: None,
+                },
+                rules: Some(vec![RuleWithOperations {
+                    api_groups: Some(vec!["".into()]),
+                    api_versions: Some(vec!["v1".into()]),
+                    operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+                    resources: Some(vec!["configmaps".into()]),
+                    scope: Some("Namespaced".into()),
+                }]),
+                namespace_selector: Some(LabelSelector {
+                    match_labels: Some([(TEST_NAMESPACE_LABEL.into(), namespace.into())].into()),
+                    ..Default::default()
+                }),
+                failure_policy: Some("Fail".into()),
+                match_policy: Some("Equivalent".into()),
+                side_effects: "None".into(),
+                admission_review_versions: vec!["v1".into()],
+                timeout_seconds: Some(5),
+                ..Default::default()
+            }]),
+        }
+    }
+
+    /// Creates ConfigMaps named `<prefix><n>` until `accept` holds for the outcome.
+    async fn until_create(
+        config_maps: &Api<ConfigMap>,
+        what: &str,
+        prefix: &str,
+        accept: impl Fn(&Result<ConfigMap, kube::Error>) -> bool,
+    ) -> Result<ConfigMap, kube::Error> {
+        let attempt = AtomicUsize::new(0);
+        support::eventually(Duration::from_secs(30), what, || async {
+            let n = attempt.fetch_add(1, Ordering::Relaxed);
+            let outcome = config_maps
+                .create(&PostParams::default(), &config_map(&format!("{prefix}{n}")))
+                .await;
+            accept(&outcome).then_some(outcome)
+        })
+        .await
+    }
+
+    fn denied_with(outcome: &Result<ConfigMap, kube::Error>, text: &str) -> bool {
+        matches!(outcome, Err(err) if err.to_string().contains(text))
+    }
+
+    #[tokio::test]
+    async fn webhook_certificate_swap_reaches_the_api_server_without_restart() {
+        let ctx = TestContext::new("webhook-cert-swap").await;
+        let config_maps = ctx.api::<ConfigMap>();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let router = axum::Router::new()
+            .route("/validate", post(review))
+            .with_state(calls.clone());
+        let server = TestWebhookServer::start(router).await;
+
+        let configurations = Api::<ValidatingWebhookConfiguration>::all(ctx.client.clone());
+        let name = support::unique_name("webhook-cert-swap");
+        configurations
+            .create(
+                &PostParams::default(),
+                &webhook_configuration(&name, &ctx.namespace, server.url("/validate"), &server.ca),
+            )
+            .await
+            .expect("registering the webhook");
+
+        // 1. Trusted through the caBundle: the webhook is called (it denies deny-*, allows the rest).
+        until_create(
+            &config_maps,
+            "the webhook to deny deny-*",
+            DENY_PREFIX,
+            |o| denied_with(o, DENIAL),
+        )
+        .await
+        .unwrap_err();
+        config_maps
+            .create(&PostParams::default(), &config_map("allowed-before-swap"))
+            .await
+            .expect("an ordinary ConfigMap is allowed");
+        let first_serial = server.certificate.info().serial_hex;
+
+        // 2. A certificate from another CA, swapped on disk: the server serves it without a
+        //    restart, and the API server, which does not trust that CA, fails the call.
+        let other_ca = TestCa::new();
+        let (cert, key) = other_ca.serving_cert(&[]);
+        server.replace_cert(&cert, &key);
+        let swapped = Instant::now();
+        support::eventually(
+            Duration::from_secs(10),
+            "the server to load the new certificate",
+            || async { (server.certificate.info().serial_hex != first_serial).then_some(()) },
+        )
+        .await;
+        let loaded_after = swapped.elapsed();
+        let failure = until_create(
+            &config_maps,
+            "calls to fail on the unknown CA",
+            "after-swap-",
+            |o| denied_with(o, "failed calling webhook"),
+        )
+        .await
+        .unwrap_err();
+        let failing_after = swapped.elapsed();
+        let message = failure.to_string();
+        assert!(
+            message.contains("x509") || message.contains("certificate"),
+            "the failure names the certificate problem: {message}"
+        );
+
+        // 3. The caBundle now names the new CA: calls succeed again, still the same server.
+        let bundle = serde_json::to_value(other_ca.ca_bundle()).expect("caBundle as JSON");
+        let patch = serde_json::json!([
+            {"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": bundle}
+        ]);
+        configurations
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Json::<()>(serde_json::from_value(patch).expect("a JSON patch")),
+            )
+            .await
+            .expect("updating the caBundle");
+        until_create(
+            &config_maps,
+            "the webhook to be trusted again",
+            DENY_PREFIX,
+            |o| denied_with(o, DENIAL),
+        )
+        .await
+        .unwrap_err();
+        config_maps
+            .create(&PostParams::default(), &config_map("allowed-after-swap"))
+            .await
+            .expect("an ordinary ConfigMap is allowed with the new CA");
+        assert!(calls.load(Ordering::Relaxed) >= 4, "the webhook was called");
+        assert_eq!(server.certificate.reload_failures(), 0);
+        eprintln!(
+            "certificate swap: loaded after {loaded_after:?}, API server calls failing after {failing_after:?}"
+        );
+
+        configurations
+            .delete(&name, &DeleteParams::default())
+            .await
+            .expect("removing the webhook configuration");
+    }
+}

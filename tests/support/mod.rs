@@ -230,3 +230,6 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+pub mod netns;
+pub mod tls;
+pub mod webhook;

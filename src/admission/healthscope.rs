@@ -1,0 +1,483 @@
+//! HealthScope validation, and the probe settings the controller uses. One set of rules:
+//!
+//! - `probe-method`: one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, in upper case as HTTP
+//!   spells them. Absent: GET.
+//! - `probe-endpoint`: an absolute path, optionally with a query — never a scheme, host or port,
+//!   so a scope cannot make the controller call an address of its choosing. It starts with a
+//!   single `/` (`//host` would name a host), has at most 1024 characters, only the characters
+//!   RFC 3986 allows in a path and query (no whitespace, control characters, `\` or `#`), `%`
+//!   only as a `%XX` escape, and no `.` or `..` segment (clients would rewrite them).
+//!   Absent: no HTTP probe.
+//! - `probe-timeout`: 1 to 300 seconds. `probe-interval`: 2 to 3600 seconds. The timeout must be
+//!   less than the interval, so one probe round ends before the next one starts.
+//! - Defaults (the OAM runtime's are 10 and 10, which would break the rule above): an absent
+//!   interval is 10 s, or timeout + 1 when the timeout is 10 or more; an absent timeout is 10 s,
+//!   or interval − 1 when the interval is 10 or less. Both absent: timeout 9 s, interval 10 s.
+//!
+//! On UPDATE only changed probe settings are checked, so scopes created before these rules (or
+//! before the webhook ran) still take workloadRefs updates.
+
+use std::time::Duration;
+
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+
+use super::{allow, deny, object_name, wrong_kind};
+use crate::api::{
+    DEFAULT_PROBE_INTERVAL_SECONDS, DEFAULT_PROBE_METHOD, DEFAULT_PROBE_TIMEOUT_SECONDS,
+    HealthScope, HealthScopeSpec, oam,
+};
+
+/// HTTP methods a probe may use.
+pub const PROBE_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+/// Longest `probe-endpoint`.
+pub const MAX_ENDPOINT_LEN: usize = 1024;
+pub const MIN_TIMEOUT_SECONDS: i32 = 1;
+pub const MAX_TIMEOUT_SECONDS: i32 = 300;
+pub const MIN_INTERVAL_SECONDS: i32 = 2;
+pub const MAX_INTERVAL_SECONDS: i32 = 3600;
+
+/// How a scope is probed, after defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeSettings {
+    pub method: String,
+    /// The path (and query) to probe; `None`: no HTTP probe.
+    pub endpoint: Option<String>,
+    pub timeout: Duration,
+    pub interval: Duration,
+}
+
+/// The probe settings of a valid spec, or every reason it is invalid (field name first).
+pub fn probe_settings(spec: &HealthScopeSpec) -> Result<ProbeSettings, Vec<String>> {
+    let mut problems = Vec::new();
+    let method = check_method(spec.probe_method.as_deref()).unwrap_or_else(|p| {
+        problems.push(p);
+        DEFAULT_PROBE_METHOD.to_string()
+    });
+    let endpoint = check_endpoint(spec.probe_endpoint.as_deref()).unwrap_or_else(|p| {
+        problems.push(p);
+        None
+    });
+    let (timeout, interval) =
+        check_timing(spec.probe_timeout, spec.probe_interval).unwrap_or_else(|p| {
+            problems.extend(p);
+            default_timing()
+        });
+    if problems.is_empty() {
+        Ok(ProbeSettings {
+            method,
+            endpoint,
+            timeout: seconds(timeout),
+            interval: seconds(interval),
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+/// The settings the controller probes with: [`probe_settings`] when the spec is valid; for a
+/// scope that slipped past validation (created before the webhook), each invalid part falls
+/// back to its default and an invalid endpoint means no HTTP probe.
+pub fn effective_probe_settings(spec: &HealthScopeSpec) -> ProbeSettings {
+    let method = check_method(spec.probe_method.as_deref())
+        .unwrap_or_else(|_| DEFAULT_PROBE_METHOD.to_string());
+    let endpoint = check_endpoint(spec.probe_endpoint.as_deref()).unwrap_or(None);
+    let (timeout, interval) =
+        check_timing(spec.probe_timeout, spec.probe_interval).unwrap_or_else(|_| default_timing());
+    ProbeSettings {
+        method,
+        endpoint,
+        timeout: seconds(timeout),
+        interval: seconds(interval),
+    }
+}
+
+fn seconds(n: i32) -> Duration {
+    Duration::from_secs(u64::try_from(n).unwrap_or(1))
+}
+
+fn default_timing() -> (i32, i32) {
+    // Both absent always passes the checks.
+    (
+        DEFAULT_PROBE_TIMEOUT_SECONDS.min(DEFAULT_PROBE_INTERVAL_SECONDS - 1),
+        DEFAULT_PROBE_INTERVAL_SECONDS,
+    )
+}
+
+fn check_method(method: Option<&str>) -> Result<String, String> {
+    match method {
+        None => Ok(DEFAULT_PROBE_METHOD.to_string()),
+        Some(m) if PROBE_METHODS.contains(&m) => Ok(m.to_string()),
+        Some(m) if PROBE_METHODS.contains(&m.to_ascii_uppercase().as_str()) => Err(format!(
+            "probe-method {m:?} must be written in upper case: {}",
+            m.to_ascii_uppercase()
+        )),
+        Some(m) => Err(format!(
+            "probe-method {m:?} is not one of {}",
+            PROBE_METHODS.join(", ")
+        )),
+    }
+}
+
+fn check_endpoint(endpoint: Option<&str>) -> Result<Option<String>, String> {
+    let Some(path) = endpoint else {
+        return Ok(None);
+    };
+    let shown = || {
+        let short: String = path.chars().take(80).collect();
+        format!("probe-endpoint {short:?}")
+    };
+    if path.len() > MAX_ENDPOINT_LEN {
+        return Err(format!(
+            "{} is longer than {MAX_ENDPOINT_LEN} characters",
+            shown()
+        ));
+    }
+    if !path.starts_with('/') {
+        let hint = if path.contains("://") {
+            "; give only the path, the controller probes each endpoint of the scope's Services"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "{} must be a path starting with '/'{hint}",
+            shown()
+        ));
+    }
+    if path.starts_with("//") {
+        return Err(format!(
+            "{} must not start with '//', which names a host",
+            shown()
+        ));
+    }
+    if let Some(bad) = path.chars().find(|c| !is_path_char(*c)) {
+        return Err(format!(
+            "{} contains {bad:?}, which is not allowed in a path",
+            shown()
+        ));
+    }
+    let bytes = path.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'%'
+            && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+        {
+            return Err(format!(
+                "{} has a '%' that is not followed by two hex digits",
+                shown()
+            ));
+        }
+    }
+    let path_part = path.split('?').next().unwrap_or_default();
+    if path_part.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(format!("{} must not contain '.' or '..' segments", shown()));
+    }
+    Ok(Some(path.to_string()))
+}
+
+/// RFC 3986 `pchar`, `/` and `?` (path and query), plus `%` checked separately.
+fn is_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric()
+        || matches!(
+            c,
+            '-' | '.'
+                | '_'
+                | '~'
+                | '!'
+                | '$'
+                | '&'
+                | '\''
+                | '('
+                | ')'
+                | '*'
+                | '+'
+                | ','
+                | ';'
+                | '='
+                | ':'
+                | '@'
+                | '/'
+                | '?'
+                | '%'
+        )
+}
+
+fn check_timing(timeout: Option<i32>, interval: Option<i32>) -> Result<(i32, i32), Vec<String>> {
+    let mut problems = Vec::new();
+    if let Some(t) = timeout
+        && !(MIN_TIMEOUT_SECONDS..=MAX_TIMEOUT_SECONDS).contains(&t)
+    {
+        problems.push(format!(
+            "probe-timeout {t} must be between {MIN_TIMEOUT_SECONDS} and {MAX_TIMEOUT_SECONDS} seconds"
+        ));
+    }
+    if let Some(i) = interval
+        && !(MIN_INTERVAL_SECONDS..=MAX_INTERVAL_SECONDS).contains(&i)
+    {
+        problems.push(format!(
+            "probe-interval {i} must be between {MIN_INTERVAL_SECONDS} and {MAX_INTERVAL_SECONDS} seconds"
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let (timeout, interval) = match (timeout, interval) {
+        (Some(t), Some(i)) => (t, i),
+        (Some(t), None) => (t, DEFAULT_PROBE_INTERVAL_SECONDS.max(t + 1)),
+        (None, Some(i)) => (DEFAULT_PROBE_TIMEOUT_SECONDS.min(i - 1), i),
+        (None, None) => default_timing(),
+    };
+    if timeout >= interval {
+        return Err(vec![format!(
+            "probe-timeout {timeout} must be less than probe-interval {interval}"
+        )]);
+    }
+    Ok((timeout, interval))
+}
+
+/// The probe fields of a spec (what validation looks at).
+fn probe_fields(spec: &HealthScopeSpec) -> impl PartialEq + use<'_> {
+    (
+        &spec.probe_method,
+        &spec.probe_endpoint,
+        spec.probe_timeout,
+        spec.probe_interval,
+    )
+}
+
+/// Admits a HealthScope CREATE or UPDATE when its probe settings are valid (see the module
+/// documentation); any other operation is allowed.
+pub fn review(request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+    if request.kind.group != oam::GROUP || request.kind.kind != "HealthScope" {
+        return wrong_kind(request, "core.oam.dev HealthScopes");
+    }
+    if !matches!(request.operation, Operation::Create | Operation::Update) {
+        return allow(request);
+    }
+    let Some(object) = &request.object else {
+        return deny(request, "the request carries no object");
+    };
+    let scope: HealthScope = match object.clone().try_parse() {
+        Ok(scope) => scope,
+        Err(e) => {
+            return deny(
+                request,
+                format!("HealthScope {} is malformed: {e}", object_name(request)),
+            );
+        }
+    };
+    if request.operation == Operation::Update {
+        let old: Option<HealthScope> = request
+            .old_object
+            .as_ref()
+            .and_then(|o| o.clone().try_parse().ok());
+        if old.is_some_and(|old| probe_fields(&old.spec) == probe_fields(&scope.spec)) {
+            return allow(request);
+        }
+    }
+    match probe_settings(&scope.spec) {
+        Ok(_) => allow(request),
+        Err(problems) => deny(
+            request,
+            format!(
+                "HealthScope {} is invalid: {}",
+                object_name(request),
+                problems.join("; ")
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::tests::request;
+    use serde_json::{Value, json};
+
+    fn spec(fields: Value) -> HealthScopeSpec {
+        serde_json::from_value(fields).unwrap()
+    }
+
+    fn problems(fields: Value) -> Vec<String> {
+        probe_settings(&spec(fields)).unwrap_err()
+    }
+
+    #[test]
+    fn defaults_keep_the_timeout_below_the_interval() {
+        let s = probe_settings(&spec(json!({}))).unwrap();
+        assert_eq!(s.method, "GET");
+        assert_eq!(s.endpoint, None);
+        assert_eq!((s.timeout.as_secs(), s.interval.as_secs()), (9, 10));
+        let s = probe_settings(&spec(json!({"probe-interval": 5}))).unwrap();
+        assert_eq!((s.timeout.as_secs(), s.interval.as_secs()), (4, 5));
+        let s = probe_settings(&spec(json!({"probe-interval": 60}))).unwrap();
+        assert_eq!((s.timeout.as_secs(), s.interval.as_secs()), (10, 60));
+        let s = probe_settings(&spec(json!({"probe-timeout": 60}))).unwrap();
+        assert_eq!((s.timeout.as_secs(), s.interval.as_secs()), (60, 61));
+        let s = probe_settings(&spec(json!({"probe-timeout": 3}))).unwrap();
+        assert_eq!((s.timeout.as_secs(), s.interval.as_secs()), (3, 10));
+    }
+
+    #[test]
+    fn timing_out_of_bounds_or_not_below_interval_is_rejected() {
+        assert!(problems(json!({"probe-timeout": 0}))[0].contains("probe-timeout 0"));
+        assert!(problems(json!({"probe-timeout": -5}))[0].contains("between 1 and 300"));
+        assert!(problems(json!({"probe-timeout": 301}))[0].contains("probe-timeout 301"));
+        assert!(problems(json!({"probe-interval": 1}))[0].contains("probe-interval 1"));
+        assert!(problems(json!({"probe-interval": 3601}))[0].contains("3600"));
+        let p = problems(json!({"probe-timeout": 10, "probe-interval": 10}));
+        assert_eq!(p, ["probe-timeout 10 must be less than probe-interval 10"]);
+        assert!(probe_settings(&spec(json!({"probe-timeout": 9, "probe-interval": 10}))).is_ok());
+    }
+
+    #[test]
+    fn method_must_be_an_http_method_in_upper_case() {
+        for m in PROBE_METHODS {
+            let s = probe_settings(&spec(json!({"probe-method": m}))).unwrap();
+            assert_eq!(s.method, m);
+        }
+        assert!(problems(json!({"probe-method": "get"}))[0].contains("upper case: GET"));
+        assert!(problems(json!({"probe-method": "CONNECT"}))[0].contains("not one of"));
+        assert!(problems(json!({"probe-method": ""}))[0].contains("not one of"));
+    }
+
+    #[test]
+    fn endpoint_must_be_a_path_and_nothing_else() {
+        for good in [
+            "/",
+            "/health",
+            "/healthz?verbose=1",
+            "/a/b-c_d~e/%20x",
+            "/v1/status:check",
+        ] {
+            let s = probe_settings(&spec(json!({"probe-endpoint": good}))).unwrap();
+            assert_eq!(s.endpoint.as_deref(), Some(good));
+        }
+        let cases = [
+            ("health", "starting with '/'"),
+            ("http://evil.example/health", "give only the path"),
+            ("//evil.example/health", "names a host"),
+            ("/health check", "' '"),
+            ("/health\n", "'\\n'"),
+            ("/a#frag", "'#'"),
+            ("/a\\b", "'\\\\'"),
+            ("/a/%zz", "two hex digits"),
+            ("/a/../admin", "'..' segments"),
+            ("/a/./b", "'..' segments"),
+            ("/ä", "'ä'"),
+        ];
+        for (bad, why) in cases {
+            let p = problems(json!({"probe-endpoint": bad}));
+            assert!(p[0].contains(why), "{bad:?}: {p:?}");
+            assert!(p[0].starts_with("probe-endpoint "), "{p:?}");
+        }
+        let long = format!("/{}", "a".repeat(MAX_ENDPOINT_LEN));
+        assert!(problems(json!({"probe-endpoint": long}))[0].contains("longer than 1024"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_and_effective_settings_fall_back() {
+        let bad = spec(
+            json!({"probe-method": "FETCH", "probe-endpoint": "http://x/",
+                              "probe-timeout": 0}),
+        );
+        assert_eq!(probe_settings(&bad).unwrap_err().len(), 3);
+        let effective = effective_probe_settings(&bad);
+        assert_eq!(
+            effective,
+            ProbeSettings {
+                method: "GET".into(),
+                endpoint: None,
+                timeout: Duration::from_secs(9),
+                interval: Duration::from_secs(10),
+            }
+        );
+        let good = spec(json!({"probe-endpoint": "/h", "probe-interval": 30}));
+        assert_eq!(
+            effective_probe_settings(&good),
+            probe_settings(&good).unwrap()
+        );
+    }
+
+    const HS: (&str, &str, &str) = ("core.oam.dev", "v1alpha2", "HealthScope");
+
+    fn scope(spec: Value) -> Value {
+        json!({"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope",
+               "metadata": {"name": "s", "namespace": "ns"}, "spec": spec})
+    }
+
+    #[test]
+    fn review_denies_invalid_scopes_with_the_reason() {
+        let req = request(
+            HS,
+            "CREATE",
+            Some(scope(json!({"probe-endpoint": "x"}))),
+            None,
+            false,
+        );
+        let response = review(&req);
+        assert!(!response.allowed);
+        assert!(
+            response
+                .result
+                .message
+                .contains("HealthScope ns/s is invalid: probe-endpoint")
+        );
+        assert_eq!(response.uid, req.uid);
+
+        let req = request(
+            HS,
+            "CREATE",
+            Some(scope(json!({"probe-endpoint": "/h"}))),
+            None,
+            false,
+        );
+        assert!(review(&req).allowed);
+    }
+
+    #[test]
+    fn review_on_update_checks_only_changed_probe_settings() {
+        let invalid = scope(json!({"probe-timeout": 10, "probe-interval": 10}));
+        let mut with_refs = invalid.clone();
+        with_refs["spec"]["workloadRefs"] =
+            json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": "d"}]);
+        let req = request(HS, "UPDATE", Some(with_refs), Some(invalid.clone()), false);
+        assert!(review(&req).allowed, "refs-only update of an old scope");
+
+        let changed = scope(json!({"probe-timeout": 20, "probe-interval": 10}));
+        let req = request(HS, "UPDATE", Some(changed), Some(invalid), false);
+        assert!(!review(&req).allowed);
+    }
+
+    #[test]
+    fn review_rejects_malformed_requests_cleanly() {
+        let req = request(HS, "CREATE", None, None, false);
+        let response = review(&req);
+        assert!(!response.allowed);
+        assert!(response.result.message.contains("no object"));
+
+        let wrong = request(
+            ("apps", "v1", "Deployment"),
+            "CREATE",
+            Some(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}})),
+            None,
+            false,
+        );
+        let response = review(&wrong);
+        assert!(!response.allowed);
+        assert!(response.result.message.contains("not apps/v1 Deployment"));
+
+        let garbled = scope(json!({"probe-timeout": "soon"}));
+        let response = review(&request(HS, "CREATE", Some(garbled), None, false));
+        assert!(!response.allowed);
+        assert!(
+            response.result.message.contains("malformed"),
+            "{}",
+            response.result.message
+        );
+
+        let delete = request(HS, "DELETE", None, Some(scope(json!({}))), false);
+        assert!(review(&delete).allowed);
+    }
+}

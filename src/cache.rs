@@ -1,0 +1,176 @@
+//! Watch caches of the OAM objects healthscope reads: ApplicationConfigurations, Components,
+//! ContainerizedWorkloads and HealthScopes in all namespaces. The webhook answers from them (see
+//! [`crate::admission::Snapshot`]); the controller reuses them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::task::JoinHandle;
+
+use crate::admission::Snapshot;
+use crate::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
+use crate::membership::{ComponentLookup, WorkloadLookup};
+
+/// The caches did not finish their first list in time.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(
+        "the {kind} cache did not sync within {timeout:?} (is the CRD installed and readable?)"
+    )]
+    SyncTimeout {
+        kind: &'static str,
+        timeout: Duration,
+    },
+    #[error("the {kind} cache stopped before its first sync")]
+    Stopped { kind: &'static str },
+}
+
+/// Reflector stores of the four OAM kinds. Cheap to clone (the stores are shared); the watches
+/// run on the Tokio runtime until [`OamCache::shutdown`] or the runtime ends.
+#[derive(Clone)]
+pub struct OamCache {
+    pub app_configurations: Store<ApplicationConfiguration>,
+    pub components: Store<Component>,
+    pub containerized_workloads: Store<ContainerizedWorkload>,
+    pub health_scopes: Store<HealthScope>,
+    tasks: Arc<Vec<JoinHandle<()>>>,
+}
+
+impl OamCache {
+    /// Starts watching all four kinds in every namespace. The stores fill in the background;
+    /// await [`OamCache::wait_synced`] before trusting them.
+    pub fn spawn(client: Client) -> Self {
+        let (app_configurations, app_task) = watch::<ApplicationConfiguration>(client.clone());
+        let (components, component_task) = watch::<Component>(client.clone());
+        let (containerized_workloads, cw_task) = watch::<ContainerizedWorkload>(client.clone());
+        let (health_scopes, scope_task) = watch::<HealthScope>(client);
+        Self {
+            app_configurations,
+            components,
+            containerized_workloads,
+            health_scopes,
+            tasks: Arc::new(vec![app_task, component_task, cw_task, scope_task]),
+        }
+    }
+
+    /// Waits until every store has completed its first list, or fails after `timeout`.
+    pub async fn wait_synced(&self, timeout: Duration) -> Result<(), CacheError> {
+        async fn one<K>(
+            store: &Store<K>,
+            kind: &'static str,
+            timeout: Duration,
+        ) -> Result<(), CacheError>
+        where
+            K: Resource + Clone + 'static,
+            K::DynamicType: std::hash::Hash + Eq + Clone,
+        {
+            match tokio::time::timeout(timeout, store.wait_until_ready()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(CacheError::Stopped { kind }),
+                Err(_) => Err(CacheError::SyncTimeout { kind, timeout }),
+            }
+        }
+        one(
+            &self.app_configurations,
+            "ApplicationConfiguration",
+            timeout,
+        )
+        .await?;
+        one(&self.components, "Component", timeout).await?;
+        one(
+            &self.containerized_workloads,
+            "ContainerizedWorkload",
+            timeout,
+        )
+        .await?;
+        one(&self.health_scopes, "HealthScope", timeout).await?;
+        Ok(())
+    }
+
+    /// Stops the watches. The stores keep their last contents.
+    pub fn shutdown(&self) {
+        for task in self.tasks.iter() {
+            task.abort();
+        }
+    }
+
+    /// The Components of one namespace, for [`crate::membership::desired_memberships`].
+    pub fn namespace<'a>(&'a self, namespace: &'a str) -> NamespaceView<'a> {
+        NamespaceView {
+            cache: self,
+            namespace,
+        }
+    }
+}
+
+/// Starts one reflector; watch errors are logged and retried with kube's default backoff.
+fn watch<K>(client: Client) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + std::hash::Hash + Eq + Clone,
+{
+    let (store, writer) = reflector::store::<K>();
+    let api = Api::<K>::all(client);
+    let kind = K::kind(&Default::default()).to_string();
+    let task = tokio::spawn(async move {
+        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+            .default_backoff()
+            .applied_objects();
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(e) = event {
+                tracing::warn!(kind = %kind, error = %e, "watch failed; retrying");
+            }
+        }
+    });
+    (store, task)
+}
+
+fn get<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + std::hash::Hash + Eq + Clone,
+{
+    store.get(&ObjectRef::new(name).within(namespace))
+}
+
+impl Snapshot for OamCache {
+    fn app_configuration(&self, ns: &str, name: &str) -> Option<Arc<ApplicationConfiguration>> {
+        get(&self.app_configurations, ns, name)
+    }
+    fn component(&self, ns: &str, name: &str) -> Option<Arc<Component>> {
+        get(&self.components, ns, name)
+    }
+    fn containerized_workload(&self, ns: &str, name: &str) -> Option<Arc<ContainerizedWorkload>> {
+        get(&self.containerized_workloads, ns, name)
+    }
+    fn health_scope(&self, ns: &str, name: &str) -> Option<Arc<HealthScope>> {
+        get(&self.health_scopes, ns, name)
+    }
+}
+
+/// One namespace of an [`OamCache`], as the membership functions look things up.
+pub struct NamespaceView<'a> {
+    cache: &'a OamCache,
+    namespace: &'a str,
+}
+
+impl ComponentLookup for NamespaceView<'_> {
+    fn component(&self, name: &str) -> Option<Component> {
+        get(&self.cache.components, self.namespace, name).map(|c| (*c).clone())
+    }
+}
+
+impl WorkloadLookup for NamespaceView<'_> {
+    fn app_configuration(&self, name: &str) -> Option<Arc<ApplicationConfiguration>> {
+        get(&self.cache.app_configurations, self.namespace, name)
+    }
+    fn containerized_workload(&self, name: &str) -> Option<Arc<ContainerizedWorkload>> {
+        get(&self.cache.containerized_workloads, self.namespace, name)
+    }
+}
