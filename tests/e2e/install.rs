@@ -530,19 +530,19 @@ fn install_webhook_configurations_follow_the_admission_guidance() {
         vec![
             row(
                 "workloads.mutate.healthscope.oam.dev",
-                "/mutate/workloads",
+                healthscope::admission::WORKLOAD_PATH,
                 "Ignore",
                 "None"
             ),
             row(
                 "healthscopes.validate.healthscope.oam.dev",
-                "/validate/healthscopes",
+                healthscope::admission::HEALTH_SCOPE_PATH,
                 "Fail",
                 "None"
             ),
             row(
                 "applicationconfigurations.validate.healthscope.oam.dev",
-                "/validate/applicationconfigurations",
+                healthscope::admission::APPLICATION_CONFIGURATION_PATH,
                 "Ignore",
                 "NoneOnDryRun"
             ),
