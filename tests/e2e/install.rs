@@ -373,6 +373,42 @@ fn install_chart_lints_and_renders_in_both_certificate_modes() {
     }
     assert!(find(&self_signed, "Certificate").is_empty());
 
+    // Values outside what the chart supports are refused with the value's path and the reason.
+    for (set, reason) in [
+        (
+            "certificate.mode=selfsigned",
+            "value must be one of 'selfSigned', 'certManager'",
+        ),
+        (
+            "webhook.failurePolicy.healthScope=Maybe",
+            "value must be one of 'Ignore', 'Fail'",
+        ),
+        ("webhook.timeoutSeconds=40", "maximum: got 40, want 30"),
+    ] {
+        let error = run_failing(
+            helm()
+                .args(["template", "healthscope", "charts/healthscope"])
+                .args(["--set", set]),
+        );
+        assert!(error.contains(reason), "--set {set}: {error}");
+    }
+
+    // Out of the cluster (development, the demo): the webhook is called at a URL.
+    let local = objects(&helm_template(
+        "healthscope",
+        "hs",
+        &["--set", "webhook.urlBase=https://127.0.0.1:9443"],
+    ));
+    let webhook = &find(&local, "MutatingWebhookConfiguration")[0]["webhooks"][0];
+    assert_eq!(
+        webhook["clientConfig"]["url"],
+        format!(
+            "https://127.0.0.1:9443{}",
+            healthscope::admission::WORKLOAD_PATH
+        )
+    );
+    assert!(webhook["clientConfig"].get("service").is_none());
+
     // Half a key pair is refused with the reason.
     let error = run_failing(
         helm()
