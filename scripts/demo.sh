@@ -80,7 +80,7 @@ show_scope() {
 }
 
 bold "Starting a control plane (kube-apiserver + etcd)"
-scripts/testenv-up.sh "$testenv_bin" "$work/testenv" | head -1
+scripts/testenv-up.sh "$testenv_bin" "$work/testenv" | sed -n 1p
 export KUBECONFIG=$work/testenv/kubeconfig
 
 bold "Installing the CRDs (HealthScope and the OAM types)"
