@@ -409,6 +409,26 @@ fn install_chart_lints_and_renders_in_both_certificate_modes() {
     );
     assert!(webhook["clientConfig"].get("service").is_none());
 
+    // A gradual rollout: only labelled namespaces reach the webhooks.
+    let opt_in = objects(&helm_template(
+        "healthscope",
+        "hs",
+        &[
+            "--set",
+            "webhook.namespaceSelectorLabels.rollout=healthscope",
+        ],
+    ));
+    for kind in [
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    ] {
+        for webhook in find(&opt_in, kind)[0]["webhooks"].as_array().unwrap() {
+            let selector = &webhook["namespaceSelector"];
+            assert_eq!(selector["matchLabels"]["rollout"], "healthscope");
+            assert_eq!(selector["matchExpressions"][0]["operator"], "NotIn");
+        }
+    }
+
     // Half a key pair is refused with the reason.
     let error = run_failing(
         helm()

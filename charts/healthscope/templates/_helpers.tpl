@@ -66,6 +66,10 @@ admissionReviewVersions: [v1]
 matchPolicy: Equivalent
 timeoutSeconds: {{ .Values.webhook.timeoutSeconds }}
 namespaceSelector:
+  {{- with .Values.webhook.namespaceSelectorLabels }}
+  matchLabels:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   matchExpressions:
     - key: kubernetes.io/metadata.name
       operator: NotIn
