@@ -591,16 +591,16 @@ fn install_webhook_configurations_follow_the_admission_guidance() {
                 "None"
             ),
             row(
+                "applicationconfigurations.mutate.healthscope.oam.dev",
+                healthscope::admission::APPLICATION_CONFIGURATION_PATH,
+                "Ignore",
+                "NoneOnDryRun"
+            ),
+            row(
                 "healthscopes.validate.healthscope.oam.dev",
                 healthscope::admission::HEALTH_SCOPE_PATH,
                 "Fail",
                 "None"
-            ),
-            row(
-                "applicationconfigurations.validate.healthscope.oam.dev",
-                healthscope::admission::APPLICATION_CONFIGURATION_PATH,
-                "Ignore",
-                "NoneOnDryRun"
             ),
         ]
     );
