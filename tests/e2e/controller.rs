@@ -57,6 +57,7 @@ async fn controller_leader_election_one_leader_and_handover_on_release() {
     assert!(!a.is_leader(), "a stepped down");
     let took = wait_for(&b, true, Duration::from_secs(3)).await;
     assert!(took < Duration::from_secs(2), "handover took {took:?}");
+    eprintln!("lease handover after release took {took:?}");
 
     stop_b.cancel();
     task_b.await.expect("elector b ends");
@@ -239,6 +240,7 @@ async fn controller_scope_follows_deployment_status_within_two_seconds() {
     );
 
     set_ready(&ctx, "worker", 1).await;
+    let changed = Instant::now();
     let scope = wait_scope(
         &ctx,
         "app",
@@ -247,6 +249,7 @@ async fn controller_scope_follows_deployment_status_within_two_seconds() {
         |s| health(s) == Some(Health::Unhealthy),
     )
     .await;
+    eprintln!("status followed the Deployment in {:?}", changed.elapsed());
     let status = scope.status.unwrap();
     assert_eq!(status.healthy_of_total.as_deref(), Some("1/2"));
     let worker = status
