@@ -344,7 +344,7 @@ impl DynamicCaches {
     async fn lookup(&self, gvk: &GroupVersionKind) -> DynamicLookup {
         let mut entries = self.entries.lock().await;
         match entries.get(gvk) {
-            Some(DynamicEntry::Watching(store)) => return DynamicLookup::Store(store.clone()),
+            Some(DynamicEntry::Watching(store)) => return listed(store.clone(), gvk),
             Some(DynamicEntry::Failed { reason, at }) if at.elapsed() < DISCOVERY_RETRY => {
                 return DynamicLookup::Unknown(reason.clone());
             }
@@ -389,7 +389,7 @@ impl DynamicCaches {
         entries.insert(gvk.clone(), DynamicEntry::Watching(store.clone()));
         drop(entries);
         let _ = tokio::time::timeout(DYNAMIC_SYNC_TIMEOUT, store_ready(&store)).await;
-        DynamicLookup::Store(store)
+        listed(store, gvk)
     }
 
     fn watch(&self, resource: ApiResource) -> Store<DynamicObject> {
@@ -430,6 +430,20 @@ impl DynamicCaches {
             ctx.shutdown,
         ));
         store
+    }
+}
+
+/// A dynamic store that has not listed yet cannot say an object is missing: the kind is
+/// unknown until it has (e.g. while list/watch of that kind is forbidden).
+fn listed(store: Store<DynamicObject>, gvk: &GroupVersionKind) -> DynamicLookup {
+    use futures::FutureExt;
+    if store.wait_until_ready().now_or_never().is_some() {
+        DynamicLookup::Store(store)
+    } else {
+        DynamicLookup::Unknown(format!(
+            "the watch of {} has not listed its objects yet (is list/watch of this kind allowed?)",
+            api_version_kind(gvk)
+        ))
     }
 }
 
