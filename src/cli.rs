@@ -233,6 +233,37 @@ mod tests {
     }
 
     #[test]
+    fn run_help_explains_every_flag_and_the_kubeconfig() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        let run = cli.find_subcommand_mut("run").unwrap();
+        let help = run.render_long_help().to_string();
+        for flag in [
+            "--webhook-addr",
+            "--tls-cert",
+            "--tls-key",
+            "--admin-addr",
+            "--leader-election",
+            "--lease-name",
+            "--lease-namespace",
+            "--namespace",
+            "--probe-concurrency",
+            "--min-probe-interval",
+            "--log-format",
+            "--log-level",
+            "KUBECONFIG",
+            "POD_NAMESPACE",
+            "RUST_LOG",
+            "SIGTERM",
+        ] {
+            assert!(
+                help.contains(flag),
+                "`run --help` does not mention {flag}:\n{help}"
+            );
+        }
+    }
+
+    #[test]
     fn run_defaults_listen_on_every_interface_in_a_pod() {
         let cli = Cli::try_parse_from(["healthscope", "run"]).unwrap();
         let Command::Run(args) = cli.command else {
