@@ -553,7 +553,19 @@ async fn controller_backstop_wires_and_unwires_an_appconfig_without_the_webhook(
     let ctx = TestContext::new("controller-backstop").await;
     support::install_crds(&ctx.client, &healthscope::api::crds()).await;
     let shutdown = CancellationToken::new();
-    let handle = start_controller(&ctx, LeaderState::always(), &shutdown);
+    // A backstop pass every second, so the test also sees that passes over a right cluster
+    // write nothing.
+    let handle = controller::start(
+        ctx.client.clone(),
+        ControllerConfig {
+            namespace: Some(ctx.namespace.clone()),
+            backstop_interval: Some(Duration::from_secs(1)),
+            ..ControllerConfig::default()
+        },
+        LeaderState::always(),
+        shutdown.clone(),
+    )
+    .expect("the controller starts");
 
     let pp = PostParams::default();
     let component: Component = from(serde_json::json!({
@@ -633,6 +645,35 @@ async fn controller_backstop_wires_and_unwires_an_appconfig_without_the_webhook(
         },
     )
     .await;
+
+    // Several passes later nothing has been rewritten.
+    let versions = || async {
+        let scopes = ctx.api::<HealthScope>();
+        (
+            scopes
+                .get("health")
+                .await
+                .unwrap()
+                .metadata
+                .resource_version,
+            scopes.get("other").await.unwrap().metadata.resource_version,
+            ctx.api::<Deployment>()
+                .get("web-1")
+                .await
+                .unwrap()
+                .metadata
+                .resource_version,
+        )
+    };
+    // Let the status writes that follow the membership change settle first.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = versions().await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(
+        versions().await,
+        before,
+        "a pass over a right cluster wrote"
+    );
 
     shutdown.cancel();
     handle.join().await;
