@@ -7,10 +7,11 @@
 //! not find is read live once (GET), and the handler runs again with those answers. At most
 //! [`MAX_LOOKUP_ROUNDS`] rounds; an object that really is absent costs one GET per request.
 //!
-//! Write failures: if a server-side apply to a HealthScope fails on CREATE or UPDATE, the
-//! request is denied with the scope and the error, so the client sees it and retries (the
-//! applies are idempotent). On DELETE the deletion is never blocked: it is allowed with a
-//! warning, and the controller's backstop removes the refs.
+//! Write failures: if a server-side apply to a HealthScope fails, the request is still allowed,
+//! with a warning naming the scope and the error: the wiring fails open, as the webhook's
+//! `failurePolicy: Ignore` does, and the controller's backstop records (or, on DELETE, removes)
+//! the refs from the stored ApplicationConfiguration moments later. A user's apply is never
+//! refused because healthscope could not write in time.
 //! A scope deleted between the check and the apply is re-created by the apply (server-side
 //! apply creates missing objects); the controller's backstop owns that rare case.
 
@@ -30,8 +31,8 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use super::appconfig::{self, ScopeWrites};
 use super::{
     APPLICATION_CONFIGURATION_PATH, APPLICATION_CONFIGURATION_VALIDATE_PATH, HEALTH_SCOPE_PATH,
-    OamKind, ObjectKey, Overlay, Recording, Snapshot, WORKLOAD_PATH, deny, healthscope,
-    object_name, with_warnings, workload,
+    OamKind, ObjectKey, Overlay, Recording, Snapshot, WORKLOAD_PATH, healthscope, object_name,
+    with_warnings, workload,
 };
 use crate::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
 use crate::membership::workload_refs_apply;
@@ -82,8 +83,6 @@ pub enum RejectReason {
     InvalidHealthScope,
     /// An ApplicationConfiguration with malformed scope references (or unreadable).
     InvalidApplicationConfiguration,
-    /// The workloadRefs applies failed.
-    ScopeWriteFailed,
     /// Any other denial: no object, wrong kind for the route, unreadable workload.
     InvalidRequest,
     /// The body was not an AdmissionReview (HTTP 400/413).
@@ -95,7 +94,6 @@ impl RejectReason {
         match self {
             RejectReason::InvalidHealthScope => "invalid_healthscope",
             RejectReason::InvalidApplicationConfiguration => "invalid_appconfig",
-            RejectReason::ScopeWriteFailed => "scope_write_failed",
             RejectReason::InvalidRequest => "invalid_request",
             RejectReason::BadReview => "bad_review",
         }
@@ -212,7 +210,11 @@ async fn appconfig_route(
         Some(writes) if review.response.allowed => {
             let failures = state.writer.apply(&writes).await;
             let response = settle_writes(&request, review.response, &writes, failures);
-            answer(&request, response, RejectReason::ScopeWriteFailed)
+            answer(
+                &request,
+                response,
+                RejectReason::InvalidApplicationConfiguration,
+            )
         }
         _ => answer(
             &request,
@@ -412,8 +414,8 @@ impl ScopeWriter {
     }
 }
 
-/// The final response once the writes are done: unchanged when they all succeeded; a denial
-/// naming each failed scope on CREATE/UPDATE; a warning on DELETE (never blocked).
+/// The final response once the writes are done: unchanged when they all succeeded; otherwise
+/// allowed with one warning per failed scope (the controller's backstop converges).
 pub fn settle_writes(
     request: &AdmissionRequest<DynamicObject>,
     response: AdmissionResponse,
@@ -423,31 +425,31 @@ pub fn settle_writes(
     if failures.is_empty() {
         return response;
     }
-    let described: Vec<String> = failures
+    let action = if request.operation == Operation::Delete {
+        "remove the workload refs of"
+    } else {
+        "record the workload refs of"
+    };
+    let warnings = failures
         .iter()
-        .map(|f| format!("HealthScope {}/{}: {}", writes.namespace, f.scope, f.error))
+        .map(|f| {
+            tracing::warn!(
+                appconfig = %object_name(request),
+                scope = %format!("{}/{}", writes.namespace, f.scope),
+                error = %f.error,
+                "scope write failed; left to the controller's backstop"
+            );
+            format!(
+                "healthscope could not {action} {} in HealthScope {}/{} ({}); the healthscope \
+                 controller will do it shortly",
+                object_name(request),
+                writes.namespace,
+                f.scope,
+                f.error
+            )
+        })
         .collect();
-    if request.operation == Operation::Delete {
-        let warnings = described
-            .into_iter()
-            .map(|d| {
-                format!(
-                    "healthscope could not remove the workload refs of {}: {d}",
-                    object_name(request)
-                )
-            })
-            .collect();
-        return with_warnings(response, warnings);
-    }
-    deny(
-        request,
-        format!(
-            "healthscope could not record the workloads of ApplicationConfiguration {} in their \
-             scopes ({}); nothing is lost by retrying",
-            object_name(request),
-            described.join("; ")
-        ),
-    )
+    with_warnings(response, warnings)
 }
 
 #[cfg(test)]
@@ -626,7 +628,7 @@ mod tests {
     }
 
     #[test]
-    fn failed_writes_deny_changes_and_warn_on_delete() {
+    fn failed_writes_allow_with_a_warning_naming_the_scope() {
         let app = json!({"apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
             "metadata": {"name": "shop", "namespace": "ns"}, "spec": {}});
         let kind = ("core.oam.dev", "v1alpha2", "ApplicationConfiguration");
@@ -641,18 +643,24 @@ mod tests {
             error: "boom".into(),
         }];
         let create = request(kind, "CREATE", Some(app.clone()), None, false);
-        let denied = settle_writes(
+        let warned = settle_writes(
             &create,
             crate::admission::allow(&create),
             &writes,
             failures.clone(),
         );
-        assert!(!denied.allowed);
-        assert!(denied.result.message.contains("HealthScope ns/s: boom"));
+        assert!(
+            warned.allowed,
+            "a failed write never refuses the user's apply"
+        );
+        let warning = &warned.warnings.unwrap()[0];
+        assert!(warning.contains("record the workload refs"), "{warning}");
+        assert!(warning.contains("HealthScope ns/s (boom)"), "{warning}");
         let delete = request(kind, "DELETE", None, Some(app), false);
         let warned = settle_writes(&delete, crate::admission::allow(&delete), &writes, failures);
         assert!(warned.allowed);
-        assert!(warned.warnings.unwrap()[0].contains("HealthScope ns/s: boom"));
-        assert!(settle_writes(&create, crate::admission::allow(&create), &writes, vec![]).allowed);
+        assert!(warned.warnings.unwrap()[0].contains("remove the workload refs"));
+        let clean = settle_writes(&create, crate::admission::allow(&create), &writes, vec![]);
+        assert!(clean.allowed && clean.warnings.is_none());
     }
 }
