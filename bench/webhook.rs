@@ -9,6 +9,9 @@
 //! handed to the routes points at a closed loopback port: a cache miss would show up as failed
 //! live reads in the log, never as traffic elsewhere.
 //!
+//! It records healthscope's own metrics and serves them at GET /metrics on the same HTTPS port,
+//! so the server-side latency histogram can be read around each load run.
+//!
 //! usage: bench-webhook --listen 127.0.0.1:18444
 
 #[path = "common.rs"]
@@ -22,6 +25,7 @@ use clap::Parser;
 use common::BoxError;
 use healthscope::admission::{self, AdmissionState, Snapshot};
 use healthscope::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
+use healthscope::metrics::Metrics;
 use healthscope::webhook::{self, WebhookServerConfig};
 
 #[derive(Parser, Debug)]
@@ -127,8 +131,18 @@ async fn main() -> Result<(), BoxError> {
     std::fs::write(&cert_file, cert)?;
     std::fs::write(&key_file, key)?;
 
-    let state = AdmissionState::new(Arc::new(snapshot()?), unused_client()?);
-    let router = admission::router(state);
+    // With metrics, as `healthscope run` has them; GET /metrics on the same server gives the
+    // server-side latency histogram (healthscope_webhook_request_duration_seconds).
+    let metrics = Metrics::new();
+    let state =
+        AdmissionState::new(Arc::new(snapshot()?), unused_client()?).with_metrics(metrics.clone());
+    let router = admission::router(state).route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move { metrics.encode() }
+        }),
+    );
     println!(
         "bench-webhook listening on https://{} ({} and {})",
         args.listen,

@@ -49,6 +49,7 @@ run_one() { # server-name pid url body conns review
   local name=$1 pid=$2 url=$3 body=$4 conns=$5 review=$6
   local threads=$(( conns < 2 ? 1 : 2 ))
   local cpu0; cpu0=$(proc_cpu_ticks "$pid")
+  [[ $name == webhook ]] && curl -sk "https://$WEBHOOK_ADDR/metrics" >"$OUT/.metrics_before"
   # Sample RSS in the middle of the run (under load), and the peak after it.
   local half=$(( ${DURATION%s} / 2 ))
   ( sleep "$half"; proc_kib "$pid" VmRSS >"$OUT/.rss_mid" ) &
@@ -58,11 +59,17 @@ run_one() { # server-name pid url body conns review
     | sed -n 's/^WRK_RESULT //p')
   wait "$sampler"
   local cpu1; cpu1=$(proc_cpu_ticks "$pid")
+  local server='{}'
+  if [[ $name == webhook ]]; then
+    curl -sk "https://$WEBHOOK_ADDR/metrics" >"$OUT/.metrics_after"
+    server=$(python3 bench/report.py server-latency "$OUT/.metrics_before" "$OUT/.metrics_after")
+  fi
   local rss_mid hwm
   rss_mid=$(cat "$OUT/.rss_mid"); hwm=$(proc_kib "$pid" VmHWM)
   echo "$line" | jq -c --arg s "$name" --arg r "$review" --argjson c "$conns" \
     --argjson rss "$rss_mid" --argjson hwm "$hwm" --argjson cpu "$(( cpu1 - cpu0 ))" --argjson hz "$hz" \
-    '. + {server:$s, review:$r, conns:$c, rss_kib:$rss, hwm_kib:$hwm, cpu_s:($cpu/$hz)}' | tee -a "$results"
+    '. + {server:$s, review:$r, conns:$c, rss_kib:$rss, hwm_kib:$hwm, cpu_s:($cpu/$hz)} + $sl' \
+    --argjson sl "$server" | tee -a "$results"
 }
 
 for review in appconfig deployment; do
