@@ -92,3 +92,16 @@ manifests: tools ## Regenerate the CRDs (from the Rust types) and manifests/inst
 helm-lint: tools ## Lint and render the Helm chart
 	$(HELM) lint --strict charts/healthscope
 	$(HELM) template healthscope charts/healthscope --namespace $(INSTALL_NS) >/dev/null
+
+CERTS_DIR    ?= certs
+CERTS_ARGS   ?=
+
+.PHONY: certs
+certs: build ## CA and serving certificate for the webhook Service into certs/ (an existing CA is reused)
+	target/debug/healthscope certs --service healthscope --namespace $(INSTALL_NS) --out-dir $(CERTS_DIR) $(CERTS_ARGS)
+	@echo "install with: helm install healthscope ./charts/healthscope -n $(INSTALL_NS) --create-namespace \\"
+	@echo "  --set-file certificate.caBundle=$(CERTS_DIR)/ca.crt --set-file certificate.tlsCrt=$(CERTS_DIR)/tls.crt --set-file certificate.tlsKey=$(CERTS_DIR)/tls.key"
+
+.PHONY: demo
+demo: build testenv tools ## Run healthscope end to end on a local control plane, then clean up (needs root)
+	scripts/demo.sh

@@ -97,13 +97,6 @@ pub struct Desired {
     pub unresolved: Vec<String>,
 }
 
-impl Desired {
-    /// The scopes named by well-formed references, whether or not the workload could be found.
-    pub fn scopes(&self) -> BTreeSet<String> {
-        self.members.iter().map(|m| m.scope.clone()).collect()
-    }
-}
-
 /// Components of one namespace.
 pub trait ComponentLookup {
     fn component(&self, name: &str) -> Option<Component>;

@@ -47,11 +47,13 @@ fn parse(object: &DynamicObject) -> Result<ApplicationConfiguration, String> {
 
 /// Reviews an ApplicationConfiguration CREATE, UPDATE or DELETE.
 ///
-/// - Malformed scope references deny the request, naming each component index and problem.
+/// - Malformed scope references deny the request, naming each component index and problem. On
+///   UPDATE, problems the stored object already had only warn (it may predate the webhook).
 /// - A reference to a HealthScope that does not exist is allowed with a warning and no write
 ///   (a server-side apply would create the scope).
 /// - On UPDATE, scopes the old object referenced and the new one does not get an empty list.
-/// - On DELETE every scope it referenced gets an empty list; a DELETE is never denied.
+/// - On DELETE every scope it referenced gets an empty list; a DELETE is never denied. An
+///   UPDATE of an object being deleted (finalizers pending) is treated the same way.
 pub fn review(
     request: &AdmissionRequest<DynamicObject>,
     snapshot: &dyn Snapshot,
@@ -89,33 +91,58 @@ pub fn review(
                         ));
                     }
                 };
-                let desired = desired_memberships(&app, &lookup);
-                if !desired.problems.is_empty() {
-                    return AppConfigReview::only(deny(
-                        request,
-                        format!(
-                            "ApplicationConfiguration {} has malformed scope references: {}",
-                            object_name(request),
-                            desired.problems.join("; ")
-                        ),
-                    ));
-                }
-                warnings.extend(desired.unresolved.iter().cloned());
-                let mut wanted = refs_by_scope(&desired.members);
-                for scope in referenced_scopes(&app) {
-                    wanted.entry(scope).or_default();
-                }
-                let old_scopes = match (&request.operation, &request.old_object) {
-                    (Operation::Update, Some(old)) => parse(old)
-                        .map(|old| referenced_scopes(&old))
-                        .unwrap_or_default(),
-                    _ => BTreeSet::new(),
+                let old = match (&request.operation, &request.old_object) {
+                    (Operation::Update, Some(old)) => parse(old).ok(),
+                    _ => None,
                 };
-                let dropped = old_scopes
-                    .into_iter()
-                    .filter(|s| !wanted.contains_key(s))
-                    .collect();
-                (wanted, dropped)
+                let old_scopes = old.as_ref().map(referenced_scopes).unwrap_or_default();
+                // Being deleted (finalizers pending): unwire, and never block the finalizers.
+                if app.metadata.deletion_timestamp.is_some() {
+                    let mut dropped = referenced_scopes(&app);
+                    dropped.extend(old_scopes);
+                    (BTreeMap::new(), dropped)
+                } else {
+                    let desired = desired_memberships(&app, &lookup);
+                    // Problems the stored object already had do not block an update of it
+                    // (it may predate the webhook); new ones are rejected.
+                    let old_problems = old
+                        .as_ref()
+                        .map(|old| desired_memberships(old, &lookup).problems)
+                        .unwrap_or_default();
+                    let new_problems: Vec<&String> = desired
+                        .problems
+                        .iter()
+                        .filter(|p| !old_problems.contains(p))
+                        .collect();
+                    if !new_problems.is_empty() {
+                        let listed: Vec<&str> = new_problems.iter().map(|p| p.as_str()).collect();
+                        return AppConfigReview::only(deny(
+                            request,
+                            format!(
+                                "ApplicationConfiguration {} has malformed scope references: {}",
+                                object_name(request),
+                                listed.join("; ")
+                            ),
+                        ));
+                    }
+                    warnings.extend(
+                        desired
+                            .problems
+                            .iter()
+                            .filter(|p| old_problems.contains(p))
+                            .map(|p| format!("ignored malformed scope reference: {p}")),
+                    );
+                    warnings.extend(desired.unresolved.iter().cloned());
+                    let mut wanted = refs_by_scope(&desired.members);
+                    for scope in referenced_scopes(&app) {
+                        wanted.entry(scope).or_default();
+                    }
+                    let dropped = old_scopes
+                        .into_iter()
+                        .filter(|s| !wanted.contains_key(s))
+                        .collect();
+                    (wanted, dropped)
+                }
             }
             Operation::Delete => {
                 let old = match &request.old_object {
@@ -356,6 +383,56 @@ mod tests {
         assert!(
             message.contains("spec.components[0].scopes[1] names a HealthScope without a name"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn update_keeps_old_problems_but_rejects_new_ones() {
+        let snap = snapshot(&["a"]);
+        let no_name = json!({"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope"});
+        let old = appconfig(json!([refs("a"), no_name.clone()]));
+        let mut touched = old.clone();
+        touched["metadata"]["annotations"] = json!({"x": "1"});
+        let review = review(
+            &request(AC, "UPDATE", Some(touched), Some(old.clone()), false),
+            &snap,
+        );
+        assert!(review.response.allowed, "{:?}", review.response.result);
+        assert!(
+            review.response.warnings.unwrap()[0].starts_with("ignored malformed scope reference")
+        );
+        assert_eq!(
+            review.writes.unwrap().applies,
+            BTreeMap::from([("a".to_string(), vec![deployment("web")])])
+        );
+
+        let worse = appconfig(json!([refs("a"), no_name, {"kind": "HealthScope"}]));
+        let review = super::review(&request(AC, "UPDATE", Some(worse), Some(old), false), &snap);
+        assert!(!review.response.allowed);
+        assert!(
+            review
+                .response
+                .result
+                .message
+                .contains("scopes[2] has no apiVersion")
+        );
+        assert!(!review.response.result.message.contains("scopes[1]"));
+    }
+
+    #[test]
+    fn terminating_appconfig_is_unwired_and_never_blocked() {
+        let snap = snapshot(&["a", "b"]);
+        let old = appconfig(json!([refs("a"), refs("b")]));
+        let mut finalizing = appconfig(json!([refs("a"), {"kind": "HealthScope"}]));
+        finalizing["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        let review = review(
+            &request(AC, "UPDATE", Some(finalizing), Some(old), false),
+            &snap,
+        );
+        assert!(review.response.allowed);
+        assert_eq!(
+            review.writes.unwrap().applies,
+            BTreeMap::from([("a".to_string(), vec![]), ("b".to_string(), vec![])])
         );
     }
 

@@ -7,20 +7,20 @@
 //! not find is read live once (GET), and the handler runs again with those answers. At most
 //! [`MAX_LOOKUP_ROUNDS`] rounds; an object that really is absent costs one GET per request.
 //!
-//! Write failures: if a server-side apply to a HealthScope fails on CREATE or UPDATE, the
-//! request is denied with the scope and the error, so the client sees it and retries (the
-//! applies are idempotent). On DELETE the deletion is never blocked: it is allowed with a
-//! warning, and the controller's backstop removes the refs.
+//! Write failures: if a server-side apply to a HealthScope fails, the request is still allowed,
+//! with a warning naming the scope and the error: the wiring fails open, as the webhook's
+//! `failurePolicy: Ignore` does, and the controller's backstop records (or, on DELETE, removes)
+//! the refs from the stored ApplicationConfiguration moments later. A user's apply is never
+//! refused because healthscope could not write in time.
 //! A scope deleted between the check and the apply is re-created by the apply (server-side
 //! apply creates missing objects); the controller's backstop owns that rare case.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::response::Response;
 use axum::routing::post;
 use futures::future::join_all;
 use kube::Client;
@@ -30,89 +30,211 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 
 use super::appconfig::{self, ScopeWrites};
 use super::{
-    APPLICATION_CONFIGURATION_PATH, HEALTH_SCOPE_PATH, OamKind, ObjectKey, Overlay, Recording,
-    ReviewError, Snapshot, WORKLOAD_PATH, decode_review, deny, healthscope, object_name,
+    APPLICATION_CONFIGURATION_PATH, APPLICATION_CONFIGURATION_VALIDATE_PATH, HEALTH_SCOPE_PATH,
+    OamKind, ObjectKey, Overlay, Recording, Snapshot, WORKLOAD_PATH, healthscope, object_name,
     with_warnings, workload,
 };
 use crate::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
 use crate::membership::workload_refs_apply;
+use crate::metrics::Metrics;
+use crate::webhook::{AdmissionReviewRequest, review_response};
 
-/// Most rounds of live reads for one request.
+/// Most rounds of live reads for one request: enough for the longest chain, a
+/// ContainerizedWorkload's child (parent, then its ApplicationConfiguration, then Components).
 pub const MAX_LOOKUP_ROUNDS: usize = 3;
-/// Longest wait for one live read or one scope apply; the API server's webhook timeout is 10 s.
+/// Longest wait for one live read.
 pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(4);
-/// Largest request body: an AdmissionReview with old and new objects of 3 MiB each.
-pub const MAX_REVIEW_BYTES: usize = 7 * 1024 * 1024;
+/// Longest wait for the scope applies of one request, queueing included; the API server gives
+/// a webhook 10 s at most.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(8);
 
-/// What the admission routes need: the cache and a client for live reads and scope writes.
+/// What the admission routes need: the cache, a client for live reads, the scope writer, and
+/// optionally the metrics to record requests in.
 #[derive(Clone)]
 pub struct AdmissionState {
     pub snapshot: Arc<dyn Snapshot>,
     pub client: Client,
+    pub writer: ScopeWriter,
+    pub metrics: Option<Metrics>,
 }
 
 impl AdmissionState {
     pub fn new(snapshot: Arc<dyn Snapshot>, client: Client) -> Self {
-        Self { snapshot, client }
+        Self {
+            snapshot,
+            writer: ScopeWriter::new(client.clone()),
+            client,
+            metrics: None,
+        }
+    }
+
+    /// Records every admission request in `metrics`: healthscope_webhook_requests_total,
+    /// _request_duration_seconds, _requests_in_flight, _request_bytes and _rejected_total.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
-/// The admission routes: POST [`APPLICATION_CONFIGURATION_PATH`], [`WORKLOAD_PATH`] and
-/// [`HEALTH_SCOPE_PATH`], each taking and answering an admission/v1 AdmissionReview. A body that
-/// is not one gets HTTP 400 with the reason.
+/// Why a request was denied, as the `reason` label of healthscope_webhook_rejected_total.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    /// A HealthScope with invalid probe settings.
+    InvalidHealthScope,
+    /// An ApplicationConfiguration with malformed scope references (or unreadable).
+    InvalidApplicationConfiguration,
+    /// Any other denial: no object, wrong kind for the route, unreadable workload.
+    InvalidRequest,
+    /// The body was not an AdmissionReview (HTTP 400/413).
+    BadReview,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::InvalidHealthScope => "invalid_healthscope",
+            RejectReason::InvalidApplicationConfiguration => "invalid_appconfig",
+            RejectReason::InvalidRequest => "invalid_request",
+            RejectReason::BadReview => "bad_review",
+        }
+    }
+}
+
+/// What a route tells the metrics layer about the request it answered.
+#[derive(Clone, Debug)]
+struct Answered {
+    operation: &'static str,
+    rejected: Option<RejectReason>,
+}
+
+fn operation_label(operation: &Operation) -> &'static str {
+    match operation {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+        Operation::Connect => "CONNECT",
+    }
+}
+
+/// The AdmissionReview response, tagged for the metrics layer.
+fn answer(
+    request: &AdmissionRequest<DynamicObject>,
+    response: AdmissionResponse,
+    reason_if_denied: RejectReason,
+) -> Response {
+    let rejected = (!response.allowed).then_some(reason_if_denied);
+    log_decision(request, &response);
+    let mut http = review_response(response);
+    http.extensions_mut().insert(Answered {
+        operation: operation_label(&request.operation),
+        rejected,
+    });
+    http
+}
+
+async fn record_metrics(
+    State(metrics): State<Metrics>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let _in_flight = metrics.webhook_in_flight();
+    let started = std::time::Instant::now();
+    let bytes = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let response = next.run(request).await;
+    let answered = response.extensions().get::<Answered>().cloned();
+    let operation = answered.as_ref().map_or("unknown", |a| a.operation);
+    let rejected = match &answered {
+        Some(a) => a.rejected,
+        None if !response.status().is_success() => Some(RejectReason::BadReview),
+        None => None,
+    };
+    if let Some(reason) = rejected {
+        metrics.webhook_rejected(reason.as_str());
+    }
+    metrics.observe_webhook_request(
+        operation,
+        response.status().as_u16(),
+        started.elapsed(),
+        bytes,
+    );
+    response
+}
+
+/// The admission routes: POST [`APPLICATION_CONFIGURATION_PATH`],
+/// [`APPLICATION_CONFIGURATION_VALIDATE_PATH`], [`WORKLOAD_PATH`] and [`HEALTH_SCOPE_PATH`], each taking and answering an admission/v1 AdmissionReview. Bodies are
+/// read by [`crate::webhook::AdmissionReviewRequest`]: one that is not an AdmissionReview gets
+/// HTTP 400 with the reason. Serve it with [`crate::webhook::serve`] (TLS, body limits).
 pub fn router(state: AdmissionState) -> axum::Router {
-    axum::Router::new()
+    let metrics = state.metrics.clone();
+    let router = axum::Router::new()
         .route(APPLICATION_CONFIGURATION_PATH, post(appconfig_route))
+        .route(
+            APPLICATION_CONFIGURATION_VALIDATE_PATH,
+            post(appconfig_validate_route),
+        )
         .route(WORKLOAD_PATH, post(workload_route))
         .route(HEALTH_SCOPE_PATH, post(healthscope_route))
-        .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
-        .with_state(state)
+        .with_state(state);
+    match metrics {
+        Some(metrics) => router.layer(axum::middleware::from_fn_with_state(
+            metrics,
+            record_metrics,
+        )),
+        None => router,
+    }
 }
 
-fn answer(response: AdmissionResponse) -> Response {
-    axum::Json(response.into_review()).into_response()
-}
-
-fn bad_request(error: ReviewError) -> Response {
-    tracing::warn!(error = %error, "undecodable admission request");
-    (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response()
-}
-
-async fn healthscope_route(body: Bytes) -> Response {
-    let request = match decode_review(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
+async fn healthscope_route(AdmissionReviewRequest(request): AdmissionReviewRequest) -> Response {
     let response = healthscope::review(&request);
-    log_decision(&request, &response);
-    answer(response)
+    answer(&request, response, RejectReason::InvalidHealthScope)
 }
 
-async fn workload_route(State(state): State<AdmissionState>, body: Bytes) -> Response {
-    let request = match decode_review(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
+async fn workload_route(
+    State(state): State<AdmissionState>,
+    AdmissionReviewRequest(request): AdmissionReviewRequest,
+) -> Response {
     let response = with_live_reads(&state, |snapshot| workload::review(&request, snapshot)).await;
-    log_decision(&request, &response);
-    answer(response)
+    answer(&request, response, RejectReason::InvalidRequest)
 }
 
-async fn appconfig_route(State(state): State<AdmissionState>, body: Bytes) -> Response {
-    let request = match decode_review(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
-    };
+async fn appconfig_route(
+    State(state): State<AdmissionState>,
+    AdmissionReviewRequest(request): AdmissionReviewRequest,
+) -> Response {
     let review = with_live_reads(&state, |snapshot| appconfig::review(&request, snapshot)).await;
-    let response = match review.writes {
+    match review.writes {
         Some(writes) if review.response.allowed => {
-            let failures = apply_scope_writes(&state.client, &writes).await;
-            settle_writes(&request, review.response, &writes, failures)
+            let failures = state.writer.apply(&writes).await;
+            let response = settle_writes(&request, review.response, &writes, failures);
+            answer(
+                &request,
+                response,
+                RejectReason::InvalidApplicationConfiguration,
+            )
         }
-        _ => review.response,
-    };
-    log_decision(&request, &response);
-    answer(response)
+        _ => answer(
+            &request,
+            review.response,
+            RejectReason::InvalidApplicationConfiguration,
+        ),
+    }
+}
+
+async fn appconfig_validate_route(
+    State(state): State<AdmissionState>,
+    AdmissionReviewRequest(request): AdmissionReviewRequest,
+) -> Response {
+    // The same decision; the writes belong to the wiring route only.
+    let review = with_live_reads(&state, |snapshot| appconfig::review(&request, snapshot)).await;
+    answer(
+        &request,
+        review.response,
+        RejectReason::InvalidApplicationConfiguration,
+    )
 }
 
 fn log_decision(request: &AdmissionRequest<DynamicObject>, response: &AdmissionResponse) {
@@ -213,46 +335,87 @@ pub struct ScopeWriteFailure {
     pub error: String,
 }
 
-/// Performs the server-side applies of `writes`, all at once, each under the AppConfig's field
-/// manager with `force` (the manager only ever claims its own list entries). Returns the
-/// failures; empty when every apply succeeded.
-pub async fn apply_scope_writes(client: &Client, writes: &ScopeWrites) -> Vec<ScopeWriteFailure> {
-    let api = Api::<HealthScope>::namespaced(client.clone(), &writes.namespace);
-    let params = PatchParams::apply(&writes.field_manager).force();
-    let applies = writes.applies.iter().map(|(scope, refs)| {
-        let api = api.clone();
-        let params = params.clone();
-        async move {
-            let body = workload_refs_apply(&writes.namespace, scope, refs);
-            let outcome =
-                tokio::time::timeout(API_CALL_TIMEOUT, api.patch(scope, &params, &Patch::Apply(&body)))
-                    .await;
-            let error = match outcome {
-                Ok(Ok(_)) => {
-                    tracing::info!(
-                        namespace = %writes.namespace,
-                        scope = %scope,
-                        appconfig = %writes.appconfig,
-                        refs = refs.len(),
-                        "workload refs applied"
-                    );
-                    return None;
-                }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("no answer within {API_CALL_TIMEOUT:?}"),
-            };
-            tracing::warn!(namespace = %writes.namespace, scope = %scope, appconfig = %writes.appconfig, error = %error, "applying workload refs failed");
-            Some(ScopeWriteFailure {
-                scope: scope.clone(),
-                error,
-            })
-        }
-    });
-    join_all(applies).await.into_iter().flatten().collect()
+/// One queue per (namespace, scope): holding the lock is a turn to write.
+type ScopeQueues = HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
+
+/// Performs the workloadRefs server-side applies, one at a time per scope.
+///
+/// Many ApplicationConfigurations naming one scope are admitted at once (a rollout, `kubectl
+/// apply -f dir/`). Sent together, their applies to the same object conflict in the API server,
+/// which retries each one and runs admission again every time: 50 at once took longer than the
+/// webhook timeout. Queued per scope, each apply goes through on its first try.
+/// Cheap to clone; clones share the queues.
+#[derive(Clone)]
+pub struct ScopeWriter {
+    client: Client,
+    queues: Arc<std::sync::Mutex<ScopeQueues>>,
 }
 
-/// The final response once the writes are done: unchanged when they all succeeded; a denial
-/// naming each failed scope on CREATE/UPDATE; a warning on DELETE (never blocked).
+impl ScopeWriter {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            queues: Arc::default(),
+        }
+    }
+
+    fn queue(&self, namespace: &str, scope: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut queues = self
+            .queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Forget queues nobody waits in, so the map stays as small as the scopes in use.
+        queues.retain(|_, queue| Arc::strong_count(queue) > 1);
+        queues
+            .entry((namespace.to_string(), scope.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// Applies `writes` (scopes in parallel, each under the AppConfig's field manager with
+    /// `force`: the manager only ever claims its own list entries) within [`WRITE_DEADLINE`].
+    /// Returns the failures; empty when every apply succeeded.
+    pub async fn apply(&self, writes: &ScopeWrites) -> Vec<ScopeWriteFailure> {
+        let api = Api::<HealthScope>::namespaced(self.client.clone(), &writes.namespace);
+        let params = PatchParams::apply(&writes.field_manager).force();
+        let applies = writes.applies.iter().map(|(scope, refs)| {
+            let api = api.clone();
+            let params = params.clone();
+            let queue = self.queue(&writes.namespace, scope);
+            async move {
+                let body = workload_refs_apply(&writes.namespace, scope, refs);
+                let outcome = tokio::time::timeout(WRITE_DEADLINE, async {
+                    let _turn = queue.lock().await;
+                    api.patch(scope, &params, &Patch::Apply(&body)).await
+                })
+                .await;
+                let error = match outcome {
+                    Ok(Ok(_)) => {
+                        tracing::info!(
+                            namespace = %writes.namespace,
+                            scope = %scope,
+                            appconfig = %writes.appconfig,
+                            refs = refs.len(),
+                            "workload refs applied"
+                        );
+                        return None;
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("not done within {WRITE_DEADLINE:?}"),
+                };
+                tracing::warn!(namespace = %writes.namespace, scope = %scope, appconfig = %writes.appconfig, error = %error, "applying workload refs failed");
+                Some(ScopeWriteFailure {
+                    scope: scope.clone(),
+                    error,
+                })
+            }
+        });
+        join_all(applies).await.into_iter().flatten().collect()
+    }
+}
+
+/// The final response once the writes are done: unchanged when they all succeeded; otherwise
+/// allowed with one warning per failed scope (the controller's backstop converges).
 pub fn settle_writes(
     request: &AdmissionRequest<DynamicObject>,
     response: AdmissionResponse,
@@ -262,31 +425,31 @@ pub fn settle_writes(
     if failures.is_empty() {
         return response;
     }
-    let described: Vec<String> = failures
+    let action = if request.operation == Operation::Delete {
+        "remove the workload refs of"
+    } else {
+        "record the workload refs of"
+    };
+    let warnings = failures
         .iter()
-        .map(|f| format!("HealthScope {}/{}: {}", writes.namespace, f.scope, f.error))
+        .map(|f| {
+            tracing::warn!(
+                appconfig = %object_name(request),
+                scope = %format!("{}/{}", writes.namespace, f.scope),
+                error = %f.error,
+                "scope write failed; left to the controller's backstop"
+            );
+            format!(
+                "healthscope could not {action} {} in HealthScope {}/{} ({}); the healthscope \
+                 controller will do it shortly",
+                object_name(request),
+                writes.namespace,
+                f.scope,
+                f.error
+            )
+        })
         .collect();
-    if request.operation == Operation::Delete {
-        let warnings = described
-            .into_iter()
-            .map(|d| {
-                format!(
-                    "healthscope could not remove the workload refs of {}: {d}",
-                    object_name(request)
-                )
-            })
-            .collect();
-        return with_warnings(response, warnings);
-    }
-    deny(
-        request,
-        format!(
-            "healthscope could not record the workloads of ApplicationConfiguration {} in their \
-             scopes ({}); nothing is lost by retrying",
-            object_name(request),
-            described.join("; ")
-        ),
-    )
+    with_warnings(response, warnings)
 }
 
 #[cfg(test)]
@@ -294,7 +457,7 @@ mod tests {
     use super::*;
     use crate::admission::tests::{deeply_nested_review, request, review_json};
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{Request, StatusCode};
     use serde_json::{Value, json};
     use tower::ServiceExt;
 
@@ -308,7 +471,11 @@ mod tests {
     }
 
     async fn post(path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
-        let response = router(offline_state())
+        post_to(router(offline_state()), path, body).await
+    }
+
+    async fn post_to(router: axum::Router, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+        let response = router
             .oneshot(
                 Request::post(path)
                     .header("content-type", "application/json")
@@ -358,7 +525,7 @@ mod tests {
         ] {
             let (status, bytes) = post(path, b"{oops".to_vec()).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
-            assert!(String::from_utf8_lossy(&bytes).contains("not JSON"));
+            assert!(String::from_utf8_lossy(&bytes).contains("not valid JSON"));
             let (status, bytes) = post(
                 path,
                 br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}"#.to_vec(),
@@ -366,11 +533,71 @@ mod tests {
             .await;
             assert_eq!(status, StatusCode::BAD_REQUEST);
             assert!(String::from_utf8_lossy(&bytes).contains("no request"));
+            let (status, bytes) = post(path, br#"{"kind":"Pod","apiVersion":"v1"}"#.to_vec()).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert!(String::from_utf8_lossy(&bytes).contains("not an AdmissionReview"));
             let deep = deeply_nested_review(50_000);
             let (status, bytes) = post(path, deep.into_bytes()).await;
             assert_eq!(status, StatusCode::BAD_REQUEST);
             assert!(String::from_utf8_lossy(&bytes).contains("nested too deeply"));
         }
+    }
+
+    #[tokio::test]
+    async fn requests_and_rejections_are_counted_in_the_metrics() {
+        let metrics = Metrics::new();
+        let app = router(offline_state().with_metrics(metrics.clone()));
+        let scope = |method: &str| {
+            json!({"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope",
+                "metadata": {"name": "s", "namespace": "ns"}, "spec": {"probe-method": method}})
+        };
+        for method in ["BREW", "GET"] {
+            let body = review_json(
+                ("core.oam.dev", "v1alpha2", "HealthScope"),
+                "CREATE",
+                Some(scope(method)),
+                None,
+                false,
+            );
+            let (status, _) = post_to(
+                app.clone(),
+                HEALTH_SCOPE_PATH,
+                serde_json::to_vec(&body).unwrap(),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        let (status, _) = post_to(app, WORKLOAD_PATH, b"{oops".to_vec()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let text = metrics.encode();
+        let line = |needle: &str| {
+            text.lines()
+                .find(|l| l.starts_with(needle))
+                .map(str::to_string)
+        };
+        assert_eq!(
+            line("healthscope_webhook_rejected_total{reason=\"invalid_healthscope\"}").as_deref(),
+            Some("healthscope_webhook_rejected_total{reason=\"invalid_healthscope\"} 1"),
+            "{text}"
+        );
+        assert!(
+            line("healthscope_webhook_rejected_total{reason=\"bad_review\"} 1").is_some(),
+            "{text}"
+        );
+        assert!(
+            line("healthscope_webhook_requests_total{operation=\"CREATE\",code=\"200\"} 2")
+                .is_some(),
+            "{text}"
+        );
+        assert!(
+            line("healthscope_webhook_requests_total{operation=\"unknown\",code=\"400\"} 1")
+                .is_some(),
+            "{text}"
+        );
+        assert!(
+            line("healthscope_webhook_requests_in_flight 0").is_some(),
+            "{text}"
+        );
     }
 
     #[tokio::test]
@@ -401,7 +628,7 @@ mod tests {
     }
 
     #[test]
-    fn failed_writes_deny_changes_and_warn_on_delete() {
+    fn failed_writes_allow_with_a_warning_naming_the_scope() {
         let app = json!({"apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
             "metadata": {"name": "shop", "namespace": "ns"}, "spec": {}});
         let kind = ("core.oam.dev", "v1alpha2", "ApplicationConfiguration");
@@ -416,18 +643,24 @@ mod tests {
             error: "boom".into(),
         }];
         let create = request(kind, "CREATE", Some(app.clone()), None, false);
-        let denied = settle_writes(
+        let warned = settle_writes(
             &create,
             crate::admission::allow(&create),
             &writes,
             failures.clone(),
         );
-        assert!(!denied.allowed);
-        assert!(denied.result.message.contains("HealthScope ns/s: boom"));
+        assert!(
+            warned.allowed,
+            "a failed write never refuses the user's apply"
+        );
+        let warning = &warned.warnings.unwrap()[0];
+        assert!(warning.contains("record the workload refs"), "{warning}");
+        assert!(warning.contains("HealthScope ns/s (boom)"), "{warning}");
         let delete = request(kind, "DELETE", None, Some(app), false);
         let warned = settle_writes(&delete, crate::admission::allow(&delete), &writes, failures);
         assert!(warned.allowed);
-        assert!(warned.warnings.unwrap()[0].contains("HealthScope ns/s: boom"));
-        assert!(settle_writes(&create, crate::admission::allow(&create), &writes, vec![]).allowed);
+        assert!(warned.warnings.unwrap()[0].contains("remove the workload refs"));
+        let clean = settle_writes(&create, crate::admission::allow(&create), &writes, vec![]);
+        assert!(clean.allowed && clean.warnings.is_none());
     }
 }

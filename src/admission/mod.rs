@@ -19,7 +19,7 @@ pub mod workload;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse};
 use kube::core::{DynamicObject, GroupVersionKind};
 
 use crate::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
@@ -27,14 +27,17 @@ use crate::membership::{ComponentLookup, WorkloadLookup};
 
 pub use edge::{AdmissionState, router};
 
-/// Path of the ApplicationConfiguration webhook (validating; side effects on the scopes).
-pub const APPLICATION_CONFIGURATION_PATH: &str = "/validate/applicationconfigurations";
+/// Path of the ApplicationConfiguration webhook that wires workloads into scopes (mutating
+/// configuration, sideEffects NoneOnDryRun, CREATE/UPDATE/DELETE). It also rejects malformed
+/// scope references.
+pub const APPLICATION_CONFIGURATION_PATH: &str = "/mutate/applicationconfiguration";
+/// Path of the ApplicationConfiguration check without side effects (validating configuration,
+/// sideEffects None): the same decision as [`APPLICATION_CONFIGURATION_PATH`], no writes.
+pub const APPLICATION_CONFIGURATION_VALIDATE_PATH: &str = "/validate/applicationconfiguration";
 /// Path of the workload labelling webhook (mutating).
-pub const WORKLOAD_PATH: &str = "/mutate/workloads";
+pub const WORKLOAD_PATH: &str = "/mutate/workload";
 /// Path of the HealthScope validating webhook.
-pub const HEALTH_SCOPE_PATH: &str = "/validate/healthscopes";
-/// The only AdmissionReview version served, in and out.
-pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
+pub const HEALTH_SCOPE_PATH: &str = "/validate/healthscope";
 
 /// A read-only view of the OAM objects admission decisions depend on.
 pub trait Snapshot: Send + Sync {
@@ -228,47 +231,6 @@ impl OverlayObject for HealthScope {
     }
 }
 
-/// Why a request body could not be read as an admission/v1 AdmissionReview: answered with
-/// HTTP 400 and this message, since there is no request uid to answer to.
-#[derive(Debug, thiserror::Error)]
-pub enum ReviewError {
-    #[error("request body is not JSON: {0}")]
-    NotJson(String),
-    #[error("request body is nested too deeply: {0}")]
-    TooDeep(String),
-    #[error("request body is not an AdmissionReview: {0}")]
-    NotAdmissionReview(String),
-    #[error("AdmissionReview apiVersion {0:?} is not served; send {ADMISSION_API_VERSION}")]
-    WrongVersion(String),
-    #[error("AdmissionReview has no request")]
-    MissingRequest,
-}
-
-/// Reads an admission/v1 AdmissionReview and returns its request. Nesting deeper than
-/// serde_json's recursion limit (128) is an error, never a stack overflow.
-pub fn decode_review(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, ReviewError> {
-    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).map_err(|e| {
-        let message = e.to_string();
-        if message.contains("recursion limit") {
-            ReviewError::TooDeep(message)
-        } else if e.is_syntax() || e.is_eof() || e.is_io() {
-            ReviewError::NotJson(message)
-        } else {
-            ReviewError::NotAdmissionReview(message)
-        }
-    })?;
-    if review.types.kind != "AdmissionReview" {
-        return Err(ReviewError::NotAdmissionReview(format!(
-            "kind is {:?}",
-            review.types.kind
-        )));
-    }
-    if review.types.api_version != ADMISSION_API_VERSION {
-        return Err(ReviewError::WrongVersion(review.types.api_version));
-    }
-    review.try_into().map_err(|_| ReviewError::MissingRequest)
-}
-
 /// An allowing response to `request`, echoing its uid.
 pub fn allow(request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
     AdmissionResponse::from(request)
@@ -366,7 +328,7 @@ pub(crate) mod tests {
         dry_run: bool,
     ) -> AdmissionRequest<DynamicObject> {
         let body = review_json(kind, operation, object, old_object, dry_run);
-        decode_review(&serde_json::to_vec(&body).unwrap()).unwrap()
+        crate::webhook::decode_admission_review(&serde_json::to_vec(&body).unwrap()).unwrap()
     }
 
     /// An AdmissionReview whose object nests `depth` objects deep (unknown fields are skipped
@@ -388,35 +350,6 @@ pub(crate) mod tests {
                 "}".repeat(depth)
             ),
         )
-    }
-
-    #[test]
-    fn decode_reports_each_kind_of_malformed_body() {
-        assert!(matches!(
-            decode_review(b"not json"),
-            Err(ReviewError::NotJson(_))
-        ));
-        assert!(matches!(decode_review(b""), Err(ReviewError::NotJson(_))));
-        assert!(matches!(
-            decode_review(br#"{"kind":"Pod","apiVersion":"v1"}"#),
-            Err(ReviewError::NotAdmissionReview(_))
-        ));
-        assert!(matches!(
-            decode_review(br#"[1,2]"#),
-            Err(ReviewError::NotAdmissionReview(_))
-        ));
-        assert!(matches!(
-            decode_review(br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}"#),
-            Err(ReviewError::MissingRequest)
-        ));
-        assert!(matches!(
-            decode_review(
-                br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1beta1","request":null}"#
-            ),
-            Err(ReviewError::WrongVersion(v)) if v == "admission.k8s.io/v1beta1"
-        ));
-        let err = decode_review(deeply_nested_review(100_000).as_bytes()).unwrap_err();
-        assert!(matches!(err, ReviewError::TooDeep(_)), "{err}");
     }
 
     #[test]

@@ -56,7 +56,7 @@ async fn install_admin_server_answers_from_a_real_reflector() {
     // Not ready until the cache has its first list and the certificates are loaded.
     let response = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(response.status(), 503);
-    tokio::time::timeout(Duration::from_secs(10), reader.wait_until_ready())
+    tokio::time::timeout(Duration::from_secs(10), serve::store_ready(&reader))
         .await
         .expect("the reflector listed within 10s")
         .unwrap();
@@ -373,6 +373,62 @@ fn install_chart_lints_and_renders_in_both_certificate_modes() {
     }
     assert!(find(&self_signed, "Certificate").is_empty());
 
+    // Values outside what the chart supports are refused with the value's path and the reason.
+    for (set, reason) in [
+        (
+            "certificate.mode=selfsigned",
+            "value must be one of 'selfSigned', 'certManager'",
+        ),
+        (
+            "webhook.failurePolicy.healthScope=Maybe",
+            "value must be one of 'Ignore', 'Fail'",
+        ),
+        ("webhook.timeoutSeconds=40", "maximum: got 40, want 30"),
+    ] {
+        let error = run_failing(
+            helm()
+                .args(["template", "healthscope", "charts/healthscope"])
+                .args(["--set", set]),
+        );
+        assert!(error.contains(reason), "--set {set}: {error}");
+    }
+
+    // Out of the cluster (development, the demo): the webhook is called at a URL.
+    let local = objects(&helm_template(
+        "healthscope",
+        "hs",
+        &["--set", "webhook.urlBase=https://127.0.0.1:9443"],
+    ));
+    let webhook = &find(&local, "MutatingWebhookConfiguration")[0]["webhooks"][0];
+    assert_eq!(
+        webhook["clientConfig"]["url"],
+        format!(
+            "https://127.0.0.1:9443{}",
+            healthscope::admission::WORKLOAD_PATH
+        )
+    );
+    assert!(webhook["clientConfig"].get("service").is_none());
+
+    // A gradual rollout: only labelled namespaces reach the webhooks.
+    let opt_in = objects(&helm_template(
+        "healthscope",
+        "hs",
+        &[
+            "--set",
+            "webhook.namespaceSelectorLabels.rollout=healthscope",
+        ],
+    ));
+    for kind in [
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    ] {
+        for webhook in find(&opt_in, kind)[0]["webhooks"].as_array().unwrap() {
+            let selector = &webhook["namespaceSelector"];
+            assert_eq!(selector["matchLabels"]["rollout"], "healthscope");
+            assert_eq!(selector["matchExpressions"][0]["operator"], "NotIn");
+        }
+    }
+
     // Half a key pair is refused with the reason.
     let error = run_failing(
         helm()
@@ -425,7 +481,7 @@ fn install_rbac_is_least_privilege() {
     }
     let expected = [
         ("core.oam.dev", "healthscopes", "get list watch patch"),
-        ("core.oam.dev", "healthscopes/status", "patch update"),
+        ("core.oam.dev", "healthscopes/status", "patch"),
         (
             "core.oam.dev",
             "applicationconfigurations",
@@ -529,27 +585,21 @@ fn install_webhook_configurations_follow_the_admission_guidance() {
         paths,
         vec![
             row(
+                "workloads.mutate.healthscope.oam.dev",
+                healthscope::admission::WORKLOAD_PATH,
+                "Ignore",
+                "None"
+            ),
+            row(
                 "applicationconfigurations.mutate.healthscope.oam.dev",
-                "/mutate/applicationconfiguration",
+                healthscope::admission::APPLICATION_CONFIGURATION_PATH,
                 "Ignore",
                 "NoneOnDryRun"
             ),
             row(
-                "workloads.mutate.healthscope.oam.dev",
-                "/mutate/workload",
-                "Ignore",
-                "None"
-            ),
-            row(
                 "healthscopes.validate.healthscope.oam.dev",
-                "/validate/healthscope",
+                healthscope::admission::HEALTH_SCOPE_PATH,
                 "Fail",
-                "None"
-            ),
-            row(
-                "applicationconfigurations.validate.healthscope.oam.dev",
-                "/validate/applicationconfiguration",
-                "Ignore",
                 "None"
             ),
         ]
@@ -770,4 +820,230 @@ fn install_operations_doc_lists_every_metric() {
             "docs/operations.md has no row for {name}"
         );
     }
+}
+
+/// A client authenticated as `user` in `groups` (admin impersonation): the API server then
+/// authorizes exactly as it would for that identity.
+async fn client_as(user: &str, groups: &[&str]) -> kube::Client {
+    let mut config = support::config().await;
+    config.auth_info.impersonate = Some(user.to_string());
+    config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+    kube::Client::try_from(config).unwrap()
+}
+
+/// Whether the API answered 403 Forbidden.
+fn forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> bool {
+    matches!(result, Err(kube::Error::Api(ref status)) if status.code == 403)
+}
+
+#[tokio::test]
+async fn install_rbac_grants_what_healthscope_does_and_nothing_else() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::{Secret, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use k8s_openapi::api::events::v1::Event;
+    use kube::api::{DeleteParams, ListParams};
+
+    // The chart's RBAC objects, for real, under a release name no other test uses; the
+    // release namespace is this test's namespace.
+    let ctx = TestContext::new("install-rbac").await;
+    support::install_crds(&ctx.client, &healthscope::api::crds()).await;
+    let release = support::unique_name("hs-rbac");
+    let rendered = helm_template(
+        &release,
+        &ctx.namespace,
+        &[
+            "--set",
+            &format!("fullnameOverride={release}"),
+            "--show-only",
+            "templates/serviceaccount.yaml",
+            "--show-only",
+            "templates/rbac.yaml",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rbac.yaml"), &rendered).unwrap();
+    run(kubectl()
+        .args(["apply", "--server-side", "-f"])
+        .arg(dir.path().join("rbac.yaml")));
+
+    let service_account = format!("system:serviceaccount:{}:{release}", ctx.namespace);
+    let sa_groups = [
+        "system:serviceaccounts",
+        &format!("system:serviceaccounts:{}", ctx.namespace),
+        "system:authenticated",
+    ];
+    let sa_groups: Vec<&str> = sa_groups.iter().map(|g| g.as_ref()).collect();
+    let sa = client_as(&service_account, &sa_groups).await;
+    let ns = ctx.namespace.as_str();
+
+    // RBAC bindings take effect at once, but allow the authorizer cache a moment.
+    support::eventually(
+        Duration::from_secs(10),
+        "the binding to take effect",
+        || {
+            let api = Api::<HealthScope>::all(sa.clone());
+            async move { api.list(&ListParams::default()).await.ok() }
+        },
+    )
+    .await;
+
+    // Reads of every kind healthscope watches, in all namespaces.
+    let lp = ListParams::default().limit(1);
+    Api::<HealthScope>::all(sa.clone()).list(&lp).await.unwrap();
+    Api::<healthscope::api::ApplicationConfiguration>::all(sa.clone())
+        .list(&lp)
+        .await
+        .unwrap();
+    Api::<healthscope::api::Component>::all(sa.clone())
+        .list(&lp)
+        .await
+        .unwrap();
+    Api::<healthscope::api::ContainerizedWorkload>::all(sa.clone())
+        .list(&lp)
+        .await
+        .unwrap();
+    Api::<Deployment>::all(sa.clone()).list(&lp).await.unwrap();
+    Api::<k8s_openapi::api::apps::v1::StatefulSet>::all(sa.clone())
+        .list(&lp)
+        .await
+        .unwrap();
+    Api::<k8s_openapi::api::apps::v1::DaemonSet>::all(sa.clone())
+        .list(&lp)
+        .await
+        .unwrap();
+    Api::<k8s_openapi::api::apps::v1::ReplicaSet>::all(sa.clone())
+        .list(&lp)
+        .await
+        .unwrap();
+    Api::<Service>::all(sa.clone()).list(&lp).await.unwrap();
+    Api::<EndpointSlice>::all(sa.clone())
+        .list(&lp)
+        .await
+        .unwrap();
+
+    // The writes: workloadRefs by server-side apply, status by server-side apply, labels on
+    // workloads, an Event.
+    let mut scope = HealthScope::new("rbac-scope", HealthScopeSpec::default());
+    scope.metadata.namespace = Some(ns.to_string());
+    ctx.api::<HealthScope>()
+        .create(&PostParams::default(), &scope)
+        .await
+        .unwrap();
+    let scopes = Api::<HealthScope>::namespaced(sa.clone(), ns);
+    scopes
+        .patch(
+            "rbac-scope",
+            &PatchParams::apply("healthscope/first-app").force(),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope",
+                "metadata": { "name": "rbac-scope" },
+                "spec": { "workloadRefs": [{ "apiVersion": "apps/v1", "kind": "Deployment", "name": "web" }] },
+            })),
+        )
+        .await
+        .unwrap();
+    scopes
+        .patch_status(
+            "rbac-scope",
+            &PatchParams::apply("healthscope").force(),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope",
+                "status": { "health": "healthy" },
+            })),
+        )
+        .await
+        .unwrap();
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "web" },
+        "spec": {
+            "selector": { "matchLabels": { "app": "web" } },
+            "template": {
+                "metadata": { "labels": { "app": "web" } },
+                "spec": { "containers": [{ "name": "web", "image": "web" }] },
+            },
+        },
+    }))
+    .unwrap();
+    ctx.api::<Deployment>()
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    let label = serde_json::json!({ "metadata": { "labels": { "healthscope.core.oam.dev/rbac-scope": "true" } } });
+    Api::<Deployment>::namespaced(sa.clone(), ns)
+        .patch("web", &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .unwrap();
+    let event: Event = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "rbac-scope.transition" },
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "reportingController": "healthscope",
+        "reportingInstance": "test",
+        "action": "Evaluate",
+        "reason": "HealthChanged",
+        "type": "Normal",
+        "regarding": { "apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope", "name": "rbac-scope", "namespace": ns },
+    }))
+    .unwrap();
+    Api::<Event>::namespaced(sa.clone(), ns)
+        .create(&PostParams::default(), &event)
+        .await
+        .unwrap();
+
+    // Leader election: the one Lease, in the release namespace only.
+    let lease: Lease = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "healthscope-controller" },
+        "spec": { "holderIdentity": "a" },
+    }))
+    .unwrap();
+    let leases = Api::<Lease>::namespaced(sa.clone(), ns);
+    let created = leases.create(&PostParams::default(), &lease).await.unwrap();
+    let mut renewed = leases.get("healthscope-controller").await.unwrap();
+    renewed.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    leases
+        .replace("healthscope-controller", &PostParams::default(), &renewed)
+        .await
+        .unwrap();
+    assert_eq!(
+        created.metadata.name.as_deref(),
+        Some("healthscope-controller")
+    );
+
+    // And nothing more: no Secrets, no deletes, no other Leases, no other namespaces' Leases.
+    assert!(forbidden(
+        Api::<Secret>::namespaced(sa.clone(), ns).list(&lp).await
+    ));
+    assert!(forbidden(Api::<Secret>::all(sa.clone()).list(&lp).await));
+    assert!(forbidden(
+        Api::<Deployment>::namespaced(sa.clone(), ns)
+            .delete("web", &DeleteParams::default())
+            .await
+    ));
+    assert!(forbidden(
+        scopes.delete("rbac-scope", &DeleteParams::default()).await
+    ));
+    assert!(forbidden(
+        Api::<healthscope::api::ApplicationConfiguration>::namespaced(sa.clone(), ns)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(serde_json::json!({
+                    "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
+                    "metadata": { "name": "nope" }, "spec": { "components": [] },
+                }))
+                .unwrap(),
+            )
+            .await
+    ));
+    assert!(forbidden(leases.get("someone-elses-lease").await));
+    assert!(forbidden(
+        Api::<Lease>::namespaced(sa.clone(), "default")
+            .create(&PostParams::default(), &lease)
+            .await
+    ));
+    assert!(forbidden(
+        Api::<k8s_openapi::api::core::v1::Event>::namespaced(sa.clone(), ns)
+            .list(&lp)
+            .await
+    ));
 }

@@ -712,3 +712,126 @@ mod certificate_swap {
             .expect("removing the webhook configuration");
     }
 }
+
+/// The watch caches the webhook answers from (and the controller reuses) see every kind.
+#[tokio::test]
+async fn webhook_cache_syncs_and_follows_the_oam_objects() {
+    use healthscope::admission::Snapshot;
+    use healthscope::cache::OamCache;
+    use healthscope::membership::{ComponentLookup, WorkloadLookup};
+
+    let ctx = TestContext::new("webhook-cache").await;
+    crate::support::install_crds(&ctx.client, &healthscope::api::crds()).await;
+    let cache = OamCache::spawn(ctx.client.clone());
+    cache
+        .wait_synced(Duration::from_secs(30))
+        .await
+        .expect("the caches sync");
+
+    let pp = PostParams::default();
+    ctx.api::<HealthScope>()
+        .create(&pp, &health_scope("s", json!({})))
+        .await
+        .unwrap();
+    ctx.api::<Component>()
+        .create(&pp, &component("web", "apps/v1", "Deployment"))
+        .await
+        .unwrap();
+    ctx.api::<ApplicationConfiguration>()
+        .create(&pp, &appconfig("shop", "web", "web-1", &[]))
+        .await
+        .unwrap();
+    let cw: ContainerizedWorkload = from(json!({
+        "apiVersion": "core.oam.dev/v1alpha2", "kind": "ContainerizedWorkload",
+        "metadata": {"name": "cw"}, "spec": {}}));
+    ctx.api::<ContainerizedWorkload>()
+        .create(&pp, &cw)
+        .await
+        .unwrap();
+
+    let ns = ctx.namespace.as_str();
+    eventually(
+        Duration::from_secs(10),
+        "every object in the cache",
+        || async {
+            let view = cache.namespace(ns);
+            (cache.health_scope(ns, "s").is_some()
+                && view.component("web").is_some()
+                && view.app_configuration("shop").is_some()
+                && view.containerized_workload("cw").is_some())
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(cache.health_scope("other-namespace", "s").is_none());
+
+    ctx.api::<HealthScope>()
+        .delete("s", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the deleted scope gone from the cache",
+        || async { cache.health_scope(ns, "s").is_none().then_some(()) },
+    )
+    .await;
+    cache.shutdown();
+}
+
+/// Objects the cache has not seen yet are read live: with an empty snapshot, a Deployment owned
+/// by a ContainerizedWorkload still gets its scope labels (parent, AppConfig and Component are
+/// each read once from the API server).
+#[tokio::test]
+async fn webhook_reads_cache_misses_live() {
+    use healthscope::admission::edge::with_live_reads;
+    use healthscope::admission::{AdmissionState, Overlay, workload};
+    use std::sync::Arc;
+
+    let ctx = TestContext::new("webhook-live-reads").await;
+    crate::support::install_crds(&ctx.client, &healthscope::api::crds()).await;
+    let pp = PostParams::default();
+    ctx.api::<Component>()
+        .create(
+            &pp,
+            &component("web", "core.oam.dev/v1alpha2", "ContainerizedWorkload"),
+        )
+        .await
+        .unwrap();
+    ctx.api::<ApplicationConfiguration>()
+        .create(&pp, &appconfig("shop", "web", "web", &["front"]))
+        .await
+        .unwrap();
+    let cw: ContainerizedWorkload = from(json!({
+        "apiVersion": "core.oam.dev/v1alpha2", "kind": "ContainerizedWorkload",
+        "metadata": {"name": "web", "labels": {"app.oam.dev/name": "shop"}}, "spec": {}}));
+    ctx.api::<ContainerizedWorkload>()
+        .create(&pp, &cw)
+        .await
+        .unwrap();
+
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "1", "operation": "CREATE", "userInfo": {}, "name": "web", "namespace": ctx.namespace,
+            "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+            "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+            "object": {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {
+                "name": "web", "namespace": ctx.namespace,
+                "ownerReferences": [{"apiVersion": "core.oam.dev/v1alpha2",
+                    "kind": "ContainerizedWorkload", "name": "web", "uid": "u"}]}},
+        },
+    });
+    let request =
+        healthscope::webhook::decode_admission_review(&serde_json::to_vec(&review).unwrap())
+            .unwrap();
+    let state = AdmissionState::new(Arc::new(Overlay::default()), ctx.client.clone());
+    let response = with_live_reads(&state, |snapshot| workload::review(&request, snapshot)).await;
+    assert!(response.allowed);
+    assert_eq!(response.warnings, None);
+    let patch: Value = serde_json::from_slice(&response.patch.expect("a label patch")).unwrap();
+    assert_eq!(
+        patch,
+        json!([{"op": "add", "path": "/metadata/labels",
+                "value": {scope_label_key("front"): "true"}}])
+    );
+}

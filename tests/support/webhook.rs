@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use healthscope::admission::{
-    APPLICATION_CONFIGURATION_PATH, AdmissionState, HEALTH_SCOPE_PATH, WORKLOAD_PATH, router,
+    APPLICATION_CONFIGURATION_PATH, APPLICATION_CONFIGURATION_VALIDATE_PATH, AdmissionState,
+    HEALTH_SCOPE_PATH, WORKLOAD_PATH, router,
 };
 use healthscope::cache::OamCache;
 use k8s_openapi::api::admissionregistration::v1::{
@@ -67,45 +68,16 @@ impl WebhookUnderTest {
         };
         let write_ops = ["CREATE", "UPDATE"];
 
+        // The same webhooks as the chart: wiring (with side effects) and labelling mutate;
+        // HealthScopes and AppConfig references are validated.
         let mutating = MutatingWebhookConfiguration {
             metadata: ObjectMeta {
                 name: Some(unique_name("healthscope-mutating")),
                 ..Default::default()
             },
-            webhooks: Some(vec![MutatingWebhook {
-                name: "workloads.healthscope.core.oam.dev".into(),
-                client_config: client_config(WORKLOAD_PATH),
-                rules: Some(vec![
-                    rule(
-                        "apps",
-                        "v1",
-                        &["deployments", "statefulsets", "daemonsets"],
-                        &write_ops,
-                    ),
-                    rule("", "v1", &["services"], &write_ops),
-                    rule(
-                        "core.oam.dev",
-                        "v1alpha2",
-                        &["containerizedworkloads"],
-                        &write_ops,
-                    ),
-                ]),
-                namespace_selector: Some(only_this_namespace.clone()),
-                failure_policy: Some("Fail".into()),
-                side_effects: "None".into(),
-                admission_review_versions: vec!["v1".into()],
-                timeout_seconds: Some(10),
-                ..Default::default()
-            }]),
-        };
-        let validating = ValidatingWebhookConfiguration {
-            metadata: ObjectMeta {
-                name: Some(unique_name("healthscope-validating")),
-                ..Default::default()
-            },
             webhooks: Some(vec![
-                ValidatingWebhook {
-                    name: "applicationconfigurations.healthscope.core.oam.dev".into(),
+                MutatingWebhook {
+                    name: "applicationconfigurations.mutate.healthscope.oam.dev".into(),
                     client_config: client_config(APPLICATION_CONFIGURATION_PATH),
                     rules: Some(vec![rule(
                         "core.oam.dev",
@@ -120,8 +92,57 @@ impl WebhookUnderTest {
                     timeout_seconds: Some(10),
                     ..Default::default()
                 },
+                MutatingWebhook {
+                    name: "workloads.mutate.healthscope.oam.dev".into(),
+                    client_config: client_config(WORKLOAD_PATH),
+                    rules: Some(vec![
+                        rule(
+                            "apps",
+                            "v1",
+                            &["deployments", "statefulsets", "daemonsets"],
+                            &write_ops,
+                        ),
+                        rule("", "v1", &["services"], &write_ops),
+                        rule(
+                            "core.oam.dev",
+                            "v1alpha2",
+                            &["containerizedworkloads"],
+                            &write_ops,
+                        ),
+                    ]),
+                    namespace_selector: Some(only_this_namespace.clone()),
+                    failure_policy: Some("Fail".into()),
+                    side_effects: "None".into(),
+                    admission_review_versions: vec!["v1".into()],
+                    timeout_seconds: Some(10),
+                    ..Default::default()
+                },
+            ]),
+        };
+        let validating = ValidatingWebhookConfiguration {
+            metadata: ObjectMeta {
+                name: Some(unique_name("healthscope-validating")),
+                ..Default::default()
+            },
+            webhooks: Some(vec![
                 ValidatingWebhook {
-                    name: "healthscopes.healthscope.core.oam.dev".into(),
+                    name: "applicationconfigurations.validate.healthscope.oam.dev".into(),
+                    client_config: client_config(APPLICATION_CONFIGURATION_VALIDATE_PATH),
+                    rules: Some(vec![rule(
+                        "core.oam.dev",
+                        "v1alpha2",
+                        &["applicationconfigurations"],
+                        &write_ops,
+                    )]),
+                    namespace_selector: Some(only_this_namespace.clone()),
+                    failure_policy: Some("Fail".into()),
+                    side_effects: "None".into(),
+                    admission_review_versions: vec!["v1".into()],
+                    timeout_seconds: Some(10),
+                    ..Default::default()
+                },
+                ValidatingWebhook {
+                    name: "healthscopes.validate.healthscope.oam.dev".into(),
                     client_config: client_config(HEALTH_SCOPE_PATH),
                     rules: Some(vec![rule(
                         "core.oam.dev",
@@ -225,14 +246,46 @@ impl WebhookUnderTest {
     }
 
     /// Deregisters the webhooks (they are cluster-scoped) and stops the cache.
-    pub async fn stop(self) {
-        let dp = DeleteParams::default();
-        let _ = Api::<MutatingWebhookConfiguration>::all(self.client.clone())
-            .delete(&self.mutating, &dp)
-            .await;
-        let _ = Api::<ValidatingWebhookConfiguration>::all(self.client.clone())
-            .delete(&self.validating, &dp)
-            .await;
+    pub async fn stop(mut self) {
+        delete_configurations(&self.client, &self.mutating, &self.validating).await;
+        self.mutating.clear();
+        self.validating.clear();
         self.cache.shutdown();
+    }
+}
+
+async fn delete_configurations(client: &kube::Client, mutating: &str, validating: &str) {
+    let dp = DeleteParams::default();
+    if !mutating.is_empty() {
+        let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .delete(mutating, &dp)
+            .await;
+    }
+    if !validating.is_empty() {
+        let _ = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+            .delete(validating, &dp)
+            .await;
+    }
+}
+
+/// A test that failed before [`WebhookUnderTest::stop`] still deregisters its webhooks, from a
+/// thread with its own runtime (the test's runtime may be unwinding).
+impl Drop for WebhookUnderTest {
+    fn drop(&mut self) {
+        self.cache.shutdown();
+        if self.mutating.is_empty() && self.validating.is_empty() {
+            return;
+        }
+        let (mutating, validating) = (self.mutating.clone(), self.validating.clone());
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Runtime::new() else {
+                return;
+            };
+            runtime.block_on(async {
+                let client = super::client().await;
+                delete_configurations(&client, &mutating, &validating).await;
+            });
+        });
+        let _ = cleanup.join();
     }
 }

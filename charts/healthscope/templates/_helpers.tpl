@@ -46,11 +46,15 @@ app.kubernetes.io/part-of: healthscope
 {{- define "healthscope.clientConfig" -}}
 {{- $root := index . 0 }}
 {{- $path := index . 1 -}}
+{{- if $root.Values.webhook.urlBase -}}
+url: {{ printf "%s%s" (trimSuffix "/" $root.Values.webhook.urlBase) $path | quote }}
+{{- else -}}
 service:
   name: {{ include "healthscope.fullname" $root }}
   namespace: {{ $root.Release.Namespace }}
   path: {{ $path }}
   port: {{ $root.Values.service.webhookPort }}
+{{- end }}
 {{- if eq $root.Values.certificate.mode "selfSigned" }}
 caBundle: {{ $root.Values.certificate.caBundle | b64enc | quote }}
 {{- end }}
@@ -62,6 +66,10 @@ admissionReviewVersions: [v1]
 matchPolicy: Equivalent
 timeoutSeconds: {{ .Values.webhook.timeoutSeconds }}
 namespaceSelector:
+  {{- with .Values.webhook.namespaceSelectorLabels }}
+  matchLabels:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   matchExpressions:
     - key: kubernetes.io/metadata.name
       operator: NotIn
