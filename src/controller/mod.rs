@@ -1,1 +1,264 @@
 //! The status controller: watch caches, reconcile, status writes, events, membership backstop.
+//!
+//! A kube-runtime `Controller` over HealthScopes. Each reconcile reads only watch caches
+//! ([`cache`]), judges every referenced workload ([`evaluate`]), folds in the latest HTTP probe
+//! outcome ([`probes`]), and writes the status only when it changed ([`status`], [`reconcile`]).
+//! A scope is reconciled when it changes, when anything its last evaluation read changes, when
+//! its probe outcome changes, and every probe interval regardless.
+
+pub mod backstop;
+pub mod cache;
+pub mod evaluate;
+pub mod probes;
+pub mod reconcile;
+pub mod run;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::HealthScope;
+use crate::leader::LeaderState;
+use crate::metrics::Metrics;
+use crate::probe::{ProbeObserver, ProbeOutcome, ProbeTarget, Prober};
+use cache::{DependencyIndex, WorkloadCaches};
+use probes::Probes;
+use reconcile::{Context, Stats};
+
+pub use reconcile::{HEALTH_CHANGED, STATUS_FIELD_MANAGER};
+
+/// Lowest probe interval a scope may ask for, unless configured otherwise.
+pub const DEFAULT_MIN_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often state kept for deleted scopes is dropped.
+const FORGET_DELETED_EVERY: Duration = Duration::from_secs(30);
+/// Probes in flight at once across all scopes, unless configured otherwise.
+pub const DEFAULT_PROBE_CONCURRENCY: u32 = 64;
+
+#[derive(Clone)]
+pub struct ControllerConfig {
+    /// Watch and reconcile only this namespace (all namespaces when `None`).
+    pub namespace: Option<String>,
+    /// Floor of every scope's probe interval.
+    pub min_probe_interval: Duration,
+    /// Global bound on probes in flight.
+    pub probe_concurrency: usize,
+    /// This replica's name in events (the pod name in a cluster).
+    pub identity: String,
+    /// How often the membership backstop runs when nothing changes; `None` turns it off.
+    pub backstop_interval: Option<Duration>,
+    /// Where reconcile, status-write, probe and leader metrics go.
+    pub metrics: Option<Metrics>,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            min_probe_interval: DEFAULT_MIN_PROBE_INTERVAL,
+            probe_concurrency: DEFAULT_PROBE_CONCURRENCY as usize,
+            identity: "healthscope".to_string(),
+            backstop_interval: Some(backstop::DEFAULT_BACKSTOP_INTERVAL),
+            metrics: None,
+        }
+    }
+}
+
+/// A running controller.
+pub struct ControllerHandle {
+    /// The HealthScope cache (with status), for the HTTP API and the backstop.
+    pub scopes: Store<HealthScope>,
+    /// The workload caches.
+    pub caches: WorkloadCaches,
+    /// Counts of reconciles, status writes and events.
+    pub stats: Arc<Stats>,
+    ready: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ControllerHandle {
+    /// True once every cache has listed its objects.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// A receiver that turns true once every cache has listed its objects.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.clone()
+    }
+
+    /// Waits until every cache has listed its objects.
+    pub async fn wait_ready(&mut self) {
+        let _ = self.ready.wait_for(|r| *r).await;
+    }
+
+    /// Waits for the controller to finish draining after shutdown was requested.
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the caches and the controller on the current runtime. Only the leader probes and
+/// writes; every replica keeps its caches warm. Cancelling `shutdown` stops new reconciles,
+/// lets running ones finish, and stops the watches and probes.
+pub fn start(
+    client: Client,
+    config: ControllerConfig,
+    leader: LeaderState,
+    shutdown: CancellationToken,
+) -> Result<ControllerHandle, crate::probe::ProbeError> {
+    let (trigger, mut triggered) = mpsc::unbounded_channel::<ObjectRef<HealthScope>>();
+    let index = DependencyIndex::default();
+    let membership_changed = Arc::new(tokio::sync::Notify::new());
+    let backstop_on = config.backstop_interval.is_some();
+    let caches = WorkloadCaches::spawn(
+        client.clone(),
+        config.namespace.clone(),
+        index.clone(),
+        trigger.clone(),
+        backstop_on.then(|| membership_changed.clone()),
+        shutdown.clone(),
+    );
+    let scopes_api: Api<HealthScope> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let controller = Controller::new(scopes_api, watcher::Config::default());
+    let scopes = controller.store();
+    let observer = config
+        .metrics
+        .clone()
+        .map(|m| Arc::new(ProbeMetrics(m)) as Arc<dyn ProbeObserver>);
+    let prober = Prober::new(config.probe_concurrency.max(1), observer)?;
+    let probes = Probes::new(prober, trigger, config.metrics.clone(), shutdown.clone());
+    let stats = Arc::new(Stats::default());
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "healthscope".to_string(),
+            instance: Some(config.identity.clone()),
+        },
+    );
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        scopes.clone(),
+        caches.clone(),
+        index,
+        probes.clone(),
+        leader.clone(),
+        recorder,
+        config.min_probe_interval,
+        stats.clone(),
+        config.metrics.clone(),
+        backstop_on.then(|| membership_changed.clone()),
+    ));
+
+    if let Some(interval) = config.backstop_interval {
+        let backstop = backstop::Backstop::new(
+            client.clone(),
+            config.namespace.clone(),
+            scopes.clone(),
+            caches.clone(),
+            leader.clone(),
+            membership_changed,
+            interval,
+            &shutdown,
+        );
+        tokio::spawn(backstop.run(shutdown.clone()));
+    }
+
+    // Workload, EndpointSlice and probe changes name the scopes to reconcile at once.
+    let triggers = futures::stream::poll_fn(move |cx| triggered.poll_recv(cx));
+    // Gaining leadership re-evaluates every scope; losing it stops probing.
+    let became_leader = leadership_gained(leader, probes, config.metrics.clone());
+
+    // Deleted scopes get no reconcile: forget their probes, index entries and metrics here.
+    let janitor_ctx = ctx.clone();
+    let janitor_stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = janitor_stop.cancelled() => return,
+                _ = tokio::time::sleep(FORGET_DELETED_EVERY) => janitor_ctx.forget_deleted_scopes(),
+            }
+        }
+    });
+
+    let (ready_tx, ready) = watch::channel(false);
+    let waiting_caches = caches.clone();
+    let waiting_scopes = scopes.clone();
+    tokio::spawn(async move {
+        waiting_caches.wait_synced().await;
+        cache::store_ready(&waiting_scopes).await;
+        tracing::info!("caches synced");
+        let _ = ready_tx.send(true);
+    });
+
+    let task = tokio::spawn(async move {
+        controller
+            .reconcile_on(triggers)
+            .reconcile_all_on(became_leader)
+            .graceful_shutdown_on(shutdown.cancelled_owned())
+            .run(reconcile::reconcile, reconcile::error_policy, ctx)
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "controller event");
+                }
+            })
+            .await;
+        tracing::info!("controller stopped");
+    });
+
+    Ok(ControllerHandle {
+        scopes,
+        caches,
+        stats,
+        ready,
+        task,
+    })
+}
+
+/// Records every probe's duration.
+struct ProbeMetrics(Metrics);
+
+impl ProbeObserver for ProbeMetrics {
+    fn observe(&self, _target: &ProbeTarget, outcome: &ProbeOutcome) {
+        self.0.observe_probe_duration(outcome.duration);
+    }
+}
+
+fn leadership_gained(
+    leader: LeaderState,
+    probes: Probes,
+    metrics: Option<Metrics>,
+) -> impl futures::Stream<Item = ()> + Send {
+    if let Some(metrics) = &metrics {
+        metrics.set_leader(leader.is_leader());
+    }
+    let state = (leader, probes, metrics);
+    futures::stream::unfold(state, |(mut leader, probes, metrics)| async move {
+        loop {
+            let before = leader.is_leader();
+            let now = leader.changed().await;
+            if let Some(metrics) = &metrics {
+                metrics.set_leader(now);
+            }
+            if now == before && !now {
+                // The elector stopped: no more changes will come.
+                return None;
+            }
+            if now {
+                return Some(((), (leader, probes, metrics)));
+            }
+            probes.stop_all();
+        }
+    })
+}

@@ -56,10 +56,13 @@ async fn install_admin_server_answers_from_a_real_reflector() {
     // Not ready until the cache has its first list and the certificates are loaded.
     let response = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(response.status(), 503);
-    tokio::time::timeout(Duration::from_secs(10), serve::store_ready(&reader))
-        .await
-        .expect("the reflector listed within 10s")
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        healthscope::cache::store_ready(&reader),
+    )
+    .await
+    .expect("the reflector listed within 10s")
+    .unwrap();
     readiness.mark_caches_synced();
     readiness.mark_certs_loaded();
     let response = http.get(format!("{base}/readyz")).send().await.unwrap();

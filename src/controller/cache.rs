@@ -1,0 +1,484 @@
+//! Watch caches for every workload kind a scope can reference, so the reconcile and probe cycle
+//! never GETs or LISTs. Built-in kinds are watched from the start; any other kind is watched
+//! on demand, the first time a scope references it (GVK resolved once through discovery).
+//!
+//! Every cache event is mapped through the [`DependencyIndex`] to the scopes that read that
+//! object in their last evaluation, and those scopes are queued for reconcile at once.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ContainerizedWorkload, HealthScope};
+
+/// The label EndpointSlices carry naming their Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// How long a failed discovery of a kind is remembered before trying again.
+const DISCOVERY_RETRY: Duration = Duration::from_secs(30);
+/// How long a reconcile waits for a newly started watch to list its objects.
+const DYNAMIC_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Something a scope's evaluation read: an object (by group, kind, namespace and name), or the
+/// EndpointSlices of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DependencyKey {
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl DependencyKey {
+    pub fn new(group: &str, kind: &str, namespace: &str, name: &str) -> Self {
+        Self {
+            group: group.to_string(),
+            kind: kind.to_string(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    /// The key every EndpointSlice of Service `name` maps to.
+    pub fn endpoints_of(namespace: &str, service: &str) -> Self {
+        Self::new("discovery.k8s.io", "EndpointSlice", namespace, service)
+    }
+
+    fn of<K: Resource>(obj: &K, dt: &K::DynamicType) -> Self {
+        Self::new(
+            &K::group(dt),
+            &K::kind(dt),
+            obj.meta().namespace.as_deref().unwrap_or_default(),
+            obj.meta().name.as_deref().unwrap_or_default(),
+        )
+    }
+}
+
+/// Which scopes read which objects in their last evaluation. Each reconcile replaces its
+/// scope's set, so the index follows refs, ContainerizedWorkload children and Services.
+#[derive(Clone, Default)]
+pub struct DependencyIndex {
+    inner: Arc<RwLock<IndexInner>>,
+}
+
+#[derive(Default)]
+struct IndexInner {
+    by_key: HashMap<DependencyKey, HashSet<ObjectRef<HealthScope>>>,
+    by_scope: HashMap<ObjectRef<HealthScope>, BTreeSet<DependencyKey>>,
+}
+
+impl DependencyIndex {
+    pub fn set(&self, scope: &ObjectRef<HealthScope>, keys: BTreeSet<DependencyKey>) {
+        let Ok(mut inner) = self.inner.write() else {
+            return;
+        };
+        if let Some(old) = inner.by_scope.remove(scope) {
+            for key in old {
+                if let Some(scopes) = inner.by_key.get_mut(&key) {
+                    scopes.remove(scope);
+                    if scopes.is_empty() {
+                        inner.by_key.remove(&key);
+                    }
+                }
+            }
+        }
+        for key in &keys {
+            inner
+                .by_key
+                .entry(key.clone())
+                .or_default()
+                .insert(scope.clone());
+        }
+        if !keys.is_empty() {
+            inner.by_scope.insert(scope.clone(), keys);
+        }
+    }
+
+    pub fn remove(&self, scope: &ObjectRef<HealthScope>) {
+        self.set(scope, BTreeSet::new());
+    }
+
+    pub fn scopes_for(&self, key: &DependencyKey) -> Vec<ObjectRef<HealthScope>> {
+        self.inner
+            .read()
+            .map(|inner| {
+                inner
+                    .by_key
+                    .get(key)
+                    .map(|s| s.iter().cloned().collect())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Where cache events send the scopes to reconcile.
+pub type Trigger = mpsc::UnboundedSender<ObjectRef<HealthScope>>;
+
+/// The watch caches the controller reads. Cheap to clone.
+#[derive(Clone)]
+pub struct WorkloadCaches {
+    pub deployments: Store<Deployment>,
+    pub statefulsets: Store<StatefulSet>,
+    pub daemonsets: Store<DaemonSet>,
+    pub replicasets: Store<ReplicaSet>,
+    pub services: Store<Service>,
+    pub endpointslices: Store<EndpointSlice>,
+    pub containerized: Store<ContainerizedWorkload>,
+    dynamic: Arc<DynamicCaches>,
+}
+
+struct DynamicCaches {
+    client: Client,
+    namespace: Option<String>,
+    index: DependencyIndex,
+    trigger: Trigger,
+    /// Extra hook for every cache event (the membership backstop listens here).
+    on_change: Option<Arc<tokio::sync::Notify>>,
+    shutdown: CancellationToken,
+    entries: tokio::sync::Mutex<HashMap<GroupVersionKind, DynamicEntry>>,
+}
+
+enum DynamicEntry {
+    Watching(Store<DynamicObject>),
+    Failed { reason: String, at: Instant },
+}
+
+/// What a reconcile learns about a kind without a built-in cache.
+pub enum DynamicLookup {
+    Store(Store<DynamicObject>),
+    /// The API server does not serve this kind (or discovery failed), with the reason.
+    Unknown(String),
+}
+
+impl WorkloadCaches {
+    /// Starts a watch per built-in kind (in `namespace`, or all namespaces) on the current
+    /// runtime; they stop when `shutdown` is cancelled. Every event is mapped through `index`
+    /// to scopes sent on `trigger`, and pings `on_change` when given.
+    pub fn spawn(
+        client: Client,
+        namespace: Option<String>,
+        index: DependencyIndex,
+        trigger: Trigger,
+        on_change: Option<Arc<tokio::sync::Notify>>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let ctx = WatchCtx {
+            index: index.clone(),
+            trigger: trigger.clone(),
+            on_change: on_change.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let deployments = typed::<Deployment>(&client, &namespace, &ctx);
+        let statefulsets = typed::<StatefulSet>(&client, &namespace, &ctx);
+        let daemonsets = typed::<DaemonSet>(&client, &namespace, &ctx);
+        let replicasets = typed::<ReplicaSet>(&client, &namespace, &ctx);
+        let services = typed::<Service>(&client, &namespace, &ctx);
+        let endpointslices = typed::<EndpointSlice>(&client, &namespace, &ctx);
+        let containerized = typed::<ContainerizedWorkload>(&client, &namespace, &ctx);
+        Self {
+            deployments,
+            statefulsets,
+            daemonsets,
+            replicasets,
+            services,
+            endpointslices,
+            containerized,
+            dynamic: Arc::new(DynamicCaches {
+                client,
+                namespace,
+                index,
+                trigger,
+                on_change,
+                shutdown,
+                entries: Default::default(),
+            }),
+        }
+    }
+
+    /// Resolves once every built-in cache has listed its objects (any number of callers).
+    pub async fn wait_synced(&self) {
+        futures::join!(
+            store_ready(&self.deployments),
+            store_ready(&self.statefulsets),
+            store_ready(&self.daemonsets),
+            store_ready(&self.replicasets),
+            store_ready(&self.services),
+            store_ready(&self.endpointslices),
+            store_ready(&self.containerized),
+        );
+    }
+
+    /// The cache for a kind without a built-in one, starting its watch on first use.
+    pub async fn dynamic(&self, gvk: &GroupVersionKind) -> DynamicLookup {
+        self.dynamic.lookup(gvk).await
+    }
+}
+
+struct WatchCtx {
+    index: DependencyIndex,
+    trigger: Trigger,
+    on_change: Option<Arc<tokio::sync::Notify>>,
+    shutdown: CancellationToken,
+}
+
+fn typed<K>(client: &Client, namespace: &Option<String>, ctx: &WatchCtx) -> Store<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: Api<K> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    spawn_reflector(api, (), ctx)
+}
+
+fn spawn_reflector<K>(api: Api<K>, dt: K::DynamicType, ctx: &WatchCtx) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Clone + Default + Eq + Hash + Send + Sync + Unpin,
+{
+    let writer = reflector::store::Writer::new(dt.clone());
+    let store = writer.as_reader();
+    let events = watcher(api, watcher::Config::default().page_size(100))
+        .default_backoff()
+        .modify(|obj: &mut K| obj.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects();
+    tokio::spawn(forward(
+        events,
+        dt,
+        ctx.index.clone(),
+        ctx.trigger.clone(),
+        ctx.on_change.clone(),
+        ctx.shutdown.clone(),
+    ));
+    store
+}
+
+/// Drives one watch and maps each touched object to the scopes that depend on it.
+async fn forward<K>(
+    events: impl Stream<Item = Result<K, watcher::Error>> + Send,
+    dt: K::DynamicType,
+    index: DependencyIndex,
+    trigger: Trigger,
+    on_change: Option<Arc<tokio::sync::Notify>>,
+    shutdown: CancellationToken,
+) where
+    K: Resource + Send,
+{
+    let mut events = std::pin::pin!(events.take_until(shutdown.cancelled_owned()));
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(obj) => {
+                for key in keys_touched(&obj, &dt) {
+                    for scope in index.scopes_for(&key) {
+                        let _ = trigger.send(scope);
+                    }
+                }
+                if let Some(notify) = &on_change {
+                    notify.notify_one();
+                }
+            }
+            Err(error) => {
+                tracing::warn!(kind = %K::kind(&dt), %error, "watch error; retrying with backoff")
+            }
+        }
+    }
+}
+
+/// Waits until `store` has listed once (or its writer is gone, at shutdown); see
+/// [`crate::cache::store_ready`] for why this never awaits `Store::wait_until_ready` directly.
+pub async fn store_ready<K>(store: &Store<K>)
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    let _ = crate::cache::store_ready(store).await;
+}
+
+/// The dependency keys an object change touches: itself, and for an EndpointSlice the
+/// Service it belongs to.
+fn keys_touched<K: Resource>(obj: &K, dt: &K::DynamicType) -> Vec<DependencyKey> {
+    let mut keys = vec![DependencyKey::of(obj, dt)];
+    if K::kind(dt) == "EndpointSlice"
+        && let Some(service) = obj.labels().get(SERVICE_NAME_LABEL)
+    {
+        keys.push(DependencyKey::endpoints_of(
+            obj.meta().namespace.as_deref().unwrap_or_default(),
+            service,
+        ));
+    }
+    keys
+}
+
+impl DynamicCaches {
+    async fn lookup(&self, gvk: &GroupVersionKind) -> DynamicLookup {
+        let mut entries = self.entries.lock().await;
+        match entries.get(gvk) {
+            Some(DynamicEntry::Watching(store)) => return listed(store.clone(), gvk),
+            Some(DynamicEntry::Failed { reason, at }) if at.elapsed() < DISCOVERY_RETRY => {
+                return DynamicLookup::Unknown(reason.clone());
+            }
+            _ => {}
+        }
+        // One discovery call per kind, not per cycle: the result is kept.
+        let resource = match kube::discovery::pinned_kind(&self.client, gvk).await {
+            Ok((resource, caps)) => {
+                if caps.scope == kube::discovery::Scope::Cluster {
+                    let reason = format!(
+                        "{}/{} {} is cluster-scoped; a scope holds namespaced workloads only",
+                        gvk.group, gvk.version, gvk.kind
+                    );
+                    entries.insert(
+                        gvk.clone(),
+                        DynamicEntry::Failed {
+                            reason: reason.clone(),
+                            at: Instant::now(),
+                        },
+                    );
+                    return DynamicLookup::Unknown(reason);
+                }
+                resource
+            }
+            Err(error) => {
+                let reason = format!(
+                    "kind {} is not served by the API server ({})",
+                    api_version_kind(gvk),
+                    error
+                );
+                entries.insert(
+                    gvk.clone(),
+                    DynamicEntry::Failed {
+                        reason: reason.clone(),
+                        at: Instant::now(),
+                    },
+                );
+                return DynamicLookup::Unknown(reason);
+            }
+        };
+        let store = self.watch(resource);
+        entries.insert(gvk.clone(), DynamicEntry::Watching(store.clone()));
+        drop(entries);
+        let _ = tokio::time::timeout(DYNAMIC_SYNC_TIMEOUT, store_ready(&store)).await;
+        listed(store, gvk)
+    }
+
+    fn watch(&self, resource: ApiResource) -> Store<DynamicObject> {
+        tracing::info!(kind = %resource.kind, group = %resource.group, "watching a kind referenced by a scope");
+        let api: Api<DynamicObject> = match &self.namespace {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
+            None => Api::all_with(self.client.clone(), &resource),
+        };
+        let ctx = WatchCtx {
+            index: self.index.clone(),
+            trigger: self.trigger.clone(),
+            on_change: self.on_change.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        let writer = reflector::store::Writer::new(resource.clone());
+        let store = writer.as_reader();
+        let types = resource.clone();
+        let events = watcher(api, watcher::Config::default().page_size(100))
+            .default_backoff()
+            .modify(move |obj: &mut DynamicObject| {
+                obj.managed_fields_mut().clear();
+                // List items may come without apiVersion/kind; the rules read them.
+                if obj.types.is_none() {
+                    obj.types = Some(kube::api::TypeMeta {
+                        api_version: types.api_version.clone(),
+                        kind: types.kind.clone(),
+                    });
+                }
+            })
+            .reflect(writer)
+            .touched_objects();
+        tokio::spawn(forward(
+            events,
+            resource,
+            ctx.index,
+            ctx.trigger,
+            ctx.on_change,
+            ctx.shutdown,
+        ));
+        store
+    }
+}
+
+/// A dynamic store that has not listed yet cannot say an object is missing: the kind is
+/// unknown until it has (e.g. while list/watch of that kind is forbidden).
+fn listed(store: Store<DynamicObject>, gvk: &GroupVersionKind) -> DynamicLookup {
+    use futures::FutureExt;
+    if store.wait_until_ready().now_or_never().is_some() {
+        DynamicLookup::Store(store)
+    } else {
+        DynamicLookup::Unknown(format!(
+            "the watch of {} has not listed its objects yet (is list/watch of this kind allowed?)",
+            api_version_kind(gvk)
+        ))
+    }
+}
+
+pub fn api_version_kind(gvk: &GroupVersionKind) -> String {
+    if gvk.group.is_empty() {
+        format!("{}/{}", gvk.version, gvk.kind)
+    } else {
+        format!("{}/{}/{}", gvk.group, gvk.version, gvk.kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_follows_the_latest_evaluation_of_each_scope() {
+        let index = DependencyIndex::default();
+        let a = ObjectRef::<HealthScope>::new("a").within("ns");
+        let b = ObjectRef::<HealthScope>::new("b").within("ns");
+        let web = DependencyKey::new("apps", "Deployment", "ns", "web");
+        let db = DependencyKey::new("apps", "StatefulSet", "ns", "db");
+        index.set(&a, [web.clone(), db.clone()].into());
+        index.set(&b, [web.clone()].into());
+        let both: HashSet<_> = index.scopes_for(&web).into_iter().collect();
+        assert_eq!(both, [a.clone(), b.clone()].into());
+
+        // a no longer reads web: only b is triggered by it.
+        index.set(&a, [db.clone()].into());
+        assert_eq!(index.scopes_for(&web), vec![b.clone()]);
+        assert_eq!(index.scopes_for(&db), vec![a.clone()]);
+
+        index.remove(&a);
+        assert!(index.scopes_for(&db).is_empty());
+    }
+
+    #[test]
+    fn endpointslice_touches_its_service() {
+        let mut slice = EndpointSlice::default();
+        slice.metadata.name = Some("web-abc".into());
+        slice.metadata.namespace = Some("ns".into());
+        slice.metadata.labels = Some([(SERVICE_NAME_LABEL.to_string(), "web".to_string())].into());
+        let keys = keys_touched(&slice, &());
+        assert!(keys.contains(&DependencyKey::endpoints_of("ns", "web")));
+    }
+}

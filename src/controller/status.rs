@@ -1,0 +1,117 @@
+//! Pure: the event text of a scope's health transition. (The status itself is built by
+//! [`crate::health::scope_status`].)
+
+use crate::api::{Health, HealthScopeStatus, HealthStatus};
+
+/// The text of the event for a change of the scope's health, e.g.
+/// "healthy → unhealthy: 1 of 3 workloads unhealthy (apps/v1/Deployment web: Ready: 1/2 replicas)".
+pub fn transition_note(from: Health, status: &HealthScopeStatus) -> Option<String> {
+    let to = status.health?;
+    if from == to {
+        return None;
+    }
+    let scope = status.scope_health_condition.clone().unwrap_or_default();
+    let detail = match to {
+        Health::Healthy => format!("all {} workloads healthy", scope.total),
+        Health::Unhealthy => format!(
+            "{} of {} workloads unhealthy ({})",
+            scope.unhealthy_workloads,
+            scope.total,
+            listing(status, HealthStatus::Unhealthy)
+        ),
+        Health::Unknown => format!(
+            "{} of {} workloads unknown ({})",
+            scope.unknown_workloads,
+            scope.total,
+            listing(status, HealthStatus::Unknown)
+        ),
+    };
+    let mut note = format!("{from} → {to}: {detail}");
+    // Event notes are limited to 1 kB.
+    if note.len() > 1000 {
+        let mut cut = 997;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str("...");
+    }
+    Some(note)
+}
+
+fn listing(status: &HealthScopeStatus, wanted: HealthStatus) -> String {
+    status
+        .health_conditions
+        .iter()
+        .filter(|c| c.health_status == wanted)
+        .map(|c| format!("{}: {}", c.target_workload, c.diagnosis))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{WorkloadHealthCondition, WorkloadReference};
+    use crate::health::{ScopeStatusInput, scope_status};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn cond(name: &str, h: HealthStatus) -> WorkloadHealthCondition {
+        WorkloadHealthCondition {
+            component_name: None,
+            target_workload: WorkloadReference::new("apps/v1", "Deployment", name),
+            health_status: h,
+            diagnosis: format!("{name} is {h:?}"),
+            workload_status: None,
+        }
+    }
+
+    fn status(workloads: Vec<WorkloadHealthCondition>) -> HealthScopeStatus {
+        scope_status(ScopeStatusInput {
+            generation: Some(1),
+            workloads,
+            probes: &[],
+            previous: None,
+            now: Time(k8s_openapi::jiff::Timestamp::now()),
+        })
+    }
+
+    #[test]
+    fn transition_note_names_the_unhealthy_workloads() {
+        let s = status(vec![
+            cond("a", HealthStatus::Healthy),
+            cond("b", HealthStatus::Unhealthy),
+        ]);
+        let note = transition_note(Health::Healthy, &s).unwrap();
+        assert_eq!(
+            note,
+            "healthy → unhealthy: 1 of 2 workloads unhealthy (apps/v1/Deployment b: b is Unhealthy)"
+        );
+        assert!(transition_note(Health::Unhealthy, &s).is_none());
+    }
+
+    #[test]
+    fn transition_note_to_healthy_and_unknown() {
+        let healthy = status(vec![cond("a", HealthStatus::Healthy)]);
+        assert_eq!(
+            transition_note(Health::Unhealthy, &healthy).as_deref(),
+            Some("unhealthy → healthy: all 1 workloads healthy")
+        );
+        let unknown = status(vec![cond("a", HealthStatus::Unknown)]);
+        assert!(
+            transition_note(Health::Healthy, &unknown)
+                .unwrap()
+                .starts_with("healthy → unknown: 1 of 1 workloads unknown")
+        );
+    }
+
+    #[test]
+    fn long_notes_are_cut_to_the_event_limit() {
+        let many = (0..100)
+            .map(|i| cond(&format!("workload-{i}"), HealthStatus::Unhealthy))
+            .collect();
+        let note = transition_note(Health::Healthy, &status(many)).unwrap();
+        assert!(note.len() <= 1000);
+        assert!(note.ends_with("..."));
+    }
+}
