@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -264,6 +265,8 @@ pub struct ServiceAccountUnderTest {
     pub namespace: String,
     pub name: String,
     pub client: Client,
+    /// Every request of `client` the API server refused.
+    pub denials: Denials,
     cluster_role: String,
     admin: Client,
 }
@@ -371,12 +374,14 @@ impl ServiceAccountUnderTest {
             .and_then(|s| s.token)
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| panic!("the TokenRequest for {namespace}/{name} has no token"));
-        let client = token_client(&token).await;
+        let denials = Denials::default();
+        let client = token_client(&token, &denials).await;
 
         let sa = Self {
             namespace: namespace.to_string(),
             name,
             client,
+            denials,
             cluster_role,
             admin: admin.clone(),
         };
@@ -476,15 +481,125 @@ impl ServiceAccountUnderTest {
 }
 
 /// A client for the test control plane that authenticates with `token` only: the admin
-/// kubeconfig's server URL and CA, none of its credentials.
-pub async fn token_client(token: &str) -> Client {
+/// kubeconfig's server URL and CA, none of its credentials. Requests the API server refuses
+/// (403) are recorded in `denials`.
+pub async fn token_client(token: &str, denials: &Denials) -> Client {
     let admin = super::config().await;
     let mut config = Config::new(admin.cluster_url.clone());
     config.root_cert = admin.root_cert.clone();
     config.tls_server_name = admin.tls_server_name.clone();
     config.auth_info = serde_json::from_value::<AuthInfo>(json!({ "token": token }))
         .expect("an AuthInfo with a token");
-    Client::try_from(config).expect("building a token client")
+    let denials = denials.clone();
+    kube::client::ClientBuilder::try_from(config)
+        .expect("a client for the token")
+        .with_layer(&tower::layer::layer_fn(move |inner| RecordDenials {
+            inner,
+            denials: denials.clone(),
+        }))
+        .build()
+}
+
+/// A request the API server refused: the verb, group and resource it asked for (RBAC's terms),
+/// and the request line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    pub verb: String,
+    pub group: String,
+    pub resource: String,
+    pub request: String,
+}
+
+/// The requests the API server refused to one client.
+#[derive(Clone, Default)]
+pub struct Denials(Arc<Mutex<Vec<Denial>>>);
+
+impl Denials {
+    pub fn all(&self) -> Vec<Denial> {
+        self.0.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+}
+
+/// RBAC's verb, group and resource (with subresource) of an API request path.
+pub fn request_attributes(method: &str, path: &str, query: &str) -> (String, String, String) {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => (String::new(), rest),
+        ["apis", group, _version, rest @ ..] => (group.to_string(), rest),
+        _ => (String::new(), &parts[..0]),
+    };
+    let rest = match rest {
+        ["namespaces", _ns, rest @ ..] if !rest.is_empty() => rest,
+        other => other,
+    };
+    let (resource, named) = match rest {
+        [resource] => (resource.to_string(), false),
+        [resource, _name] => (resource.to_string(), true),
+        [resource, _name, sub, ..] => (format!("{resource}/{sub}"), true),
+        _ => (String::new(), false),
+    };
+    let watch = query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1");
+    let verb = match (method, named) {
+        ("GET", _) if watch => "watch",
+        ("GET", true) => "get",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        (other, _) => other,
+    };
+    (verb.to_ascii_lowercase(), group, resource)
+}
+
+/// Records the client's requests that the API server answers with 403 Forbidden.
+#[derive(Clone)]
+struct RecordDenials<S> {
+    inner: S,
+    denials: Denials,
+}
+
+impl<S, B> tower::Service<axum::http::Request<kube::client::Body>> for RecordDenials<S>
+where
+    S: tower::Service<axum::http::Request<kube::client::Body>, Response = axum::http::Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<kube::client::Body>) -> Self::Future {
+        let method = request.method().to_string();
+        let path = request.uri().path().to_string();
+        let query = request.uri().query().unwrap_or_default().to_string();
+        let denials = self.denials.clone();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            if response.status() == axum::http::StatusCode::FORBIDDEN {
+                let (verb, group, resource) = request_attributes(&method, &path, &query);
+                if let Ok(mut all) = denials.0.lock() {
+                    all.push(Denial {
+                        verb,
+                        group,
+                        resource,
+                        request: format!("{method} {path}?{query}"),
+                    });
+                }
+            }
+            Ok(response)
+        })
+    }
 }
 
 /// A snapshot that has seen nothing: every lookup misses, so the webhook reads each object it
