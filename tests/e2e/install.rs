@@ -496,12 +496,12 @@ fn install_rbac_is_least_privilege() {
             "containerizedworkloads",
             "get list watch patch",
         ),
-        ("apps", "deployments", "get list watch patch"),
-        ("apps", "statefulsets", "get list watch patch"),
-        ("apps", "daemonsets", "get list watch patch"),
-        ("apps", "replicasets", "get list watch patch"),
-        ("", "services", "get list watch patch"),
-        ("discovery.k8s.io", "endpointslices", "get list watch"),
+        ("apps", "deployments", "list watch patch"),
+        ("apps", "statefulsets", "list watch patch"),
+        ("apps", "daemonsets", "list watch patch"),
+        ("apps", "replicasets", "list watch patch"),
+        ("", "services", "list watch patch"),
+        ("discovery.k8s.io", "endpointslices", "list watch"),
         ("events.k8s.io", "events", "create patch"),
     ];
     for (group, resource, verbs) in expected {
