@@ -454,7 +454,7 @@ async fn controller_standby_never_writes_and_takes_over_when_the_leader_stops() 
     create_deployment(&ctx, "web", 2).await;
     set_ready(&ctx, "web", 2).await;
     let spec = HealthScopeSpec {
-        probe_interval: Some(1),
+        probe_interval: Some(2),
         ..Default::default()
     };
     create_scope(&ctx, "app", vec![deployment_ref("web")], spec).await;
