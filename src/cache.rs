@@ -69,7 +69,7 @@ impl OamCache {
             K: Resource + Clone + 'static,
             K::DynamicType: std::hash::Hash + Eq + Clone,
         {
-            match tokio::time::timeout(timeout, store.wait_until_ready()).await {
+            match tokio::time::timeout(timeout, store_ready(store)).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) => Err(CacheError::Stopped { kind }),
                 Err(_) => Err(CacheError::SyncTimeout { kind, timeout }),
@@ -172,5 +172,71 @@ impl WorkloadLookup for NamespaceView<'_> {
     }
     fn containerized_workload(&self, name: &str) -> Option<Arc<ContainerizedWorkload>> {
         get(&self.cache.containerized_workloads, self.namespace, name)
+    }
+}
+
+/// Waits until `store` has completed its first list.
+///
+/// Use this rather than awaiting `Store::wait_until_ready` beside another waiter: in kube-runtime
+/// 5 that future keeps a single waker, so of several tasks waiting at once (kube's own
+/// `Controller` waits on its store) only the last one is woken and the others hang. This re-polls
+/// every 50 ms, so it returns however many others wait. Errs if the store's writer is dropped
+/// before the first list completes.
+pub async fn store_ready<K>(
+    store: &Store<K>,
+) -> Result<(), kube::runtime::reflector::store::WriterDropped>
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        if let Ok(result) = tokio::time::timeout(STORE_READY_POLL, store.wait_until_ready()).await {
+            return result;
+        }
+    }
+}
+
+const STORE_READY_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use kube::runtime::reflector::store;
+    use kube::runtime::watcher::Event;
+
+    use super::*;
+    use crate::api::{HealthScope, HealthScopeSpec};
+
+    #[tokio::test]
+    async fn store_ready_returns_for_every_concurrent_waiter() {
+        let (reader, mut writer) = store::<HealthScope>();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let reader = reader.clone();
+                tokio::spawn(async move { store_ready(&reader).await.is_ok() })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        writer.apply_watcher_event(&Event::Init);
+        writer.apply_watcher_event(&Event::InitApply(HealthScope::new(
+            "s",
+            HealthScopeSpec::default(),
+        )));
+        writer.apply_watcher_event(&Event::InitDone);
+        for waiter in waiters {
+            let ready = tokio::time::timeout(Duration::from_secs(2), waiter)
+                .await
+                .expect("every waiter returned once the store listed")
+                .expect("the waiter did not panic");
+            assert!(ready);
+        }
+    }
+
+    #[tokio::test]
+    async fn store_ready_errs_when_the_writer_is_dropped() {
+        let (reader, writer) = store::<HealthScope>();
+        drop(writer);
+        assert!(store_ready(&reader).await.is_err());
     }
 }

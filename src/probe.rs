@@ -14,8 +14,6 @@ use futures::future::join_all;
 use reqwest::Method;
 use tokio::sync::Semaphore;
 
-use crate::api::{DEFAULT_PROBE_METHOD, DEFAULT_PROBE_TIMEOUT_SECONDS, HealthScopeSpec};
-
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error("building the HTTP client for probes: {0}")]
@@ -70,28 +68,6 @@ impl fmt::Display for ProbeTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {} on {}", self.method, self.path, self.addr)
     }
-}
-
-/// The probes a scope asks for: its `probe-method` (default GET) on its `probe-endpoint` at every
-/// address, within its `probe-timeout` (default 10 s, at least 1 s). None without a
-/// `probe-endpoint`: the scope then relies on the workloads' own status only.
-pub fn scope_probe_targets(
-    spec: &HealthScopeSpec,
-    addresses: &[SocketAddr],
-) -> Result<Vec<ProbeTarget>, ProbeError> {
-    let Some(path) = spec.probe_endpoint.as_deref().filter(|p| !p.is_empty()) else {
-        return Ok(Vec::new());
-    };
-    let method = spec.probe_method.as_deref().unwrap_or(DEFAULT_PROBE_METHOD);
-    let seconds = spec
-        .probe_timeout
-        .unwrap_or(DEFAULT_PROBE_TIMEOUT_SECONDS)
-        .max(1);
-    let timeout = Duration::from_secs(u64::from(seconds.unsigned_abs()));
-    addresses
-        .iter()
-        .map(|addr| ProbeTarget::new(method, path, *addr, timeout))
-        .collect()
 }
 
 /// What one probe found. `reason` names the target and the result, e.g.
@@ -500,42 +476,6 @@ pub(crate) mod tests {
         );
         assert!(!hanging.is_finished());
         hanging.abort();
-    }
-
-    #[test]
-    fn scope_probe_targets_apply_the_spec_and_defaults() {
-        let addrs: Vec<SocketAddr> = vec![
-            "10.1.0.5:8080".parse().unwrap(),
-            "10.1.0.6:8080".parse().unwrap(),
-        ];
-        let spec =
-            |method: Option<&str>, endpoint: Option<&str>, timeout: Option<i32>| HealthScopeSpec {
-                probe_method: method.map(String::from),
-                probe_endpoint: endpoint.map(String::from),
-                probe_timeout: timeout,
-                ..Default::default()
-            };
-        assert!(
-            scope_probe_targets(&spec(None, None, None), &addrs)
-                .unwrap()
-                .is_empty()
-        );
-        let defaults = scope_probe_targets(&spec(None, Some("/health"), None), &addrs).unwrap();
-        assert_eq!(defaults.len(), 2);
-        assert_eq!(defaults[1].to_string(), "GET /health on 10.1.0.6:8080");
-        assert_eq!(defaults[0].timeout, Duration::from_secs(10));
-        let set =
-            scope_probe_targets(&spec(Some("head"), Some("/ready"), Some(3)), &addrs).unwrap();
-        assert_eq!(
-            (set[0].method.as_str(), set[0].timeout),
-            ("HEAD", Duration::from_secs(3))
-        );
-        let floor = scope_probe_targets(&spec(None, Some("/h"), Some(0)), &addrs).unwrap();
-        assert_eq!(floor[0].timeout, Duration::from_secs(1));
-        assert!(matches!(
-            scope_probe_targets(&spec(Some("NOT A METHOD"), Some("/h"), None), &addrs),
-            Err(ProbeError::Method(_))
-        ));
     }
 
     #[tokio::test]

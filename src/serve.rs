@@ -16,7 +16,6 @@ use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use kube::ResourceExt;
-use kube::runtime::reflector::store::WriterDropped;
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde::{Deserialize, Serialize};
 
@@ -72,27 +71,6 @@ impl Readiness {
         self.missing().is_empty()
     }
 }
-
-/// Waits until `store` has completed its first list.
-///
-/// Use this rather than awaiting `Store::wait_until_ready` beside another waiter: in kube-runtime
-/// 5 that future keeps a single waker, so of several tasks waiting at once (kube's own
-/// `Controller` waits on its store) only the last one is woken and the others hang. This re-polls
-/// every 50 ms, so it returns however many others wait. Errs if the store's writer is dropped
-/// before the first list completes.
-pub async fn store_ready<K>(store: &Store<K>) -> Result<(), WriterDropped>
-where
-    K: kube::runtime::reflector::Lookup + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    loop {
-        if let Ok(result) = tokio::time::timeout(STORE_READY_POLL, store.wait_until_ready()).await {
-            return result;
-        }
-    }
-}
-
-const STORE_READY_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What the admin server reads from.
 #[derive(Clone)]
@@ -680,39 +658,5 @@ mod tests {
         writer.apply_watcher_event(&Event::Delete(web));
         let (status, _) = call(&state, Method::GET, "/scopes/web").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
-    }
-
-    #[tokio::test]
-    async fn store_ready_returns_for_every_concurrent_waiter() {
-        let (reader, mut writer) = store::<HealthScope>();
-        let waiters: Vec<_> = (0..3)
-            .map(|_| {
-                let reader = reader.clone();
-                tokio::spawn(async move { store_ready(&reader).await.is_ok() })
-            })
-            .collect();
-        // Another task waiting the plain way, as kube's Controller does on its own store.
-        let plain = tokio::spawn({
-            let reader = reader.clone();
-            async move { reader.wait_until_ready().await.is_ok() }
-        });
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        writer.apply_watcher_event(&Event::Init);
-        writer.apply_watcher_event(&Event::InitDone);
-        for waiter in waiters {
-            let ready = tokio::time::timeout(std::time::Duration::from_secs(2), waiter)
-                .await
-                .expect("store_ready returned once the store listed")
-                .unwrap();
-            assert!(ready);
-        }
-        drop(plain);
-    }
-
-    #[tokio::test]
-    async fn store_ready_errs_when_the_writer_is_dropped() {
-        let (reader, writer) = store::<HealthScope>();
-        drop(writer);
-        assert!(store_ready(&reader).await.is_err());
     }
 }

@@ -307,22 +307,14 @@ async fn forward<K>(
     }
 }
 
-/// Waits until a store has listed its objects; safe with any number of concurrent waiters.
-///
-/// `Store::wait_until_ready` wakes only the last task that polled it (one waker slot behind
-/// it), so with several waiters, e.g. the controller's own runner and readiness, some would
-/// never wake. Polling again every 100 ms re-checks the state whatever happened to the waker.
+/// Waits until `store` has listed once (or its writer is gone, at shutdown); see
+/// [`crate::cache::store_ready`] for why this never awaits `Store::wait_until_ready` directly.
 pub async fn store_ready<K>(store: &Store<K>)
 where
     K: Resource + Clone + 'static,
     K::DynamicType: Eq + Hash + Clone,
 {
-    loop {
-        match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await {
-            Ok(_) => return,
-            Err(_) => continue,
-        }
-    }
+    let _ = crate::cache::store_ready(store).await;
 }
 
 /// The dependency keys an object change touches: itself, and for an EndpointSlice the

@@ -17,10 +17,8 @@ use super::cache::{DependencyIndex, WorkloadCaches};
 use super::evaluate::{self, CacheLookup, Evaluated};
 use super::probes::{ProbePlan, Probes};
 use super::status;
-use crate::api::{
-    DEFAULT_PROBE_INTERVAL_SECONDS, DEFAULT_PROBE_METHOD, DEFAULT_PROBE_TIMEOUT_SECONDS, Health,
-    HealthScope, HealthScopeStatus, WorkloadReference,
-};
+use crate::admission::healthscope::{ProbeSettings, effective_probe_settings};
+use crate::api::{Health, HealthScope, HealthScopeStatus, WorkloadReference};
 use crate::health::{ScopeStatusInput, scope_status};
 use crate::leader::LeaderState;
 use crate::metrics::{Metrics, PatchResult, ReconcileResult, WorkloadCounts};
@@ -149,25 +147,13 @@ impl Context {
     }
 }
 
-/// The scope's probe interval, never below the floor (and never zero).
-pub fn probe_interval(scope: &HealthScope, floor: Duration) -> Duration {
-    let seconds = scope
-        .spec
-        .probe_interval
-        .filter(|s| *s > 0)
-        .unwrap_or(DEFAULT_PROBE_INTERVAL_SECONDS);
-    Duration::from_secs(seconds as u64)
-        .max(floor)
-        .max(Duration::from_millis(100))
-}
-
-fn probe_timeout(scope: &HealthScope, interval: Duration) -> Duration {
-    let seconds = scope
-        .spec
-        .probe_timeout
-        .filter(|s| *s > 0)
-        .unwrap_or(DEFAULT_PROBE_TIMEOUT_SECONDS);
-    Duration::from_secs(seconds as u64).min(interval)
+/// The scope's probe settings as validation defines them (one decision for the webhook and the
+/// controller), with the interval raised to the controller's floor and the timeout kept below it.
+pub fn probe_settings(scope: &HealthScope, floor: Duration) -> ProbeSettings {
+    let mut settings = effective_probe_settings(&scope.spec);
+    settings.interval = settings.interval.max(floor).max(Duration::from_millis(100));
+    settings.timeout = settings.timeout.min(settings.interval);
+    settings
 }
 
 pub async fn reconcile(
@@ -192,7 +178,8 @@ async fn evaluate_and_write(scope: &HealthScope, ctx: &Context) -> Result<Action
         .reconciles
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let key = ObjectRef::from_obj(scope);
-    let interval = probe_interval(scope, ctx.min_probe_interval);
+    let settings = probe_settings(scope, ctx.min_probe_interval);
+    let interval = settings.interval;
     notice_spec_change(ctx, &key, scope.meta().generation);
     // Standbys keep their caches warm but neither probe nor write.
     if !ctx.leader.is_leader() {
@@ -218,7 +205,7 @@ async fn evaluate_and_write(scope: &HealthScope, ctx: &Context) -> Result<Action
         .collect();
     ctx.index.set(&key, lookup.into_dependencies());
 
-    let plan = probe_plan(scope, &evaluated, interval);
+    let plan = probe_plan(&settings, &evaluated);
     let probes = ctx.probes.ensure(&key, plan).unwrap_or_default();
     let desired = scope_status(ScopeStatusInput {
         generation: scope.meta().generation,
@@ -256,20 +243,10 @@ fn notice_spec_change(ctx: &Context, key: &ObjectRef<HealthScope>, generation: O
 /// What to probe for this scope: nothing without a probe-endpoint; otherwise every ready
 /// endpoint of the scope's Services (direct, or a ContainerizedWorkload's child).
 fn probe_plan(
-    scope: &HealthScope,
+    settings: &ProbeSettings,
     evaluated: &[(WorkloadReference, Evaluated)],
-    interval: Duration,
 ) -> Option<ProbePlan> {
-    let path = scope
-        .spec
-        .probe_endpoint
-        .clone()
-        .filter(|p| !p.is_empty())?;
-    let path = if path.starts_with('/') {
-        path
-    } else {
-        format!("/{path}")
-    };
+    let path = settings.endpoint.clone()?;
     let targets: BTreeMap<WorkloadReference, Vec<std::net::SocketAddr>> = evaluated
         .iter()
         .filter(|(_, e)| !e.probe_addresses.is_empty())
@@ -279,16 +256,10 @@ fn probe_plan(
         return None;
     }
     Some(ProbePlan {
-        method: scope
-            .spec
-            .probe_method
-            .clone()
-            .filter(|m| !m.is_empty())
-            .unwrap_or_else(|| DEFAULT_PROBE_METHOD.to_string())
-            .to_ascii_uppercase(),
+        method: settings.method.clone(),
         path,
-        timeout: probe_timeout(scope, interval),
-        interval,
+        timeout: settings.timeout,
+        interval: settings.interval,
         targets,
     })
 }
@@ -432,26 +403,29 @@ mod tests {
     }
 
     #[test]
-    fn probe_interval_has_a_floor() {
+    fn probe_settings_follow_validation_with_a_floor() {
         let mut scope = HealthScope::new("s", HealthScopeSpec::default());
-        assert_eq!(
-            probe_interval(&scope, Duration::from_secs(1)),
-            Duration::from_secs(10)
-        );
+        let floor = Duration::from_secs(1);
+        let defaults = probe_settings(&scope, floor);
+        assert_eq!(defaults.interval, Duration::from_secs(10));
+        assert_eq!(defaults.timeout, Duration::from_secs(9));
+        assert_eq!(defaults.endpoint, None, "no probe-endpoint: no HTTP probe");
+        // Invalid values (a scope from before the webhook) fall back to the defaults.
         scope.spec.probe_interval = Some(0);
         assert_eq!(
-            probe_interval(&scope, Duration::from_secs(1)),
+            probe_settings(&scope, floor).interval,
             Duration::from_secs(10)
         );
-        scope.spec.probe_interval = Some(1);
-        assert_eq!(
-            probe_interval(&scope, Duration::from_secs(5)),
-            Duration::from_secs(5)
-        );
-        scope.spec.probe_timeout = Some(30);
-        assert_eq!(
-            probe_timeout(&scope, Duration::from_secs(5)),
-            Duration::from_secs(5)
-        );
+        // The controller's floor wins over a shorter interval, and the timeout stays below it.
+        scope.spec.probe_interval = Some(2);
+        scope.spec.probe_timeout = Some(1);
+        let floored = probe_settings(&scope, Duration::from_secs(5));
+        assert_eq!(floored.interval, Duration::from_secs(5));
+        assert_eq!(floored.timeout, Duration::from_secs(1));
+        scope.spec.probe_endpoint = Some("/health".into());
+        scope.spec.probe_method = Some("HEAD".into());
+        let probed = probe_settings(&scope, floor);
+        assert_eq!(probed.endpoint.as_deref(), Some("/health"));
+        assert_eq!(probed.method, "HEAD");
     }
 }

@@ -155,7 +155,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         });
         readiness.mark_certs_loaded();
         let oam = OamCache::spawn(client.clone());
-        let router = admission::router(AdmissionState::new(Arc::new(oam.clone()), client.clone()));
+        let state = AdmissionState::new(Arc::new(oam.clone()), client.clone())
+            .with_metrics(metrics.clone());
+        let router = admission::router(state);
         webhook_task = Some(tokio::spawn(
             server.run(router, shutdown.clone().cancelled_owned()),
         ));

@@ -56,10 +56,13 @@ async fn install_admin_server_answers_from_a_real_reflector() {
     // Not ready until the cache has its first list and the certificates are loaded.
     let response = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(response.status(), 503);
-    tokio::time::timeout(Duration::from_secs(10), serve::store_ready(&reader))
-        .await
-        .expect("the reflector listed within 10s")
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        healthscope::cache::store_ready(&reader),
+    )
+    .await
+    .expect("the reflector listed within 10s")
+    .unwrap();
     readiness.mark_caches_synced();
     readiness.mark_certs_loaded();
     let response = http.get(format!("{base}/readyz")).send().await.unwrap();
@@ -493,12 +496,12 @@ fn install_rbac_is_least_privilege() {
             "containerizedworkloads",
             "get list watch patch",
         ),
-        ("apps", "deployments", "get list watch patch"),
-        ("apps", "statefulsets", "get list watch patch"),
-        ("apps", "daemonsets", "get list watch patch"),
-        ("apps", "replicasets", "get list watch patch"),
-        ("", "services", "get list watch patch"),
-        ("discovery.k8s.io", "endpointslices", "get list watch"),
+        ("apps", "deployments", "list watch patch"),
+        ("apps", "statefulsets", "list watch patch"),
+        ("apps", "daemonsets", "list watch patch"),
+        ("apps", "replicasets", "list watch patch"),
+        ("", "services", "list watch patch"),
+        ("discovery.k8s.io", "endpointslices", "list watch"),
         ("events.k8s.io", "events", "create patch"),
     ];
     for (group, resource, verbs) in expected {

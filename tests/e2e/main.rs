@@ -8,5 +8,6 @@ mod controller;
 mod faults;
 mod health;
 mod install;
+mod rbac;
 mod testenv;
 mod webhook;

@@ -231,5 +231,6 @@ where
     }
 }
 pub mod netns;
+pub mod rbac;
 pub mod tls;
 pub mod webhook;
