@@ -1,17 +1,29 @@
 //! Faults and hostile input against real servers: the webhook (admission routes on the HTTPS
-//! server, as `healthscope run` serves them) fed bad and extreme AdmissionReviews, and the real
-//! API server calling a webhook that is down or hangs.
+//! server, as `healthscope run` serves them) fed bad and extreme AdmissionReviews, the real API
+//! server calling a webhook that is down or hangs, and the controller living through an API
+//! server restart.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use healthscope::admission::{self, AdmissionState, Overlay};
-use healthscope::api::{ApplicationConfiguration, Component, HealthScope, HealthScopeSpec};
+use healthscope::api::{
+    ApplicationConfiguration, Component, Health, HealthScope, HealthScopeSpec, WorkloadReference,
+};
+use healthscope::controller::{self, ControllerConfig};
+use healthscope::leader::LeaderState;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 use crate::support::tls::TestWebhookServer;
 use crate::support::{self, TEST_NAMESPACE_LABEL, TestContext, unique_name};
@@ -856,4 +868,242 @@ async fn fault_webhook_hanging_is_cut_off_by_timeout_seconds() {
         "{message}"
     );
     deregister(&ctx, &config).await;
+}
+
+// ---- the controller through an API server restart ----
+
+/// A kube-testenv of this test's own (never the shared one), so it can be stopped and started
+/// again on the same port with the same data, as an API server restart in a cluster.
+struct OwnControlPlane {
+    child: Child,
+    _stdin: ChildStdin,
+    dir: PathBuf,
+}
+
+impl OwnControlPlane {
+    fn bin() -> PathBuf {
+        std::env::var_os("KUBE_TESTENV_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/testenv/kube-testenv")
+            })
+    }
+
+    fn start(dir: &Path, port: Option<u16>) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("apiserver.log"))
+            .unwrap();
+        let mut cmd = Command::new(Self::bin());
+        cmd.arg("--dir").arg(dir);
+        if let Some(port) = port {
+            cmd.arg("--port").arg(port.to_string());
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawning kube-testenv");
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with("KUBE_TESTENV_READY") => break,
+                Some(Ok(line)) if line.starts_with("KUBE_TESTENV_FAILED") => {
+                    panic!("own control plane failed: {line}")
+                }
+                Some(Ok(_)) => {}
+                _ => panic!(
+                    "own control plane exited before ready; log: {}",
+                    dir.join("apiserver.log").display()
+                ),
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            _stdin: stdin,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        let kubeconfig = Kubeconfig::read_from(self.dir.join("kubeconfig")).unwrap();
+        let server = kubeconfig.clusters[0]
+            .cluster
+            .as_ref()
+            .and_then(|c| c.server.clone())
+            .unwrap();
+        server.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    async fn client(&self) -> Client {
+        let kubeconfig = Kubeconfig::read_from(self.dir.join("kubeconfig")).unwrap();
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .unwrap();
+        Client::try_from(config).unwrap()
+    }
+
+    /// SIGTERM and wait: etcd data stays in the directory for the next start.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn restart_deployment(name: &str) -> Deployment {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "web", "image": "registry.example.com/web:1"}]}
+            }
+        }
+    }))
+    .unwrap()
+}
+
+/// The status the absent Deployment controller would write, with `ready` of 2 replicas ready.
+fn deployment_status(ready: i32) -> serde_json::Value {
+    serde_json::json!({"status": {
+        "observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
+        "readyReplicas": ready, "availableReplicas": ready, "unavailableReplicas": 2 - ready,
+        "conditions": [
+            {"type": "Available", "status": if ready == 2 { "True" } else { "False" },
+             "reason": "MinimumReplicasAvailable", "message": "-"},
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable", "message": "-"}
+        ]
+    }})
+}
+
+async fn scope_health(scopes: &Api<HealthScope>, name: &str) -> Option<Health> {
+    scopes
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|s| s.status)
+        .and_then(|s| s.health)
+}
+
+/// The API server goes away and comes back on the same port with the same data: the controller's
+/// watches reconnect, and a change made after the restart reaches the scope's status.
+#[tokio::test]
+async fn fault_apiserver_restart_watches_recover_and_status_converges() {
+    let dir = tempfile::Builder::new()
+        .prefix("kube-testenv-restart-")
+        .tempdir()
+        .unwrap();
+    let plane = OwnControlPlane::start(dir.path(), None);
+    let port = plane.port();
+    let client = plane.client().await;
+    support::install_crds(&client, &healthscope::api::crds()).await;
+    let namespace = support::unique_name("fault-restart");
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(namespace.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace);
+    let scopes = Api::<HealthScope>::namespaced(client.clone(), &namespace);
+    deployments
+        .create(&PostParams::default(), &restart_deployment("web"))
+        .await
+        .unwrap();
+    deployments
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(deployment_status(2)),
+        )
+        .await
+        .unwrap();
+    let scope = HealthScope::new(
+        "restart",
+        HealthScopeSpec {
+            workload_refs: vec![WorkloadReference::new("apps/v1", "Deployment", "web")],
+            ..Default::default()
+        },
+    );
+    scopes.create(&PostParams::default(), &scope).await.unwrap();
+
+    let shutdown = CancellationToken::new();
+    let mut running = controller::start(
+        client.clone(),
+        ControllerConfig {
+            namespace: Some(namespace.clone()),
+            ..Default::default()
+        },
+        LeaderState::always(),
+        shutdown.clone(),
+    )
+    .expect("starting the controller");
+    running.wait_ready().await;
+    support::eventually(
+        Duration::from_secs(15),
+        "scope healthy before the restart",
+        || {
+            let scopes = scopes.clone();
+            async move {
+                (scope_health(&scopes, "restart").await == Some(Health::Healthy)).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // Down for a few seconds: the controller's watches fail and back off meanwhile.
+    plane.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let plane = OwnControlPlane::start(dir.path(), Some(port));
+    let admin = plane.client().await;
+    Api::<Deployment>::namespaced(admin.clone(), &namespace)
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(deployment_status(1)),
+        )
+        .await
+        .unwrap();
+    let scopes = Api::<HealthScope>::namespaced(admin, &namespace);
+    // Watcher backoff tops out at 30 s in kube-runtime; allow one full step plus the reconcile.
+    support::eventually(
+        Duration::from_secs(45),
+        "scope unhealthy after a change made once the API server came back",
+        || {
+            let scopes = scopes.clone();
+            async move {
+                (scope_health(&scopes, "restart").await == Some(Health::Unhealthy)).then_some(())
+            }
+        },
+    )
+    .await;
+
+    shutdown.cancel();
+    running.join().await;
+    drop(plane);
 }
