@@ -947,11 +947,10 @@ impl OwnControlPlane {
         Client::try_from(config).unwrap()
     }
 
-    /// SIGTERM and wait: etcd data stays in the directory for the next start.
+    /// Kills it (SIGKILL, as a crash; a graceful stop waits up to a minute for open watches)
+    /// and waits: the etcd data stays in the directory for the next start.
     fn stop(mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
@@ -1076,7 +1075,7 @@ async fn fault_apiserver_restart_watches_recover_and_status_converges() {
     )
     .await;
 
-    // Down for a few seconds: the controller's watches fail and back off meanwhile.
+    // Crashed and down for a few seconds: the controller's watches fail and back off meanwhile.
     plane.stop();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let plane = OwnControlPlane::start(dir.path(), Some(port));
