@@ -759,7 +759,7 @@ async fn apiserver_counter(client: &kube::Client, metric: &str, labels: &[(&str,
 }
 
 #[tokio::test]
-async fn fault_webhook_down_with_ignore_still_admits_and_counts_fail_open() {
+async fn fault_webhook_down_with_ignore_admits_and_the_controller_back_fills() {
     let ctx = TestContext::new("fault-webhook-down").await;
     support::install_crds(&ctx.client, &healthscope::api::crds()).await;
     // A loopback port nobody listens on: the webhook is down.
@@ -802,19 +802,80 @@ async fn fault_webhook_down_with_ignore_still_admits_and_counts_fail_open() {
     })
     .await;
     let before = fail_open(ctx.client.clone(), webhook.clone()).await;
+    // An application created while the webhook is down: its Component, scope and rendered
+    // workload, then the AppConfig itself. All are admitted, none is wired.
+    let pp = PostParams::default();
+    let component: Component = serde_json::from_value(json!({
+        "apiVersion": "core.oam.dev/v1alpha2", "kind": "Component",
+        "metadata": {"name": "web"},
+        "spec": {"workload": {"apiVersion": "apps/v1", "kind": "Deployment"},
+                 "parameters": [{"name": "instance", "fieldPaths": ["metadata.name"]}]}
+    }))
+    .unwrap();
+    ctx.api::<Component>()
+        .create(&pp, &component)
+        .await
+        .unwrap();
+    ctx.api::<HealthScope>()
+        .create(&pp, &HealthScope::new("scope", HealthScopeSpec::default()))
+        .await
+        .unwrap();
+    ctx.api::<Deployment>()
+        .create(&pp, &plain_deployment("rendered"))
+        .await
+        .unwrap();
     let app: ApplicationConfiguration = serde_json::from_value(json!({
         "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
         "metadata": {"name": "app"},
-        "spec": {"components": [{"componentName": "web", "scopes": [
-            {"scopeRef": {"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope", "name": "scope"}}]}]}
+        "spec": {"components": [{"componentName": "web",
+            "parameterValues": [{"name": "instance", "value": "rendered"}],
+            "scopes": [{"scopeRef": {"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope", "name": "scope"}}]}]}
     }))
     .unwrap();
     ctx.api::<ApplicationConfiguration>()
-        .create(&PostParams::default(), &app)
+        .create(&pp, &app)
         .await
         .expect("creating an ApplicationConfiguration with the webhook down (Ignore)");
     let after = fail_open(ctx.client.clone(), webhook.clone()).await;
     assert!(after > before, "fail-open count {before} -> {after}");
+
+    // The controller's backstop wires what admission could not: refs and the label.
+    let shutdown = CancellationToken::new();
+    let running = controller::start(
+        ctx.client.clone(),
+        ControllerConfig {
+            namespace: Some(ctx.namespace.clone()),
+            backstop_interval: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+        LeaderState::always(),
+        shutdown.clone(),
+    )
+    .expect("starting the controller");
+    let label = healthscope::membership::scope_label_key("scope");
+    support::eventually(
+        Duration::from_secs(30),
+        "the backstop to fill the scope's workloadRefs and the workload's label",
+        || async {
+            let scope = ctx.api::<HealthScope>().get("scope").await.ok()?;
+            let wired = scope
+                .spec
+                .workload_refs
+                .iter()
+                .any(|r| r.name == "rendered");
+            let deployment = ctx.api::<Deployment>().get("rendered").await.ok()?;
+            let labelled = deployment
+                .metadata
+                .labels
+                .unwrap_or_default()
+                .get(&label)
+                .is_some_and(|v| v == "true");
+            (wired && labelled).then_some(())
+        },
+    )
+    .await;
+    shutdown.cancel();
+    running.join().await;
     deregister(&ctx, &config).await;
 }
 
