@@ -342,8 +342,8 @@ async fn write_if_changed(
                 EventType::Warning
             },
             reason: HEALTH_CHANGED.to_string(),
+            action: status::transition_action(desired.health.unwrap_or_default(), &note),
             note: Some(note),
-            action: "Evaluate".to_string(),
             secondary: None,
         };
         // An event is best effort: failing to record it must not fail the status.

@@ -3,6 +3,23 @@
 
 use crate::api::{Health, HealthScopeStatus, HealthStatus};
 
+/// The event's `action` for a transition: the new state and a fingerprint of the note, e.g.
+/// `MarkUnhealthy3fa9c2d1`. Event recorders count an event with the same type, reason and
+/// action as a repeat of the earlier one and keep the earlier note, so a transition for a new
+/// reason must carry a new action to be shown with its own note; an identical transition is
+/// still counted as a repeat.
+pub fn transition_action(to: Health, note: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let state = match to {
+        Health::Healthy => "Healthy",
+        Health::Unhealthy => "Unhealthy",
+        Health::Unknown => "Unknown",
+    };
+    let digest = Sha256::digest(note.as_bytes());
+    let fingerprint: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("Mark{state}{fingerprint}")
+}
+
 /// The text of the event for a change of the scope's health, e.g.
 /// "healthy → unhealthy: 1 of 3 workloads unhealthy (apps/v1/Deployment web: Ready: 1/2 replicas)".
 pub fn transition_note(from: Health, status: &HealthScopeStatus) -> Option<String> {
@@ -74,6 +91,19 @@ mod tests {
             previous: None,
             now: Time(k8s_openapi::jiff::Timestamp::now()),
         })
+    }
+
+    #[test]
+    fn transition_actions_differ_by_reason_and_repeat_for_the_same_note() {
+        let a = transition_action(Health::Unhealthy, "healthy → unhealthy: not found");
+        let b = transition_action(Health::Unhealthy, "healthy → unhealthy: HTTP 500");
+        assert_ne!(a, b, "a new reason is a new event");
+        assert_eq!(
+            a,
+            transition_action(Health::Unhealthy, "healthy → unhealthy: not found")
+        );
+        assert!(a.starts_with("MarkUnhealthy") && a.len() == "MarkUnhealthy".len() + 8);
+        assert!(transition_action(Health::Healthy, "x").starts_with("MarkHealthy"));
     }
 
     #[test]
