@@ -239,6 +239,7 @@ struct WatchCtx {
 fn typed<K>(client: &Client, namespace: &Option<String>, ctx: &WatchCtx) -> Store<K>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + TrimForCache
         + Clone
         + DeserializeOwned
         + Debug
@@ -253,16 +254,59 @@ where
     spawn_reflector(api, (), ctx)
 }
 
+/// What a cached object keeps: only what the health rules, the probes and the backstop read.
+/// At 10,000 workloads the pod templates, managedFields and last-applied annotations are most
+/// of the memory a cache would hold.
+pub trait TrimForCache: Resource + Sized {
+    fn trim_for_cache(&mut self) {
+        self.managed_fields_mut().clear();
+        if let Some(annotations) = self.meta_mut().annotations.as_mut() {
+            annotations.remove(LAST_APPLIED);
+        }
+        self.trim_spec();
+    }
+
+    /// Drops the parts of the spec nothing reads; by default nothing.
+    fn trim_spec(&mut self) {}
+}
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+// Health reads replicas, strategies and status: never the pod template.
+impl TrimForCache for Deployment {
+    fn trim_spec(&mut self) {
+        self.spec.template = Default::default();
+    }
+}
+impl TrimForCache for StatefulSet {
+    fn trim_spec(&mut self) {
+        self.spec.template = Default::default();
+    }
+}
+impl TrimForCache for DaemonSet {
+    fn trim_spec(&mut self) {
+        self.spec.template = Default::default();
+    }
+}
+impl TrimForCache for ReplicaSet {
+    fn trim_spec(&mut self) {
+        self.spec.template = None;
+    }
+}
+impl TrimForCache for Service {}
+impl TrimForCache for EndpointSlice {}
+impl TrimForCache for ContainerizedWorkload {}
+
 fn spawn_reflector<K>(api: Api<K>, dt: K::DynamicType, ctx: &WatchCtx) -> Store<K>
 where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource + TrimForCache + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Clone + Default + Eq + Hash + Send + Sync + Unpin,
 {
     let writer = reflector::store::Writer::new(dt.clone());
     let store = writer.as_reader();
     let events = watcher(api, watcher::Config::default().page_size(100))
         .default_backoff()
-        .modify(|obj: &mut K| obj.managed_fields_mut().clear())
+        .modify(|obj: &mut K| obj.trim_for_cache())
         .reflect(writer)
         .touched_objects();
     tokio::spawn(forward(
@@ -450,6 +494,37 @@ pub fn api_version_kind(gvk: &GroupVersionKind) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trimmed_workloads_keep_what_health_reads() {
+        let mut deployment: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "ns", "generation": 2,
+                "labels": {"healthscope.core.oam.dev/app": "true"},
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{...}", "keep": "me"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
+            "spec": {"replicas": 3, "selector": {}, "paused": true,
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "web", "image": "web:1"}]}}},
+            "status": {"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3,
+                "readyReplicas": 3, "availableReplicas": 3},
+        }))
+        .unwrap();
+        let before = crate::health::deployment(&deployment);
+        deployment.trim_for_cache();
+        assert_eq!(crate::health::deployment(&deployment), before);
+        assert_eq!(deployment.spec.template, Default::default());
+        assert!(
+            deployment
+                .metadata
+                .managed_fields
+                .as_deref()
+                .unwrap_or_default()
+                .is_empty()
+        );
+        let annotations = deployment.metadata.annotations.clone().unwrap();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["keep"]);
+        assert_eq!(deployment.labels()["healthscope.core.oam.dev/app"], "true");
+    }
 
     #[test]
     fn index_follows_the_latest_evaluation_of_each_scope() {
