@@ -17,14 +17,16 @@ use healthscope::controller::{self, ControllerConfig};
 use healthscope::leader::LeaderState;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::flowcontrol::v1::{FlowSchema, PriorityLevelConfiguration};
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::support::rbac::{ChartRbac, ServiceAccountUnderTest, render_chart};
 use crate::support::tls::TestWebhookServer;
 use crate::support::{self, TEST_NAMESPACE_LABEL, TestContext, unique_name};
 
@@ -1166,4 +1168,282 @@ async fn fault_apiserver_restart_watches_recover_and_status_converges() {
     shutdown.cancel();
     running.join().await;
     drop(plane);
+}
+
+// ---- API Priority and Fairness: the real API server answers 429 ----
+
+/// A client that authenticates as `namespace/name` by a fresh token and does not retry, so a
+/// 429 reaches the caller.
+async fn service_account_client_without_retry(
+    admin: &Client,
+    namespace: &str,
+    name: &str,
+) -> Client {
+    let token = Api::<ServiceAccount>::namespaced(admin.clone(), namespace)
+        .create_token_request(
+            name,
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {"expirationSeconds": 3600},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let admin_config = support::config().await;
+    let mut config = Config::new(admin_config.cluster_url.clone());
+    config.root_cert = admin_config.root_cert.clone();
+    config.tls_server_name = admin_config.tls_server_name.clone();
+    config.auth_info = serde_json::from_value(json!({ "token": token })).unwrap();
+    config.default_retry = false;
+    Client::try_from(config).unwrap()
+}
+
+/// A FlowSchema sending every request of one ServiceAccount to `level`.
+fn flow_schema_for(name: &str, level: &str, namespace: &str, account: &str) -> FlowSchema {
+    serde_json::from_value(json!({
+        "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
+        "kind": "FlowSchema",
+        "metadata": {"name": name},
+        "spec": {
+            "priorityLevelConfiguration": {"name": level},
+            "matchingPrecedence": 100,
+            "rules": [{
+                "subjects": [{
+                    "kind": "ServiceAccount",
+                    "serviceAccount": {"namespace": namespace, "name": account},
+                }],
+                "resourceRules": [{
+                    "verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
+                    "clusterScope": true, "namespaces": ["*"],
+                }],
+                "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+            }],
+        },
+    }))
+    .unwrap()
+}
+
+/// `concurrent` simultaneous lists; how many the API server answered with 429.
+async fn list_burst(client: &Client, namespace: &str, concurrent: usize) -> usize {
+    let deployments = Api::<Deployment>::namespaced(client.clone(), namespace);
+    let lp = ListParams::default();
+    futures::future::join_all((0..concurrent).map(|_| deployments.list(&lp)))
+        .await
+        .iter()
+        .filter(|r| matches!(r, Err(kube::Error::Api(s)) if s.code == 429))
+        .count()
+}
+
+/// Requests of one FlowSchema the API server dispatched and rejected so far.
+async fn flow_counts(admin: &Client, flow_schema: &str) -> (f64, f64) {
+    let labels = [("flow_schema", flow_schema)];
+    let dispatched = apiserver_counter(
+        admin,
+        "apiserver_flowcontrol_dispatched_requests_total",
+        &labels,
+    )
+    .await;
+    let rejected = apiserver_counter(
+        admin,
+        "apiserver_flowcontrol_rejected_requests_total",
+        &labels,
+    )
+    .await;
+    (dispatched, rejected)
+}
+
+/// The controller runs as a ServiceAccount with the chart's rules whose requests API Priority
+/// and Fairness squeezes into a priority level of a few seats that rejects the excess with 429,
+/// shared with a noisy neighbour: the scope still converges and follows a change, and the
+/// controller backs off instead of hammering the API server.
+#[tokio::test]
+async fn fault_apiserver_throttling_429_is_backed_off_and_converges() {
+    let ctx = TestContext::new("fault-throttle").await;
+    support::install_crds(&ctx.client, &healthscope::api::crds()).await;
+    let admin = ctx.client.clone();
+    let ns = ctx.namespace.clone();
+    let sa =
+        ServiceAccountUnderTest::create(&admin, &ns, &ns, &ChartRbac::from_chart(&render_chart()))
+            .await;
+    // The neighbour needs no permissions: the API server classifies and rejects requests before
+    // it authorizes them.
+    let neighbour = unique_name("noisy");
+    Api::<ServiceAccount>::namespaced(admin.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": neighbour}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let noisy = service_account_client_without_retry(&admin, &ns, &neighbour).await;
+
+    // One nominal share of the server's concurrency (a few seats), nothing borrowed or lent,
+    // no queues: whatever finds the seats taken is answered 429.
+    let level = unique_name("healthscope-throttle");
+    let controller_flow = format!("{level}-controller");
+    let neighbour_flow = format!("{level}-neighbour");
+    let pp = PostParams::default();
+    let levels = Api::<PriorityLevelConfiguration>::all(admin.clone());
+    let flows = Api::<FlowSchema>::all(admin.clone());
+    levels
+        .create(
+            &pp,
+            &serde_json::from_value(json!({
+                "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
+                "kind": "PriorityLevelConfiguration",
+                "metadata": {"name": level},
+                "spec": {"type": "Limited", "limited": {
+                    "nominalConcurrencyShares": 1,
+                    "lendablePercent": 0,
+                    "borrowingLimitPercent": 0,
+                    "limitResponse": {"type": "Reject"},
+                }},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    flows
+        .create(
+            &pp,
+            &flow_schema_for(&controller_flow, &level, &ns, &sa.name),
+        )
+        .await
+        .unwrap();
+    flows
+        .create(
+            &pp,
+            &flow_schema_for(&neighbour_flow, &level, &ns, &neighbour),
+        )
+        .await
+        .unwrap();
+
+    // The throttling is real: bursts from the neighbour get 429 once the configuration is in.
+    let rejected_in_burst = support::eventually(
+        Duration::from_secs(20),
+        "the API server to answer a burst with 429",
+        || async {
+            let n = list_burst(&noisy, &ns, 30).await;
+            (n > 0).then_some(n)
+        },
+    )
+    .await;
+    // From now on the neighbour keeps taking the level's seats in bursts.
+    let stop_noise = CancellationToken::new();
+    let noise = tokio::spawn({
+        let (noisy, ns, stop) = (noisy.clone(), ns.clone(), stop_noise.clone());
+        async move {
+            let mut rejected = 0;
+            while !stop.is_cancelled() {
+                rejected += list_burst(&noisy, &ns, 20).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            rejected
+        }
+    });
+
+    let deployments = Api::<Deployment>::namespaced(admin.clone(), &ns);
+    let scopes = Api::<HealthScope>::namespaced(admin.clone(), &ns);
+    deployments
+        .create(&pp, &restart_deployment("web"))
+        .await
+        .unwrap();
+    deployments
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(deployment_status(2)),
+        )
+        .await
+        .unwrap();
+    let scope = HealthScope::new(
+        "throttled",
+        HealthScopeSpec {
+            workload_refs: vec![WorkloadReference::new("apps/v1", "Deployment", "web")],
+            ..Default::default()
+        },
+    );
+    scopes.create(&pp, &scope).await.unwrap();
+
+    let (dispatched_before, rejected_before) = flow_counts(&admin, &controller_flow).await;
+    let started = std::time::Instant::now();
+    let shutdown = CancellationToken::new();
+    let running = controller::start(
+        sa.client.clone(),
+        ControllerConfig {
+            namespace: Some(ns.clone()),
+            min_probe_interval: Duration::from_secs(1),
+            ..Default::default()
+        },
+        LeaderState::always(),
+        shutdown.clone(),
+    )
+    .expect("starting the controller");
+    let health_is = |want: Health| {
+        let scopes = scopes.clone();
+        move || {
+            let scopes = scopes.clone();
+            async move { (scope_health(&scopes, "throttled").await == Some(want)).then_some(()) }
+        }
+    };
+    support::eventually(
+        Duration::from_secs(30),
+        "the throttled controller to report the scope healthy",
+        health_is(Health::Healthy),
+    )
+    .await;
+    let healthy_after = started.elapsed();
+    deployments
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(deployment_status(1)),
+        )
+        .await
+        .unwrap();
+    support::eventually(
+        Duration::from_secs(30),
+        "the throttled controller to follow the Deployment to unhealthy",
+        health_is(Health::Unhealthy),
+    )
+    .await;
+    let unhealthy_after = started.elapsed();
+    // Average over at least 10 s of running under throttling.
+    if let Some(rest) = Duration::from_secs(10).checked_sub(started.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    let (dispatched_after, rejected_after) = flow_counts(&admin, &controller_flow).await;
+    let window = started.elapsed().as_secs_f64();
+    stop_noise.cancel();
+    let neighbour_rejected = noise.await.unwrap();
+    shutdown.cancel();
+    running.join().await;
+
+    let sent = (dispatched_after - dispatched_before) + (rejected_after - rejected_before);
+    let controller_rejected = rejected_after - rejected_before;
+    let rate = sent / window;
+    eprintln!(
+        "throttling: burst 429s {rejected_in_burst}/30, neighbour 429s {neighbour_rejected}, \
+         controller sent {sent} requests ({controller_rejected} rejected with 429) in {window:.1} s \
+         = {rate:.1}/s; healthy after {healthy_after:?}, unhealthy after {unhealthy_after:?}"
+    );
+    let _ = flows.delete(&controller_flow, &Default::default()).await;
+    let _ = flows.delete(&neighbour_flow, &Default::default()).await;
+    let _ = levels.delete(&level, &Default::default()).await;
+    sa.delete().await;
+
+    assert!(
+        controller_rejected > 0.0,
+        "the API server answered none of the controller's {sent} requests with 429: not throttled"
+    );
+    assert!(
+        rate < 20.0,
+        "the controller sent {sent} requests in {window:.1} s ({rate:.1}/s) while throttled: a hot loop"
+    );
 }
