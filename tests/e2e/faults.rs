@@ -1091,28 +1091,7 @@ async fn fault_apiserver_restart_watches_recover_and_status_converges() {
         )
         .await
         .unwrap();
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace);
-    let scopes = Api::<HealthScope>::namespaced(client.clone(), &namespace);
-    deployments
-        .create(&PostParams::default(), &restart_deployment("web"))
-        .await
-        .unwrap();
-    deployments
-        .patch_status(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(deployment_status(2)),
-        )
-        .await
-        .unwrap();
-    let scope = HealthScope::new(
-        "restart",
-        HealthScopeSpec {
-            workload_refs: vec![WorkloadReference::new("apps/v1", "Deployment", "web")],
-            ..Default::default()
-        },
-    );
-    scopes.create(&PostParams::default(), &scope).await.unwrap();
+    let (_, scopes) = ready_deployment_in_scope(&client, &namespace, "restart").await;
 
     let shutdown = CancellationToken::new();
     let mut running = controller::start(
@@ -1348,28 +1327,7 @@ async fn fault_apiserver_throttling_429_is_backed_off_and_converges() {
         }
     });
 
-    let deployments = Api::<Deployment>::namespaced(admin.clone(), &ns);
-    let scopes = Api::<HealthScope>::namespaced(admin.clone(), &ns);
-    deployments
-        .create(&pp, &restart_deployment("web"))
-        .await
-        .unwrap();
-    deployments
-        .patch_status(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(deployment_status(2)),
-        )
-        .await
-        .unwrap();
-    let scope = HealthScope::new(
-        "throttled",
-        HealthScopeSpec {
-            workload_refs: vec![WorkloadReference::new("apps/v1", "Deployment", "web")],
-            ..Default::default()
-        },
-    );
-    scopes.create(&pp, &scope).await.unwrap();
+    let (deployments, scopes) = ready_deployment_in_scope(&admin, &ns, "throttled").await;
 
     let (dispatched_before, rejected_before) = flow_counts(&admin, &controller_flow).await;
     let started = std::time::Instant::now();
@@ -1446,4 +1404,35 @@ async fn fault_apiserver_throttling_429_is_backed_off_and_converges() {
         rate < 20.0,
         "the controller sent {sent} requests in {window:.1} s ({rate:.1}/s) while throttled: a hot loop"
     );
+}
+
+/// A Deployment "web" with 2 of 2 replicas ready, and HealthScope `scope` referencing it.
+async fn ready_deployment_in_scope(
+    client: &Client,
+    namespace: &str,
+    scope: &str,
+) -> (Api<Deployment>, Api<HealthScope>) {
+    let deployments = Api::<Deployment>::namespaced(client.clone(), namespace);
+    let scopes = Api::<HealthScope>::namespaced(client.clone(), namespace);
+    deployments
+        .create(&PostParams::default(), &restart_deployment("web"))
+        .await
+        .unwrap();
+    deployments
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(deployment_status(2)),
+        )
+        .await
+        .unwrap();
+    let scope = HealthScope::new(
+        scope,
+        HealthScopeSpec {
+            workload_refs: vec![WorkloadReference::new("apps/v1", "Deployment", "web")],
+            ..Default::default()
+        },
+    );
+    scopes.create(&PostParams::default(), &scope).await.unwrap();
+    (deployments, scopes)
 }
