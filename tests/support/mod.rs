@@ -31,7 +31,6 @@ pub struct TestEnv {
     pub kubeconfig: PathBuf,
     /// Kept so the server's stdin stays open for as long as this process lives.
     _child: Option<Mutex<(Child, ChildStdin)>>,
-    _dir: Option<tempfile::TempDir>,
 }
 
 static ENV: OnceLock<TestEnv> = OnceLock::new();
@@ -43,7 +42,6 @@ pub fn env() -> &'static TestEnv {
             return TestEnv {
                 kubeconfig: path.into(),
                 _child: None,
-                _dir: None,
             };
         }
         let bin = std::env::var_os("KUBE_TESTENV_BIN")
@@ -60,8 +58,8 @@ pub fn env() -> &'static TestEnv {
         }
         let mut last_err = String::new();
         // A free port can be taken between picking and binding it; try again on an early exit.
-        for _ in 0..3 {
-            match spawn(&bin) {
+        for attempt in 0..3 {
+            match spawn(&bin, attempt) {
                 Ok(env) => return env,
                 Err(err) => last_err = err,
             }
@@ -70,15 +68,34 @@ pub fn env() -> &'static TestEnv {
     })
 }
 
-fn spawn(bin: &PathBuf) -> Result<TestEnv, String> {
-    let dir = tempfile::Builder::new()
-        .prefix("kube-testenv-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
-    let log = std::fs::File::create(dir.path().join("apiserver.log")).map_err(|e| e.to_string())?;
+/// Where each test process keeps its control plane's state and `apiserver.log`:
+/// `target/tmp/kube-testenv/<pid>-<attempt>`. The shared control plane lives in a static, which
+/// is never dropped, so a temporary directory would never be removed; instead every start
+/// removes the directories of test processes that have exited, and the last run's log stays
+/// readable after a failure until the next run.
+fn run_dir(attempt: u32) -> Result<PathBuf, String> {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kube-testenv");
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name.split('-').next().unwrap_or_default();
+            if !PathBuf::from("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let dir = root.join(format!("{}-{attempt}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+fn spawn(bin: &PathBuf, attempt: u32) -> Result<TestEnv, String> {
+    let dir = run_dir(attempt)?;
+    let log = std::fs::File::create(dir.join("apiserver.log")).map_err(|e| e.to_string())?;
     let mut child = Command::new(bin)
         .arg("--dir")
-        .arg(dir.path())
+        .arg(&dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log) // a file, never an unread pipe that would block the server when full
@@ -96,12 +113,11 @@ fn spawn(bin: &PathBuf) -> Result<TestEnv, String> {
             }
         }
     });
-    let log_path = dir.path().join("apiserver.log");
+    let log_path = dir.join("apiserver.log");
     match rx.recv_timeout(START_TIMEOUT) {
         Ok(line) if line.starts_with("KUBE_TESTENV_READY") => Ok(TestEnv {
-            kubeconfig: dir.path().join("kubeconfig"),
+            kubeconfig: dir.join("kubeconfig"),
             _child: Some(Mutex::new((child, stdin))),
-            _dir: Some(dir),
         }),
         Ok(line) => {
             let _ = child.kill();
