@@ -174,6 +174,22 @@ fn deployment_ref(name: &str) -> WorkloadReference {
 }
 
 /// Waits until the scope's status satisfies `check`; returns the scope.
+/// Deployment `web` with 2 of 2 replicas ready, and scope `app` over it with `probe_interval`;
+/// returns the scope once the controller reports it healthy.
+async fn healthy_scope_over_ready_web(ctx: &TestContext, probe_interval: i32) -> HealthScope {
+    create_deployment(ctx, "web", 2).await;
+    set_ready(ctx, "web", 2).await;
+    let spec = HealthScopeSpec {
+        probe_interval: Some(probe_interval),
+        ..Default::default()
+    };
+    create_scope(ctx, "app", vec![deployment_ref("web")], spec).await;
+    wait_scope(ctx, "app", Duration::from_secs(5), "healthy", |s| {
+        health(s) == Some(Health::Healthy)
+    })
+    .await
+}
+
 async fn wait_scope(
     ctx: &TestContext,
     name: &str,
@@ -331,17 +347,7 @@ async fn controller_reports_a_deleted_workload_as_not_found() {
     support::install_crds(&ctx.client, &healthscope::api::crds()).await;
     let shutdown = CancellationToken::new();
     let handle = start_controller(&ctx, LeaderState::always(), &shutdown);
-    create_deployment(&ctx, "web", 2).await;
-    set_ready(&ctx, "web", 2).await;
-    let spec = HealthScopeSpec {
-        probe_interval: Some(60),
-        ..Default::default()
-    };
-    create_scope(&ctx, "app", vec![deployment_ref("web")], spec).await;
-    wait_scope(&ctx, "app", Duration::from_secs(5), "healthy", |s| {
-        health(s) == Some(Health::Healthy)
-    })
-    .await;
+    healthy_scope_over_ready_web(&ctx, 60).await;
 
     ctx.api::<Deployment>()
         .delete("web", &DeleteParams::default())
@@ -371,18 +377,8 @@ async fn controller_does_not_rewrite_an_unchanged_status() {
     support::install_crds(&ctx.client, &healthscope::api::crds()).await;
     let shutdown = CancellationToken::new();
     let handle = start_controller(&ctx, LeaderState::always(), &shutdown);
-    create_deployment(&ctx, "web", 2).await;
-    set_ready(&ctx, "web", 2).await;
     // Re-evaluated every 2 s (the shortest interval validation allows): 4.5 s are two cycles.
-    let spec = HealthScopeSpec {
-        probe_interval: Some(2),
-        ..Default::default()
-    };
-    create_scope(&ctx, "app", vec![deployment_ref("web")], spec).await;
-    let scope = wait_scope(&ctx, "app", Duration::from_secs(5), "healthy", |s| {
-        health(s) == Some(Health::Healthy)
-    })
-    .await;
+    let scope = healthy_scope_over_ready_web(&ctx, 2).await;
     let version = scope.metadata.resource_version.clone();
     // The write that made it healthy is counted once the patch call has returned.
     let stats = handle.stats.clone();
@@ -451,17 +447,7 @@ async fn controller_standby_never_writes_and_takes_over_when_the_leader_stops() 
         LeaderElector::spawn(ctx.client.clone(), fast_lease(&ctx, "b"), stop_b.clone());
     let b = start_controller(&ctx, lead_b.clone(), &stop_b);
 
-    create_deployment(&ctx, "web", 2).await;
-    set_ready(&ctx, "web", 2).await;
-    let spec = HealthScopeSpec {
-        probe_interval: Some(2),
-        ..Default::default()
-    };
-    create_scope(&ctx, "app", vec![deployment_ref("web")], spec).await;
-    wait_scope(&ctx, "app", Duration::from_secs(5), "healthy", |s| {
-        health(s) == Some(Health::Healthy)
-    })
-    .await;
+    healthy_scope_over_ready_web(&ctx, 2).await;
     set_ready(&ctx, "web", 1).await;
     wait_scope(&ctx, "app", Duration::from_secs(2), "unhealthy", |s| {
         health(s) == Some(Health::Unhealthy)
