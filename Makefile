@@ -5,6 +5,11 @@ SHELL := /bin/bash
 CARGO        ?= cargo
 TESTENV_DIR  := target/testenv
 TESTENV_BIN  := $(TESTENV_DIR)/kube-testenv
+OAM_DIR      := target/oam-runtime
+OAM_BIN      := $(OAM_DIR)/oam-kubernetes-runtime
+# The OAM runtime release tests/oam-runtime pins (see tests/oam-runtime/go.mod).
+OAM_MODULE   := github.com/crossplane/oam-kubernetes-runtime
+OAM_VERSION  := $(shell sed -n 's/^\t$(subst /,\/,$(OAM_MODULE)) \(v[^ ]*\).*/\1/p' tests/oam-runtime/go.mod | head -1)
 TOOLS_DIR    := target/tools
 # The Kubernetes release tests/apiserver pins (see tests/apiserver/go.mod).
 K8S_VERSION  := $(shell sed -n 's/^\tk8s.io\/kubernetes v\(.*\)/\1/p; s/^require k8s.io\/kubernetes v\(.*\)/\1/p' tests/apiserver/go.mod | head -1)
@@ -24,14 +29,15 @@ build: ## Build healthscope (debug)
 	$(CARGO) build
 
 .PHONY: test
-test: testenv tools ## Run every test: unit, and integration against a real kube-apiserver
-	KUBE_TESTENV_BIN=$(CURDIR)/$(TESTENV_BIN) KUBE_TESTENV_REQUIRED=1 $(CARGO) test --all-targets
+test: testenv oam-runtime tools ## Run every test: unit, and integration against a real kube-apiserver and OAM runtime
+	KUBE_TESTENV_BIN=$(CURDIR)/$(TESTENV_BIN) KUBE_TESTENV_REQUIRED=1 \
+	  OAM_RUNTIME_DIR=$(CURDIR)/$(OAM_DIR) $(CARGO) test --all-targets
 
 .PHONY: lint
 lint: ## Check formatting and run clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	cd tests/apiserver && gofmt -l . | (! grep .) && go vet .
+	cd tests/apiserver && gofmt -l . | (! grep .) && echo "go vet tests/apiserver (a minute or two on a cold cache)" && go vet .
 
 .PHONY: fmt
 fmt: ## Format the Rust and Go sources
@@ -55,6 +61,25 @@ testenv-up: testenv ## Start the test control plane in the background; kubeconfi
 testenv-down: ## Stop the test control plane started by testenv-up
 	@scripts/testenv-down.sh $(TESTENV_DIR)
 
+# --- the OAM runtime (tests/oam-runtime) ----------------------------------------------------------
+
+.PHONY: oam-runtime
+oam-runtime: $(OAM_DIR)/.built ## Build oam-kubernetes-runtime and unpack its CRDs, chart and examples into target/oam-runtime
+
+$(OAM_DIR)/.built: tests/oam-runtime/go.mod tests/oam-runtime/go.sum
+	@mkdir -p $(OAM_DIR)
+	@echo "go build $(OAM_MODULE) $(OAM_VERSION) (about 2-4 min on a cold cache, seconds warm)"
+	cd tests/oam-runtime && go build -trimpath -o $(CURDIR)/$(OAM_BIN) $(OAM_MODULE)/cmd/oam-kubernetes-runtime
+	@set -euo pipefail; src=$$(cd tests/oam-runtime && go list -m -f '{{.Dir}}' $(OAM_MODULE)); \
+	rm -rf $(OAM_DIR)/crds $(OAM_DIR)/chart $(OAM_DIR)/examples; \
+	cp -r "$$src/charts/oam-kubernetes-runtime/crds" $(OAM_DIR)/crds; \
+	cp -r "$$src/charts/oam-kubernetes-runtime" $(OAM_DIR)/chart; \
+	cp -r "$$src/examples" $(OAM_DIR)/examples; \
+	chmod -R u+w $(OAM_DIR); \
+	sed 's/%%VERSION%%/$(OAM_VERSION)/' $(OAM_DIR)/chart/values.yaml.tmpl >$(OAM_DIR)/chart/values.yaml; \
+	rm $(OAM_DIR)/chart/values.yaml.tmpl; \
+	touch $@
+
 # --- tools the tests use (installed into target/tools, never by hand) ----------------------------
 
 .PHONY: tools
@@ -70,21 +95,27 @@ clean: ## Remove build outputs
 # --- install: generated manifests, Helm chart, demo ----------------------------------------------
 
 HELM         := $(TOOLS_DIR)/bin/helm
-CRD_DIRS     := manifests/crds charts/healthscope/files/crds
+CRD_DIRS     := manifests/crds charts/healthscope/crds
+# The only CRD healthscope ships; the OAM CRDs (ApplicationConfiguration, Component,
+# ContainerizedWorkload) are the OAM runtime's. Any other document `healthscope crd` prints is dropped.
+SHIPPED_CRDS := healthscopes.core.oam.dev
 INSTALL_NS   := healthscope-system
 
 .PHONY: manifests
-manifests: tools ## Regenerate the CRDs (from the Rust types) and manifests/install.yaml (from the chart)
+manifests: tools ## Regenerate the HealthScope CRD (from the Rust types) and manifests/install.yaml (from the chart)
 	@set -euo pipefail; crds=$$(mktemp); trap 'rm -f "$$crds"' EXIT; \
 	$(CARGO) run -q -- crd >"$$crds"; \
 	for dir in $(CRD_DIRS); do \
 	  mkdir -p $$dir; rm -f $$dir/*.yaml; \
-	  awk -v dir=$$dir 'function flush() { if (name != "") { printf "%s", doc > (dir "/" name ".yaml"); close(dir "/" name ".yaml") } name = ""; doc = "" } \
+	  awk -v dir=$$dir -v keep=" $(SHIPPED_CRDS) " 'function flush() { if (name != "" && index(keep, " " name " ")) { printf "%s", doc > (dir "/" name ".yaml"); close(dir "/" name ".yaml") } name = ""; doc = "" } \
 	    /^---$$/ { flush() } { doc = doc $$0 "\n" } \
 	    /^metadata:$$/ { meta = 1; next } meta && /^  name: / { name = $$2; meta = 0 } \
 	    END { flush() }' "$$crds"; \
+	  for crd in $(SHIPPED_CRDS); do \
+	    [[ -s $$dir/$$crd.yaml ]] || { echo "healthscope crd printed no $$crd" >&2; exit 1; }; \
+	  done; \
 	done; \
-	$(HELM) template healthscope charts/healthscope --namespace $(INSTALL_NS) \
+	$(HELM) template healthscope charts/healthscope --namespace $(INSTALL_NS) --include-crds \
 	  -f manifests/install-values.yaml >manifests/install.yaml; \
 	echo "wrote $(CRD_DIRS) and manifests/install.yaml"
 
@@ -103,7 +134,7 @@ certs: build ## CA and serving certificate for the webhook Service into certs/ (
 	@echo "  --set-file certificate.caBundle=$(CERTS_DIR)/ca.crt --set-file certificate.tlsCrt=$(CERTS_DIR)/tls.crt --set-file certificate.tlsKey=$(CERTS_DIR)/tls.key"
 
 .PHONY: demo
-demo: build testenv tools ## Run healthscope end to end on a local control plane, then clean up (needs root)
+demo: build testenv oam-runtime tools ## Run healthscope end to end on a local control plane, then clean up (needs root)
 	scripts/demo.sh
 
 # --- benchmarks and fuzzing (bench/, fuzz/, docs/benchmarks.md) ----------------------------------
