@@ -17,7 +17,11 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Print the CustomResourceDefinitions (HealthScope and the OAM types it reads) as YAML.
+    /// Print healthscope's HealthScope CustomResourceDefinition as YAML.
+    ///
+    /// A superset of the OAM runtime's: install it over the runtime's with
+    /// `healthscope crd | kubectl apply --server-side --force-conflicts -f -` (or let
+    /// `healthscope run --manage-crd` do it). The runtime's other CRDs stay the runtime's.
     Crd,
     /// Write a CA and a serving certificate for the webhook Service.
     ///
@@ -70,6 +74,15 @@ pub struct RunArgs {
     /// namespace, then "default".
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
+
+    /// Keep healthscope's HealthScope CRD installed: whenever the served one is not this
+    /// version's (the OAM runtime's chart brings its own, with atomic workloadRefs and no health
+    /// fields), install healthscope's over it by server-side apply, backing off when another
+    /// tool keeps replacing it. Needs patch on that one CRD. Either way healthscope watches it
+    /// (list, watch) and pauses its writes while it is not one it can write to, with one error
+    /// in the log and healthscope_crd_compatible 0.
+    #[arg(long, env = "HEALTHSCOPE_MANAGE_CRD", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub manage_crd: bool,
 
     /// Watch and manage only this namespace (default: all namespaces).
     #[arg(long, env = "HEALTHSCOPE_NAMESPACE")]
@@ -164,7 +177,7 @@ pub struct CertsArgs {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     match cli.command {
-        Command::Crd => print!("{}", crate::api::crds_yaml()?),
+        Command::Crd => print!("{}", crate::api::crd_yaml()?),
         Command::Certs(args) => certs(args)?,
         Command::Version => println!("healthscope {}", env!("CARGO_PKG_VERSION")),
         Command::Run(args) => crate::controller::run::run(args).await?,

@@ -122,6 +122,34 @@ impl LeaderState {
         self.rx.wait_for(|leader| *leader).await.is_ok()
     }
 
+    /// A state that leads only while this one leads and `gate` is true (for example while the
+    /// served CRD is one healthscope can write to). Spawns a task on the current runtime that
+    /// follows both; it ends when either side is dropped.
+    pub fn gated(self, mut gate: watch::Receiver<bool>) -> LeaderState {
+        let mut leader = self.rx.clone();
+        let both = *leader.borrow() && *gate.borrow();
+        let (tx, rx) = watch::channel(both);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = leader.changed() => if changed.is_err() { break },
+                    changed = gate.changed() => if changed.is_err() { break },
+                    _ = tx.closed() => break,
+                }
+                tx.send_if_modified(|value| {
+                    let both = *leader.borrow() && *gate.borrow();
+                    std::mem::replace(value, both) != both
+                });
+            }
+            // Keep the last value for holders; `self` stays alive with its sender until here.
+            drop(self);
+        });
+        LeaderState {
+            rx,
+            _constant: None,
+        }
+    }
+
     /// The underlying channel, for callers that select on it.
     pub fn receiver(&self) -> watch::Receiver<bool> {
         self.rx.clone()

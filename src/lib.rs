@@ -9,6 +9,7 @@ pub mod cache;
 pub mod certs;
 pub mod cli;
 pub mod controller;
+pub mod crd;
 pub mod health;
 pub mod leader;
 pub mod membership;

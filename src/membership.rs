@@ -126,14 +126,29 @@ fn classify_scope(scope: &ComponentScope) -> ScopeRefKind {
         Some(nested) => nested.clone(),
         None if scope.api_version.is_none() && scope.kind.is_none() && scope.name.is_none() => {
             return ScopeRefKind::Malformed(
-                "has neither scopeRef nor apiVersion/kind/name".to_string(),
+                "has neither scopeRef nor apiVersion/kind/name; write it as scopeRef: \
+                 {apiVersion, kind, name}"
+                    .to_string(),
             );
         }
-        None => ScopeReference {
-            api_version: scope.api_version.clone().unwrap_or_default(),
-            kind: scope.kind.clone().unwrap_or_default(),
-            name: scope.name.clone().unwrap_or_default(),
-        },
+        None => {
+            let flat = ScopeReference {
+                api_version: scope.api_version.clone().unwrap_or_default(),
+                kind: scope.kind.clone().unwrap_or_default(),
+                name: scope.name.clone().unwrap_or_default(),
+            };
+            // The OAM runtime decodes scopes[] strictly and reads only `scopeRef`: a flat
+            // HealthScope reference would never be rendered, so it is a problem with its fix.
+            return match classify_reference(&flat) {
+                ScopeRefKind::Health(name) => ScopeRefKind::Malformed(format!(
+                    "names HealthScope {name:?} flat (apiVersion/kind/name directly under \
+                     scopes[]); the OAM runtime reads only the nested form: scopeRef: \
+                     {{apiVersion: {}, kind: {HEALTH_SCOPE_KIND}, name: {name}}}",
+                    oam::API_VERSION
+                )),
+                other => other,
+            };
+        }
     };
     classify_reference(&reference)
 }
@@ -208,10 +223,39 @@ fn component_of_revision(revision: &str) -> Option<&str> {
     Some(component)
 }
 
-/// The workload a component entry renders: apiVersion and kind from the Component's
-/// `spec.workload`; the name from a parameter value bound to `metadata.name`, else the
-/// template's `metadata.name`, else the component name (as the OAM runtime renders it).
-fn rendered_workload(
+/// The workload the OAM runtime rendered for a component, as it recorded it in the
+/// ApplicationConfiguration's `status.workloads[]` (`componentName` and `workloadRef`). This is the
+/// truth once it exists: a revision-enabled trait makes the runtime name the workload after the
+/// ComponentRevision (`<component>-v<N>`), which no prediction from the spec knows.
+fn workload_in_status(
+    app: &ApplicationConfiguration,
+    component: &str,
+) -> Option<WorkloadReference> {
+    let workloads = app.status.as_ref()?.fields.get("workloads")?.as_array()?;
+    workloads
+        .iter()
+        .filter(|w| w.get("componentName").and_then(Value::as_str) == Some(component))
+        .find_map(|w| {
+            let reference = w.get("workloadRef")?;
+            let field = |name: &str| {
+                reference
+                    .get(name)
+                    .and_then(Value::as_str)
+                    .filter(|v| !v.is_empty())
+            };
+            Some(WorkloadReference::new(
+                field("apiVersion")?,
+                field("kind")?,
+                field("name")?,
+            ))
+        })
+}
+
+/// The workload a component entry will render, before the runtime has recorded it: apiVersion
+/// and kind from the Component's `spec.workload`; the name from a parameter value bound to
+/// `metadata.name`, else the template's `metadata.name`, else the component name (as the OAM
+/// runtime renders it without a revision-enabled trait).
+fn predicted_workload(
     entry: &crate::api::ApplicationConfigurationComponent,
     component_name: &str,
     component: &Component,
@@ -259,6 +303,9 @@ fn rendered_workload(
 }
 
 /// Which workload belongs to which HealthScope, according to one ApplicationConfiguration.
+///
+/// The workload of a component is the one the runtime recorded in `status.workloads` when it
+/// has; until then, the one predicted from the spec.
 ///
 /// Scope references may be nested (`scopeRef`) or flat. Only `HealthScope` of group
 /// `core.oam.dev` is ours; other scope kinds are ignored. A reference without kind, apiVersion or
@@ -313,7 +360,10 @@ pub fn desired_memberships(
             ));
             continue;
         };
-        match rendered_workload(entry, component_name, &component) {
+        let rendered = workload_in_status(app, component_name)
+            .map(Ok)
+            .unwrap_or_else(|| predicted_workload(entry, component_name, &component));
+        match rendered {
             Ok(workload) => {
                 for scope in scopes {
                     desired.members.push(Membership {
@@ -427,18 +477,26 @@ pub enum WorkloadScopes {
 
 /// The scopes a workload object belongs to.
 ///
+/// - A ContainerizedWorkload is left alone (its labels reach its pods); its children are not.
 /// - A child of a ContainerizedWorkload (ownerReference kind `ContainerizedWorkload`, group
 ///   `core.oam.dev`) belongs to the scopes of its parent.
 /// - Otherwise its ApplicationConfiguration is its `ApplicationConfiguration` owner reference,
 ///   else its `app.oam.dev/name` label. It belongs to every scope whose membership names this
-///   exact workload (group, kind, name); when none does, to the scopes of the component in its
-///   `app.oam.dev/component` label (the rendered name may differ from what the template says).
+///   exact workload (group, kind, name); when none does and the runtime has not yet recorded
+///   what it rendered for the component in its `app.oam.dev/component` label, to that
+///   component's scopes (the rendered name may differ from what the template says).
 pub fn workload_scopes(
     api_version: &str,
     kind: &str,
     meta: &ObjectMeta,
     lookup: &dyn WorkloadLookup,
 ) -> WorkloadScopes {
+    // A ContainerizedWorkload itself is never labelled: the OAM runtime copies its labels into
+    // its Deployment's pod template, so a scope label there would restart the app's pods. Its
+    // Deployment and Service carry the labels instead.
+    if kind == cw_kind() && group_of(api_version) == oam::GROUP {
+        return WorkloadScopes::NotOam;
+    }
     let owners = meta.owner_references.as_deref().unwrap_or_default();
     let oam_owner = |owner_kind: &str| {
         owners
@@ -506,8 +564,11 @@ fn app_workload_scopes(
     if !exact.is_empty() {
         return WorkloadScopes::Scopes(exact);
     }
+    // The rendered name is not known from the spec alone; once the runtime has recorded what it
+    // rendered for the component, anything else (an older revision's workload) is no member.
     let by_component = labels
         .get(labels::COMPONENT)
+        .filter(|component| workload_in_status(&app, component).is_none())
         .map(|component| {
             desired
                 .members
@@ -625,7 +686,7 @@ mod tests {
     }
 
     #[test]
-    fn nested_and_flat_scope_refs_are_both_accepted() {
+    fn nested_scope_refs_are_members_and_flat_ones_a_problem_naming_scope_ref() {
         let lookup = fixture_with(vec![cw_component("web")]);
         let a = app(
             "app",
@@ -635,9 +696,18 @@ mod tests {
             )],
         );
         let desired = desired_memberships(&a, &lookup);
-        assert!(desired.problems.is_empty(), "{:?}", desired.problems);
+        assert_eq!(desired.problems.len(), 1, "{:?}", desired.problems);
+        assert!(
+            desired.problems[0]
+                .starts_with("spec.components[0].scopes[1] names HealthScope \"two\" flat")
+                && desired.problems[0].contains(
+                    "scopeRef: {apiVersion: core.oam.dev/v1alpha2, kind: HealthScope, name: two}"
+                ),
+            "{}",
+            desired.problems[0]
+        );
         let scopes: Vec<_> = desired.members.iter().map(|m| m.scope.as_str()).collect();
-        assert_eq!(scopes, ["one", "two"]);
+        assert_eq!(scopes, ["one"]);
         assert!(desired.members.iter().all(|m| m.workload == cw_ref("web")));
         assert!(desired.members.iter().all(|m| m.component == "web"));
     }
@@ -744,6 +814,35 @@ mod tests {
                 .members
                 .iter()
                 .all(|m| m.workload.kind == "Deployment" && m.workload.api_version == "apps/v1")
+        );
+    }
+
+    #[test]
+    fn rendered_name_in_status_wins_over_the_prediction() {
+        let lookup = fixture_with(vec![cw_component("web")]);
+        let mut a = app("app", vec![entry("web", vec![nested("one")])]);
+        assert_eq!(
+            desired_memberships(&a, &lookup).members[0].workload,
+            cw_ref("web")
+        );
+        a.status = serde_json::from_value(json!({"workloads": [
+            {"componentName": "other", "workloadRef": {"apiVersion": oam::API_VERSION,
+                "kind": "ContainerizedWorkload", "name": "other-v1"}},
+            {"componentName": "web", "componentRevisionName": "web-v2",
+             "workloadRef": {"apiVersion": oam::API_VERSION, "kind": "ContainerizedWorkload",
+                "name": "web-v2"}}]}))
+        .ok();
+        let desired = desired_memberships(&a, &lookup);
+        assert_eq!(desired.members.len(), 1);
+        assert_eq!(desired.members[0].workload, cw_ref("web-v2"));
+        assert_eq!(desired.members[0].component, "web");
+        // An entry without a usable reference falls back to the prediction.
+        a.status = serde_json::from_value(json!({"workloads": [
+            {"componentName": "web", "workloadRef": {"apiVersion": "", "kind": "", "name": ""}}]}))
+        .ok();
+        assert_eq!(
+            desired_memberships(&a, &lookup).members[0].workload,
+            cw_ref("web")
         );
     }
 
@@ -977,12 +1076,13 @@ mod tests {
             workload_scopes("apps/v1", "Deployment", &by_label, &lookup),
             scopes(&["all"])
         );
-        // Owned by the ApplicationConfiguration, no labels.
+        // Owned by the ApplicationConfiguration, no labels: a ContainerizedWorkload.
         let by_owner = meta(
             "web",
             &[],
             vec![owner(oam::API_VERSION, "ApplicationConfiguration", "shop")],
         );
+        // A ContainerizedWorkload itself is left alone: its labels would reach its pods.
         assert_eq!(
             workload_scopes(
                 oam::API_VERSION,
@@ -990,7 +1090,7 @@ mod tests {
                 &by_owner,
                 &lookup
             ),
-            scopes(&["all", "front"])
+            WorkloadScopes::NotOam
         );
         // The Deployment and Service a ContainerizedWorkload renders.
         let child = meta(

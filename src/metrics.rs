@@ -185,6 +185,7 @@ struct Inner {
     workloads: Family<HealthLabels, Gauge>,
     scope_health: Family<ScopeHealthLabels, Gauge>,
     leader: Gauge,
+    crd_compatible: Gauge,
     cert_expiry: Gauge,
     /// Per-scope workload counts, so `healthscope_workloads` is the sum over the scopes that
     /// exist now (a deleted scope's workloads drop out of it).
@@ -324,6 +325,12 @@ impl Metrics {
             "1 while this replica holds the leader Lease and writes status",
             leader.clone(),
         );
+        let crd_compatible = Gauge::default();
+        registry.register(
+            "crd_compatible",
+            "1 while the served HealthScope CRD is one healthscope can write to; 0 pauses its writes",
+            crd_compatible.clone(),
+        );
         registry.register(
             "build",
             "Version of the running healthscope",
@@ -356,6 +363,7 @@ impl Metrics {
                 workloads,
                 scope_health,
                 leader,
+                crd_compatible,
                 cert_expiry,
                 scope_counts: Mutex::new(BTreeMap::new()),
             }),
@@ -517,6 +525,10 @@ impl Metrics {
 
     pub fn set_leader(&self, leader: bool) {
         self.inner.leader.set(i64::from(leader));
+    }
+
+    pub fn set_crd_compatible(&self, compatible: bool) {
+        self.inner.crd_compatible.set(i64::from(compatible));
     }
 
     /// Records when the serving certificate just loaded expires.

@@ -47,8 +47,9 @@ fn parse(object: &DynamicObject) -> Result<ApplicationConfiguration, String> {
 
 /// Reviews an ApplicationConfiguration CREATE, UPDATE or DELETE.
 ///
-/// - Malformed scope references deny the request, naming each component index and problem. On
-///   UPDATE, problems the stored object already had only warn (it may predate the webhook).
+/// - Malformed scope references deny the request, naming each component index and problem. An
+///   UPDATE of an object that was already malformed only warns (it may predate the webhook, and
+///   the OAM runtime must still finish it).
 /// - A reference to a HealthScope that does not exist is allowed with a warning and no write
 ///   (a server-side apply would create the scope).
 /// - On UPDATE, scopes the old object referenced and the new one does not get an empty list.
@@ -103,25 +104,20 @@ pub fn review(
                     (BTreeMap::new(), dropped)
                 } else {
                     let desired = desired_memberships(&app, &lookup);
-                    // Problems the stored object already had do not block an update of it
-                    // (it may predate the webhook); new ones are rejected.
-                    let old_problems = old
+                    // An object that was already malformed when stored (before the webhook,
+                    // or while it was down) is never blocked: its writers include the OAM
+                    // runtime, whose finalizer and re-encoded spec must go through. Only a clean
+                    // object that a write would make malformed is rejected.
+                    let was_malformed = old
                         .as_ref()
-                        .map(|old| desired_memberships(old, &lookup).problems)
-                        .unwrap_or_default();
-                    let new_problems: Vec<&String> = desired
-                        .problems
-                        .iter()
-                        .filter(|p| !old_problems.contains(p))
-                        .collect();
-                    if !new_problems.is_empty() {
-                        let listed: Vec<&str> = new_problems.iter().map(|p| p.as_str()).collect();
+                        .is_some_and(|old| !desired_memberships(old, &lookup).problems.is_empty());
+                    if !desired.problems.is_empty() && !was_malformed {
                         return AppConfigReview::only(deny(
                             request,
                             format!(
                                 "ApplicationConfiguration {} has malformed scope references: {}",
                                 object_name(request),
-                                listed.join("; ")
+                                desired.problems.join("; ")
                             ),
                         ));
                     }
@@ -129,7 +125,6 @@ pub fn review(
                         desired
                             .problems
                             .iter()
-                            .filter(|p| old_problems.contains(p))
                             .map(|p| format!("ignored malformed scope reference: {p}")),
                     );
                     warnings.extend(desired.unresolved.iter().cloned());
@@ -387,7 +382,7 @@ mod tests {
     }
 
     #[test]
-    fn update_keeps_old_problems_but_rejects_new_ones() {
+    fn update_of_a_malformed_object_warns_and_of_a_clean_one_rejects() {
         let snap = snapshot(&["a"]);
         let no_name = json!({"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope"});
         let old = appconfig(json!([refs("a"), no_name.clone()]));
@@ -406,17 +401,29 @@ mod tests {
             BTreeMap::from([("a".to_string(), vec![deployment("web")])])
         );
 
-        let worse = appconfig(json!([refs("a"), no_name, {"kind": "HealthScope"}]));
-        let review = super::review(&request(AC, "UPDATE", Some(worse), Some(old), false), &snap);
+        // The OAM runtime re-encodes a flat reference as an empty scopeRef: still let through.
+        let reencoded =
+            appconfig(json!([refs("a"), {"scopeRef": {"apiVersion": "", "kind": "", "name": ""}}]));
+        let review = super::review(
+            &request(AC, "UPDATE", Some(reencoded), Some(old), false),
+            &snap,
+        );
+        assert!(review.response.allowed, "{:?}", review.response.result);
+
+        let clean = appconfig(json!([refs("a")]));
+        let worse = appconfig(json!([refs("a"), {"kind": "HealthScope"}]));
+        let review = super::review(
+            &request(AC, "UPDATE", Some(worse), Some(clean), false),
+            &snap,
+        );
         assert!(!review.response.allowed);
         assert!(
             review
                 .response
                 .result
                 .message
-                .contains("scopes[2] has no apiVersion")
+                .contains("scopes[1] has no apiVersion")
         );
-        assert!(!review.response.result.message.contains("scopes[1]"));
     }
 
     #[test]

@@ -8,11 +8,11 @@
 //!   RFC 3986 allows in a path and query (no whitespace, control characters, `\` or `#`), `%`
 //!   only as a `%XX` escape, and no `.` or `..` segment (clients would rewrite them).
 //!   Absent: no HTTP probe.
-//! - `probe-timeout`: 1 to 300 seconds. `probe-interval`: 2 to 3600 seconds. The timeout must be
-//!   less than the interval, so one probe round ends before the next one starts.
-//! - Defaults (the OAM runtime's are 10 and 10, which would break the rule above): an absent
-//!   interval is 10 s, or timeout + 1 when the timeout is 10 or more; an absent timeout is 10 s,
-//!   or interval − 1 when the interval is 10 or less. Both absent: timeout 9 s, interval 10 s.
+//! - `probe-timeout`: 1 to 300 seconds. `probe-interval`: 2 to 3600 seconds. The timeout may
+//!   not exceed the interval, so one probe round ends by the time the next one is due (the OAM
+//!   spec's own example sets both to 5).
+//! - Defaults, as in the OAM runtime: 10 s each. An absent interval is 10 s, or the timeout
+//!   when that is longer; an absent timeout is 10 s, or the interval when that is shorter.
 //!
 //! On UPDATE only changed probe settings are checked, so scopes created before these rules (or
 //! before the webhook ran) still take workloadRefs updates.
@@ -99,7 +99,7 @@ fn seconds(n: i32) -> Duration {
 fn default_timing() -> (i32, i32) {
     // Both absent always passes the checks.
     (
-        DEFAULT_PROBE_TIMEOUT_SECONDS.min(DEFAULT_PROBE_INTERVAL_SECONDS - 1),
+        DEFAULT_PROBE_TIMEOUT_SECONDS.min(DEFAULT_PROBE_INTERVAL_SECONDS),
         DEFAULT_PROBE_INTERVAL_SECONDS,
     )
 }
@@ -223,13 +223,13 @@ fn check_timing(timeout: Option<i32>, interval: Option<i32>) -> Result<(i32, i32
     }
     let (timeout, interval) = match (timeout, interval) {
         (Some(t), Some(i)) => (t, i),
-        (Some(t), None) => (t, DEFAULT_PROBE_INTERVAL_SECONDS.max(t + 1)),
-        (None, Some(i)) => (DEFAULT_PROBE_TIMEOUT_SECONDS.min(i - 1), i),
+        (Some(t), None) => (t, DEFAULT_PROBE_INTERVAL_SECONDS.max(t)),
+        (None, Some(i)) => (DEFAULT_PROBE_TIMEOUT_SECONDS.min(i), i),
         (None, None) => default_timing(),
     };
-    if timeout >= interval {
+    if timeout > interval {
         return Err(vec![format!(
-            "probe-timeout {timeout} must be less than probe-interval {interval}"
+            "probe-timeout {timeout} must not exceed probe-interval {interval}"
         )]);
     }
     Ok((timeout, interval))
@@ -303,31 +303,32 @@ mod tests {
     }
 
     #[test]
-    fn defaults_keep_the_timeout_below_the_interval() {
+    fn defaults_are_the_oam_runtimes_and_never_exceed_the_interval() {
         let s = probe_settings(&spec(json!({}))).unwrap();
         assert_eq!(s.method, "GET");
         assert_eq!(s.endpoint, None);
-        assert_eq!((s.timeout.as_secs(), s.interval.as_secs()), (9, 10));
+        assert_eq!((s.timeout.as_secs(), s.interval.as_secs()), (10, 10));
         let s = probe_settings(&spec(json!({"probe-interval": 5}))).unwrap();
-        assert_eq!((s.timeout.as_secs(), s.interval.as_secs()), (4, 5));
+        assert_eq!((s.timeout.as_secs(), s.interval.as_secs()), (5, 5));
         let s = probe_settings(&spec(json!({"probe-interval": 60}))).unwrap();
         assert_eq!((s.timeout.as_secs(), s.interval.as_secs()), (10, 60));
         let s = probe_settings(&spec(json!({"probe-timeout": 60}))).unwrap();
-        assert_eq!((s.timeout.as_secs(), s.interval.as_secs()), (60, 61));
+        assert_eq!((s.timeout.as_secs(), s.interval.as_secs()), (60, 60));
         let s = probe_settings(&spec(json!({"probe-timeout": 3}))).unwrap();
         assert_eq!((s.timeout.as_secs(), s.interval.as_secs()), (3, 10));
     }
 
     #[test]
-    fn timing_out_of_bounds_or_not_below_interval_is_rejected() {
+    fn timing_out_of_bounds_or_above_the_interval_is_rejected() {
         assert!(problems(json!({"probe-timeout": 0}))[0].contains("probe-timeout 0"));
         assert!(problems(json!({"probe-timeout": -5}))[0].contains("between 1 and 300"));
         assert!(problems(json!({"probe-timeout": 301}))[0].contains("probe-timeout 301"));
         assert!(problems(json!({"probe-interval": 1}))[0].contains("probe-interval 1"));
         assert!(problems(json!({"probe-interval": 3601}))[0].contains("3600"));
-        let p = problems(json!({"probe-timeout": 10, "probe-interval": 10}));
-        assert_eq!(p, ["probe-timeout 10 must be less than probe-interval 10"]);
-        assert!(probe_settings(&spec(json!({"probe-timeout": 9, "probe-interval": 10}))).is_ok());
+        let p = problems(json!({"probe-timeout": 11, "probe-interval": 10}));
+        assert_eq!(p, ["probe-timeout 11 must not exceed probe-interval 10"]);
+        // The OAM spec's own example.
+        assert!(probe_settings(&spec(json!({"probe-timeout": 5, "probe-interval": 5}))).is_ok());
     }
 
     #[test]
@@ -388,7 +389,7 @@ mod tests {
             ProbeSettings {
                 method: "GET".into(),
                 endpoint: None,
-                timeout: Duration::from_secs(9),
+                timeout: Duration::from_secs(10),
                 interval: Duration::from_secs(10),
             }
         );

@@ -21,6 +21,7 @@ pub const DEFAULT_PROBE_METHOD: &str = "GET";
     plural = "healthscopes",
     singular = "healthscope",
     shortname = "hs",
+    category = "crossplane",
     category = "oam",
     namespaced,
     status = "HealthScopeStatus",
@@ -57,7 +58,8 @@ pub struct HealthScopeSpec {
     )]
     pub probe_endpoint: Option<String>,
 
-    /// Seconds one probe may take. Defaults to 10; must be less than the interval.
+    /// Seconds one probe may take. Defaults to 10 (or the interval, when that is shorter); may
+    /// not exceed the interval.
     #[serde(
         rename = "probe-timeout",
         default,

@@ -15,23 +15,44 @@ pub use oam::{
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-/// Every CRD healthscope works with: its own HealthScope first, then the OAM types it reads
-/// (installed by the OAM runtime in a real cluster; by us in tests and the demo).
+/// Every CRD healthscope works with: its own HealthScope first, then the OAM types it reads.
+/// In a cluster the OAM runtime installs those from its own chart; these generated ones stand in
+/// for them on a bare control plane (tests).
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
-        HealthScope::crd(),
+        healthscope_crd(),
         ApplicationConfiguration::crd(),
         Component::crd(),
         ContainerizedWorkload::crd(),
     ]
 }
 
-/// The CRDs as one multi-document YAML stream, as `healthscope crd` prints it.
-pub fn crds_yaml() -> Result<String, serde_saphyr::ser::Error> {
-    let mut out = String::new();
-    for crd in crds() {
-        out.push_str("---\n");
-        out.push_str(&serde_saphyr::to_string(&crd)?);
-    }
-    Ok(out)
+/// Annotation on healthscope's HealthScope CRD: a digest of its spec, so a running healthscope
+/// can tell its own CRD (of this version) from the OAM runtime's or an older one.
+pub const CRD_DIGEST_ANNOTATION: &str = "healthscope.oam.dev/crd-digest";
+
+/// healthscope's HealthScope CRD, annotated with the digest of its spec.
+pub fn healthscope_crd() -> CustomResourceDefinition {
+    use sha2::{Digest, Sha256};
+    let mut crd = HealthScope::crd();
+    let spec = serde_json::to_vec(&crd.spec).unwrap_or_default();
+    let digest: String = Sha256::digest(&spec)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    crd.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(CRD_DIGEST_ANNOTATION.to_string(), digest);
+    crd
+}
+
+/// healthscope's HealthScope CRD as YAML, as `healthscope crd` prints it. The OAM runtime's
+/// other CRDs are never printed: installing them would replace the runtime's own.
+pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
+    Ok(format!(
+        "---\n{}",
+        serde_saphyr::to_string(&healthscope_crd())?
+    ))
 }

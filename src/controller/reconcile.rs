@@ -408,7 +408,7 @@ mod tests {
         let floor = Duration::from_secs(1);
         let defaults = probe_settings(&scope, floor);
         assert_eq!(defaults.interval, Duration::from_secs(10));
-        assert_eq!(defaults.timeout, Duration::from_secs(9));
+        assert_eq!(defaults.timeout, Duration::from_secs(10));
         assert_eq!(defaults.endpoint, None, "no probe-endpoint: no HTTP probe");
         // Invalid values (a scope from before the webhook) fall back to the defaults.
         scope.spec.probe_interval = Some(0);

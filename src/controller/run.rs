@@ -115,6 +115,17 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         (LeaderState::always(), None)
     };
 
+    // Writes wait for a HealthScope CRD healthscope can write to (see crate::crd).
+    let (crd_gate, crd_ok) = tokio::sync::watch::channel(false);
+    tokio::spawn(crate::crd::keep(
+        client.clone(),
+        args.manage_crd,
+        crd_gate,
+        Some(metrics.clone()),
+        shutdown.clone(),
+    ));
+    let leader_state = leader_state.gated(crd_ok);
+
     let controller = start(
         client.clone(),
         ControllerConfig {
