@@ -737,29 +737,6 @@ fn plain_deployment(name: &str) -> Deployment {
     serde_json::from_value(object).unwrap()
 }
 
-/// The value of a counter of the API server's own metrics, summed over series with `labels`.
-async fn apiserver_counter(client: &kube::Client, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    let request = axum::http::Request::get("/metrics")
-        .body(Vec::new())
-        .unwrap();
-    let text = client
-        .request_text(request)
-        .await
-        .expect("reading /metrics");
-    text.lines()
-        .filter(|line| line.starts_with(&format!("{metric}{{")))
-        .filter(|line| {
-            labels
-                .iter()
-                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|line| {
-            line.rsplit_once(' ')
-                .and_then(|(_, v)| v.parse::<f64>().ok())
-        })
-        .sum()
-}
-
 #[tokio::test]
 async fn fault_webhook_down_with_ignore_admits_and_the_controller_back_fills() {
     let ctx = TestContext::new("fault-webhook-down").await;
@@ -776,7 +753,7 @@ async fn fault_webhook_down_with_ignore_admits_and_the_controller_back_fills() {
     let config = register_mutating(&ctx, &webhook, url, ca.ca_pem(), "Ignore", 3).await;
 
     let fail_open = |client: kube::Client, webhook: String| async move {
-        apiserver_counter(
+        support::apiserver_counter(
             &client,
             "apiserver_admission_webhook_fail_open_count",
             &[("name", &webhook)],
@@ -1222,13 +1199,13 @@ async fn list_burst(client: &Client, namespace: &str, concurrent: usize) -> usiz
 /// Requests of one FlowSchema the API server dispatched and rejected so far.
 async fn flow_counts(admin: &Client, flow_schema: &str) -> (f64, f64) {
     let labels = [("flow_schema", flow_schema)];
-    let dispatched = apiserver_counter(
+    let dispatched = support::apiserver_counter(
         admin,
         "apiserver_flowcontrol_dispatched_requests_total",
         &labels,
     )
     .await;
-    let rejected = apiserver_counter(
+    let rejected = support::apiserver_counter(
         admin,
         "apiserver_flowcontrol_rejected_requests_total",
         &labels,

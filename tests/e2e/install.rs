@@ -10,6 +10,8 @@ use healthscope::api::{
 };
 use healthscope::metrics::Metrics;
 use healthscope::serve::{self, AdminState, ErrorBody, Readiness, ScopeDetail, ScopeSummary};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio_util::sync::CancellationToken;
@@ -261,9 +263,13 @@ fn find<'a>(objects: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json:
 
 #[test]
 fn install_generated_crds_are_fresh() {
-    for dir in ["manifests/crds", "charts/healthscope/files/crds"] {
+    // The chart's crds/: Helm installs it when absent and never upgrades it; healthscope
+    // applies its own at start (crds.manage).
+    for dir in ["manifests/crds", "charts/healthscope/crds"] {
         let mut expected_files = std::collections::BTreeSet::new();
-        for crd in healthscope::api::crds() {
+        // The HealthScope CRD only: the OAM CRDs are the OAM runtime's.
+        {
+            let crd = healthscope::api::healthscope_crd();
             let name = crd.metadata.name.clone().unwrap();
             let file = format!("{name}.yaml");
             let expected = format!("---\n{}", serde_saphyr::to_string(&crd).unwrap());
@@ -271,7 +277,7 @@ fn install_generated_crds_are_fresh() {
                 .unwrap_or_else(|e| panic!("{dir}/{file}: {e}; run `make manifests`"));
             assert!(
                 actual == expected,
-                "{dir}/{file} is stale against api::crds(): run `make manifests`"
+                "{dir}/{file} is stale against api::healthscope_crd(): run `make manifests`"
             );
             expected_files.insert(file);
         }
@@ -281,7 +287,16 @@ fn install_generated_crds_are_fresh() {
             .collect();
         assert_eq!(
             present, expected_files,
-            "{dir} holds files that are not generated CRDs: run `make manifests`"
+            "{dir} holds files that are not the generated HealthScope CRD: run `make manifests`"
+        );
+    }
+    for gone in [
+        "charts/healthscope/templates/crds.yaml",
+        "charts/healthscope/files",
+    ] {
+        assert!(
+            !repo().join(gone).exists(),
+            "{gone}: the chart ships its CRD in crds/ only"
         );
     }
 }
@@ -291,13 +306,22 @@ fn install_plain_manifests_are_the_rendered_chart() {
     let rendered = helm_template(
         "healthscope",
         "healthscope-system",
-        &["-f", "manifests/install-values.yaml"],
+        &["--include-crds", "-f", "manifests/install-values.yaml"],
     );
     let committed = std::fs::read_to_string(repo().join("manifests/install.yaml")).unwrap();
     assert!(
         rendered == committed,
         "manifests/install.yaml differs from the chart's rendering: run `make manifests`"
     );
+    // Without Helm, nothing installs the chart's crds/: the plain manifests carry the CRD.
+    let plain = objects(&committed);
+    let crds: Vec<&str> = find(&plain, "CustomResourceDefinition")
+        .iter()
+        .map(|crd| crd["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(crds, [healthscope::crd::HEALTHSCOPE_CRD]);
+    assert_eq!(find(&plain, "ValidatingAdmissionPolicy").len(), 1);
+    assert_eq!(find(&plain, "ValidatingAdmissionPolicyBinding").len(), 1);
 }
 
 #[test]
@@ -444,6 +468,206 @@ fn install_chart_lints_and_renders_in_both_certificate_modes() {
     );
 }
 
+/// The container arguments of the rendered Deployment.
+fn container_args(objects: &[serde_json::Value]) -> Vec<String> {
+    find(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The verbs the ClusterRole grants on CustomResourceDefinitions.
+fn crd_verbs(objects: &[serde_json::Value]) -> serde_json::Value {
+    let (cluster, _) = rbac_rules(objects);
+    let rules: Vec<_> = cluster
+        .iter()
+        .filter(|r| r["resources"] == serde_json::json!(["customresourcedefinitions"]))
+        .collect();
+    assert_eq!(rules.len(), 1, "{cluster:?}");
+    rules[0]["verbs"].clone()
+}
+
+#[test]
+fn install_chart_crd_and_status_protection_values() {
+    // The HealthScope CRD is in crds/: rendered only with --include-crds, and alone.
+    let plain = objects(&helm_template("healthscope", "hs", &[]));
+    assert!(find(&plain, "CustomResourceDefinition").is_empty());
+    let with_crds = objects(&helm_template("healthscope", "hs", &["--include-crds"]));
+    let crds = find(&with_crds, "CustomResourceDefinition");
+    assert_eq!(crds.len(), 1);
+    assert!(
+        serde_json::from_value::<CustomResourceDefinition>(crds[0].clone()).unwrap()
+            == healthscope::api::healthscope_crd(),
+        "the chart's CRD is the generated one"
+    );
+
+    // crds.manage (default): healthscope applies its CRD at start, so it may patch that CRD.
+    assert!(container_args(&plain).contains(&"--manage-crd".to_string()));
+    assert_eq!(crd_verbs(&plain), serde_json::json!(["get", "patch"]));
+    // Off: it still reads the CRD (every 30 s) but never writes it.
+    let unmanaged = objects(&helm_template(
+        "healthscope",
+        "hs",
+        &["--set", "crds.manage=false"],
+    ));
+    assert!(!container_args(&unmanaged).contains(&"--manage-crd".to_string()));
+    assert_eq!(crd_verbs(&unmanaged), serde_json::json!(["get"]));
+
+    // statusProtection (default): status writes without status.health are denied everywhere.
+    let policy = find(&plain, "ValidatingAdmissionPolicy");
+    assert_eq!(policy.len(), 1);
+    let policy = policy[0];
+    assert_eq!(policy["metadata"]["name"], "healthscope-status");
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    assert_eq!(
+        policy["spec"]["matchConstraints"]["resourceRules"],
+        serde_json::json!([{
+            "apiGroups": ["core.oam.dev"], "apiVersions": ["v1alpha2"], "operations": ["UPDATE"],
+            "resources": ["healthscopes/status"], "scope": "Namespaced",
+        }])
+    );
+    let validation = &policy["spec"]["validations"][0];
+    assert_eq!(
+        validation["expression"],
+        "has(object.status) && has(object.status.health)"
+    );
+    assert_eq!(validation["reason"], "Forbidden");
+    let binding = find(&plain, "ValidatingAdmissionPolicyBinding");
+    assert_eq!(binding.len(), 1);
+    assert_eq!(binding[0]["metadata"]["name"], "healthscope-status");
+    assert_eq!(binding[0]["spec"]["policyName"], "healthscope-status");
+    assert_eq!(
+        binding[0]["spec"]["validationActions"],
+        serde_json::json!(["Deny"])
+    );
+    assert!(binding[0]["spec"].get("matchResources").is_none());
+
+    // Narrowed to some namespaces, or off.
+    let narrowed = objects(&helm_template(
+        "healthscope",
+        "hs",
+        &[
+            "--set",
+            "statusProtection.namespaceSelector.matchLabels.team=shop",
+        ],
+    ));
+    assert_eq!(
+        find(&narrowed, "ValidatingAdmissionPolicyBinding")[0]["spec"]["matchResources"],
+        serde_json::json!({ "namespaceSelector": { "matchLabels": { "team": "shop" } } })
+    );
+    let off = objects(&helm_template(
+        "healthscope",
+        "hs",
+        &["--set", "statusProtection.enabled=false"],
+    ));
+    assert!(find(&off, "ValidatingAdmissionPolicy").is_empty());
+    assert!(find(&off, "ValidatingAdmissionPolicyBinding").is_empty());
+
+    // Misspelt keys are refused rather than ignored.
+    for set in ["crds.mange=false", "statusProtection.enable=false"] {
+        let error = run_failing(
+            helm()
+                .args(["template", "healthscope", "charts/healthscope"])
+                .args(["--set", set]),
+        );
+        assert!(
+            error.contains("additional properties"),
+            "--set {set}: {error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn install_status_protection_refuses_status_writes_without_health() {
+    // The chart's policy for real, under a name no other test uses and bound to this test's
+    // namespace only, so that parallel tests' status writes never meet it.
+    let ctx = TestContext::new("install-status-policy").await;
+    support::install_crds(&ctx.client, &healthscope::api::crds()).await;
+    let release = support::unique_name("hs-status");
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        serde_json::json!({ "statusProtection": { "namespaceSelector": { "matchLabels": {
+            (support::TEST_NAMESPACE_LABEL): ctx.namespace } } } })
+        .to_string(),
+    )
+    .unwrap();
+    let rendered = helm_template(
+        &release,
+        &ctx.namespace,
+        &[
+            "--set",
+            &format!("fullnameOverride={release}"),
+            "-f",
+            values.to_str().unwrap(),
+            "--show-only",
+            "templates/status-protection.yaml",
+        ],
+    );
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, &rendered).unwrap();
+    run(kubectl().args(["apply", "--server-side", "-f"]).arg(&file));
+
+    let scopes = ctx.api::<HealthScope>();
+    let mut scope = HealthScope::new("protected", HealthScopeSpec::default());
+    scope.metadata.namespace = Some(ctx.namespace.clone());
+    scopes.create(&PostParams::default(), &scope).await.unwrap();
+    // healthscope's status write: server-side apply, always with health.
+    let ours = || async {
+        scopes
+            .patch_status(
+                "protected",
+                &PatchParams::apply("healthscope").force(),
+                &Patch::Apply(serde_json::json!({
+                    "apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope",
+                    "status": { "health": "healthy", "healthyOfTotal": "0/0" },
+                })),
+            )
+            .await
+    };
+    // The OAM runtime's: the whole object back through a type without healthscope's fields.
+    let runtimes = || async {
+        let mut stored = scopes.get("protected").await?;
+        stored.status = Some(HealthScopeStatus {
+            scope_health_condition: Some(ScopeHealthCondition {
+                health_status: HealthStatus::Healthy,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        scopes
+            .replace_status("protected", &PostParams::default(), &stored)
+            .await
+    };
+
+    // The policy takes effect a moment after it is created.
+    let refused = support::eventually(Duration::from_secs(30), "the policy to deny", || async {
+        ours().await.unwrap();
+        match runtimes().await {
+            Err(kube::Error::Api(status)) => Some(status),
+            Ok(_) => None,
+            Err(other) => panic!("the runtime's status write: {other}"),
+        }
+    })
+    .await;
+    assert_eq!(refused.code, 403, "{refused:?}");
+    assert!(
+        refused.message.contains("this write drops status.health"),
+        "{}",
+        refused.message
+    );
+    let stored = scopes.get("protected").await.unwrap().status.unwrap();
+    assert_eq!(stored.health, Some(Health::Healthy));
+    assert_eq!(stored.healthy_of_total.as_deref(), Some("0/0"));
+    // healthscope's own writes still go through.
+    ours().await.unwrap();
+
+    run(kubectl().args(["delete", "-f"]).arg(&file));
+}
+
 /// The rules of the rendered ClusterRole and leader-election Role.
 fn rbac_rules(objects: &[serde_json::Value]) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
     let rules = |kind: &str| -> Vec<serde_json::Value> {
@@ -491,11 +715,8 @@ fn install_rbac_is_least_privilege() {
             "get list watch",
         ),
         ("core.oam.dev", "components", "get list watch"),
-        (
-            "core.oam.dev",
-            "containerizedworkloads",
-            "get list watch patch",
-        ),
+        // Never labelled: the OAM runtime copies a ContainerizedWorkload's labels into its pods.
+        ("core.oam.dev", "containerizedworkloads", "get list watch"),
         ("apps", "deployments", "list watch patch"),
         ("apps", "statefulsets", "list watch patch"),
         ("apps", "daemonsets", "list watch patch"),
@@ -503,6 +724,12 @@ fn install_rbac_is_least_privilege() {
         ("", "services", "list watch patch"),
         ("discovery.k8s.io", "endpointslices", "list watch"),
         ("events.k8s.io", "events", "create patch"),
+        // The HealthScope CRD only (checked below): read, and applied with crds.manage.
+        (
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            "get patch",
+        ),
     ];
     for (group, resource, verbs) in expected {
         for verb in verbs.split(' ') {
@@ -525,6 +752,24 @@ fn install_rbac_is_least_privilege() {
                     );
                 }
             }
+        }
+    }
+    // Names limit the CRD grants to the HealthScope CRD; nothing else is limited by name.
+    for rule in &cluster {
+        let crds = rule["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "customresourcedefinitions");
+        if crds {
+            assert_eq!(
+                rule["resourceNames"],
+                serde_json::json!([healthscope::crd::HEALTHSCOPE_CRD]),
+                "{rule}"
+            );
+            assert_eq!(rule["resources"].as_array().unwrap().len(), 1, "{rule}");
+        } else {
+            assert!(rule.get("resourceNames").is_none(), "{rule}");
         }
     }
     // The Lease: create anywhere in the namespace (cannot be limited by name), the rest by name.
@@ -576,6 +821,27 @@ fn install_webhook_configurations_follow_the_admission_guidance() {
             ));
         }
     }
+    // The OAM runtime copies a ContainerizedWorkload's labels into its pod template: a scope
+    // label there would restart the app's pods, so the webhook never sees one.
+    let workload_rules =
+        &find(&rendered, "MutatingWebhookConfiguration")[0]["webhooks"][0]["rules"];
+    let resources: Vec<&str> = workload_rules
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| rule["resources"].as_array().unwrap())
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        resources,
+        [
+            "deployments",
+            "statefulsets",
+            "daemonsets",
+            "replicasets",
+            "services"
+        ]
+    );
     let row = |name: &str, path: &str, policy: &str, effects: &str| {
         (
             name.to_string(),
@@ -676,14 +942,10 @@ fn install_deployment_is_hardened_and_probed_on_the_admin_port() {
 #[tokio::test]
 async fn install_rendered_chart_is_accepted_by_the_api_server() {
     // A fresh namespace as the release namespace; the API server validates and admits every
-    // object in a dry run, which leaves the shared control plane untouched (no webhooks
-    // registered for other tests).
+    // object in a dry run, which leaves the shared control plane untouched (no webhooks or
+    // admission policy registered for other tests, the served CRD unchanged).
     let ctx = TestContext::new("install-chart").await;
-    let rendered = helm_template(
-        "healthscope",
-        &ctx.namespace,
-        &["--set", "installCRDs=true"],
-    );
+    let rendered = helm_template("healthscope", &ctx.namespace, &["--include-crds"]);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("rendered.yaml");
     std::fs::write(&file, &rendered).unwrap();
@@ -698,7 +960,6 @@ async fn install_rendered_chart_is_accepted_by_the_api_server() {
         .arg(&file));
     for object in [
         "customresourcedefinition.apiextensions.k8s.io/healthscopes.core.oam.dev",
-        "customresourcedefinition.apiextensions.k8s.io/applicationconfigurations.core.oam.dev",
         "serviceaccount/healthscope",
         "clusterrole.rbac.authorization.k8s.io/healthscope",
         "role.rbac.authorization.k8s.io/healthscope-leader-election",
@@ -707,12 +968,18 @@ async fn install_rendered_chart_is_accepted_by_the_api_server() {
         "poddisruptionbudget.policy/healthscope",
         "mutatingwebhookconfiguration.admissionregistration.k8s.io/healthscope",
         "validatingwebhookconfiguration.admissionregistration.k8s.io/healthscope",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/healthscope-status",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/healthscope-status",
     ] {
         assert!(
             applied.contains(&format!("{object} serverside-applied (server dry run)")),
             "{object} not applied:\n{applied}"
         );
     }
+    assert!(
+        !applied.contains("applicationconfigurations"),
+        "the OAM CRDs are the runtime's:\n{applied}"
+    );
 }
 
 /// `kubectl get healthscope` as rows of columns (header first).
@@ -1013,7 +1280,43 @@ async fn install_rbac_grants_what_healthscope_does_and_nothing_else() {
         Some("healthscope-controller")
     );
 
-    // And nothing more: no Secrets, no deletes, no other Leases, no other namespaces' Leases.
+    // The HealthScope CRD: read, and applied as `healthscope run --manage-crd` does (a dry run:
+    // the shared control plane keeps its CRD as it is).
+    let crds = Api::<CustomResourceDefinition>::all(sa.clone());
+    let by_name = kube::api::ListParams::default().fields(&format!(
+        "metadata.name={}",
+        healthscope::crd::HEALTHSCOPE_CRD
+    ));
+    crds.list(&by_name).await.unwrap();
+    let mut apply = PatchParams::apply(healthscope::crd::CRD_FIELD_MANAGER).force();
+    apply.dry_run = true;
+    crds.patch(
+        healthscope::crd::HEALTHSCOPE_CRD,
+        &apply,
+        &Patch::Apply(healthscope::api::healthscope_crd()),
+    )
+    .await
+    .unwrap();
+
+    // And nothing more: no Secrets, no deletes, no other Leases, no other namespaces' Leases,
+    // no other CRD, no labels on ContainerizedWorkloads.
+    assert!(forbidden(
+        crds.get("applicationconfigurations.core.oam.dev").await
+    ));
+    assert!(forbidden(crds.list(&lp).await));
+    assert!(forbidden(
+        crds.patch(
+            "applicationconfigurations.core.oam.dev",
+            &apply,
+            &Patch::Apply(healthscope::api::ApplicationConfiguration::crd()),
+        )
+        .await
+    ));
+    assert!(forbidden(
+        Api::<healthscope::api::ContainerizedWorkload>::namespaced(sa.clone(), ns)
+            .patch("api", &PatchParams::default(), &Patch::Merge(&label))
+            .await
+    ));
     assert!(forbidden(
         Api::<Secret>::namespaced(sa.clone(), ns).list(&lp).await
     ));

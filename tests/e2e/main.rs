@@ -8,6 +8,7 @@ mod controller;
 mod faults;
 mod health;
 mod install;
+mod oam_runtime;
 mod rbac;
 mod testenv;
 mod webhook;

@@ -45,8 +45,23 @@ fn rbac_chart_rules_parse_and_remove_one_grant_at_a_time() {
         renamed
             .grants()
             .iter()
-            .filter(|g| !g.resource_names.is_empty())
+            .filter(|g| g.role == RoleKind::Lease && !g.resource_names.is_empty())
             .all(|g| g.resource_names == ["other-lease"])
+    );
+    // Only the Lease is renamed: the CRD grants keep their name.
+    let crd_grants = |rbac: &ChartRbac| -> Vec<Grant> {
+        rbac.grants()
+            .into_iter()
+            .filter(|g| g.resource == "customresourcedefinitions")
+            .collect()
+    };
+    assert_eq!(crd_grants(&renamed), crd_grants(&rbac));
+    assert!(
+        crd_grants(&rbac)
+            .iter()
+            .all(|g| g.resource_names == [healthscope::crd::HEALTHSCOPE_CRD]),
+        "{:?}",
+        crd_grants(&rbac)
     );
 }
 
@@ -117,6 +132,22 @@ fn rbac_requests_map_to_verbs_and_resources() {
             "list",
             "",
             "secrets",
+        ),
+        (
+            "GET",
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            "fieldSelector=metadata.name%3Dhealthscopes.core.oam.dev&watch=true",
+            "watch",
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+        ),
+        (
+            "PATCH",
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/healthscopes.core.oam.dev",
+            "fieldManager=healthscope&force=true",
+            "patch",
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
         ),
     ];
     for (method, path, query, verb, group, resource) in cases {
@@ -250,6 +281,8 @@ impl Running {
 /// The steps of the end-to-end flow, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Step {
+    CrdApplied,
+    CrdChecked,
     LeaseAcquired,
     LeaseRenewed,
     WorkloadsRendered,
@@ -264,6 +297,8 @@ enum Step {
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Step::CrdApplied => "healthscope applies its HealthScope CRD (--manage-crd)",
+            Step::CrdChecked => "healthscope watches the served HealthScope CRD",
             Step::LeaseAcquired => "the Lease is acquired",
             Step::LeaseRenewed => "the Lease is renewed",
             Step::WorkloadsRendered => "the workloads are created (through the webhook)",
@@ -274,7 +309,8 @@ impl fmt::Display for Step {
                 "the webhook labels a ContainerizedWorkload's children at admission"
             }
             Step::BackstopLabelledWorkloads => {
-                "the backstop labels the workloads rendered before the AppConfig"
+                "the backstop labels the workloads rendered before the AppConfig (not the \
+                 ContainerizedWorkload)"
             }
             Step::ScopeHealthy => "the scope's status turns healthy with every workload",
             Step::EventRecorded => "a HealthChanged Event is recorded on a transition",
@@ -426,6 +462,37 @@ async fn flow(admin: &Client, ns: &str, hs: &Running) -> FlowResult {
     let has_label = |labels: Option<&std::collections::BTreeMap<String, String>>| {
         labels.is_some_and(|l| l.get(&label).map(String::as_str) == Some("true"))
     };
+
+    // What `healthscope run --manage-crd` does first: watch the served HealthScope CRD by its
+    // name (list, watch), which gates its writes, and install its own when the served one is
+    // not this version's (patch). The CRD is the one the tests installed, so the apply changes
+    // nothing but its field managers.
+    let sa = &hs.sa.client;
+    within(Step::CrdApplied, || async {
+        healthscope::crd::apply(sa).await.map_err(|e| e.to_string())
+    })
+    .await?;
+    done(Step::CrdApplied, &mut clock);
+    within(Step::CrdChecked, || async {
+        let (gate, mut open) = tokio::sync::watch::channel(false);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let keeper = tokio::spawn(healthscope::crd::keep(
+            sa.clone(),
+            false,
+            gate,
+            None,
+            stop.clone(),
+        ));
+        let opened = tokio::time::timeout(Duration::from_secs(2), open.wait_for(|ok| *ok)).await;
+        stop.cancel();
+        let _ = keeper.await;
+        match opened {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err("the CRD watch never opened the write gate".to_string()),
+        }
+    })
+    .await?;
+    done(Step::CrdChecked, &mut clock);
 
     // Leader election: acquired (create), then renewed (get, update).
     let leases: Api<Lease> = Api::namespaced(admin.clone(), ns);
@@ -609,7 +676,8 @@ async fn flow(admin: &Client, ns: &str, hs: &Running) -> FlowResult {
         .map_err(fail(step))?;
     done(step, &mut clock);
 
-    // Workloads rendered before the AppConfig get their labels from the backstop.
+    // Workloads rendered before the AppConfig get their labels from the backstop; the
+    // ContainerizedWorkload never does (the OAM runtime copies its labels into its pods).
     within(Step::BackstopLabelledWorkloads, || async {
         let mut missing = Vec::new();
         macro_rules! check {
@@ -628,11 +696,15 @@ async fn flow(admin: &Client, ns: &str, hs: &Running) -> FlowResult {
         check!(DaemonSet, "agent");
         check!(ReplicaSet, "cache");
         check!(Service, "front");
-        check!(ContainerizedWorkload, "api");
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("unlabelled: {}", missing.join(", ")))
+        if !missing.is_empty() {
+            return Err(format!("unlabelled: {}", missing.join(", ")));
+        }
+        let cw = cws.get("api").await.map_err(|e| e.to_string())?;
+        match cw.metadata.labels.as_ref() {
+            labels if has_label(labels) => {
+                Err(format!("the ContainerizedWorkload is labelled: {labels:?}"))
+            }
+            _ => Ok(()),
         }
     })
     .await?;

@@ -290,7 +290,8 @@ async fn webhook_labels_workloads_and_containerized_workload_children() {
         .create(&pp, &cw)
         .await
         .unwrap();
-    assert_eq!(scope_labels(cw.metadata.labels.clone()), both);
+    // Never labelled itself: the runtime copies its labels into its pods.
+    assert_eq!(scope_labels(cw.metadata.labels.clone()), BTreeMap::new());
     let cw_uid = cw.metadata.uid.clone().unwrap();
 
     // Its Deployment and Service, created right away (the cache may not have the parent yet).
@@ -381,7 +382,7 @@ async fn webhook_rejects_invalid_healthscopes_and_malformed_scope_refs() {
         (json!({"probe-method": "TRACE"}), "probe-method \"TRACE\""),
         (
             json!({"probe-timeout": 30, "probe-interval": 10}),
-            "must be less than probe-interval",
+            "must not exceed probe-interval",
         ),
         (json!({"probe-interval": 0}), "probe-interval 0"),
     ];

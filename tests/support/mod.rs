@@ -44,11 +44,7 @@ pub fn env() -> &'static TestEnv {
                 _child: None,
             };
         }
-        let bin = std::env::var_os("KUBE_TESTENV_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/testenv/kube-testenv")
-            });
+        let bin = testenv_bin();
         if !bin.exists() {
             panic!(
                 "no test control plane: {} does not exist. Build it with `make testenv`, or point \
@@ -59,7 +55,8 @@ pub fn env() -> &'static TestEnv {
         let mut last_err = String::new();
         // A free port can be taken between picking and binding it; try again on an early exit.
         for attempt in 0..3 {
-            match spawn(&bin, attempt) {
+            let started = run_dir("kube-testenv", attempt).and_then(|dir| spawn(&bin, &dir, &[]));
+            match started {
                 Ok(env) => return env,
                 Err(err) => last_err = err,
             }
@@ -68,13 +65,22 @@ pub fn env() -> &'static TestEnv {
     })
 }
 
+/// The kube-testenv binary: `KUBE_TESTENV_BIN`, else `target/testenv/kube-testenv`.
+pub fn testenv_bin() -> PathBuf {
+    std::env::var_os("KUBE_TESTENV_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/testenv/kube-testenv")
+        })
+}
+
 /// Where each test process keeps its control plane's state and `apiserver.log`:
-/// `target/tmp/kube-testenv/<pid>-<attempt>`. The shared control plane lives in a static, which
+/// `target/tmp/<kind>/<pid>-<attempt>`. The shared control plane lives in a static, which
 /// is never dropped, so a temporary directory would never be removed; instead every start
 /// removes the directories of test processes that have exited, and the last run's log stays
 /// readable after a failure until the next run.
-fn run_dir(attempt: u32) -> Result<PathBuf, String> {
-    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kube-testenv");
+pub fn run_dir(kind: &str, attempt: u32) -> Result<PathBuf, String> {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(kind);
     if let Ok(entries) = std::fs::read_dir(&root) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -90,12 +96,14 @@ fn run_dir(attempt: u32) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-fn spawn(bin: &PathBuf, attempt: u32) -> Result<TestEnv, String> {
-    let dir = run_dir(attempt)?;
+/// Starts kube-testenv with its state in `dir` (and `extra` arguments, e.g. `--user NAME`) and
+/// waits for its ready line. It stops when this process exits (its stdin closes).
+pub fn spawn(bin: &PathBuf, dir: &std::path::Path, extra: &[&str]) -> Result<TestEnv, String> {
     let log = std::fs::File::create(dir.join("apiserver.log")).map_err(|e| e.to_string())?;
     let mut child = Command::new(bin)
         .arg("--dir")
-        .arg(&dir)
+        .arg(dir)
+        .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log) // a file, never an unread pipe that would block the server when full
@@ -133,7 +141,7 @@ fn spawn(bin: &PathBuf, attempt: u32) -> Result<TestEnv, String> {
     }
 }
 
-fn tail(path: &PathBuf) -> String {
+fn tail(path: &std::path::Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
@@ -142,10 +150,16 @@ fn tail(path: &PathBuf) -> String {
 /// A kube config for the admin user of the test control plane. Build a client per test: each
 /// `#[tokio::test]` has its own runtime, and a client must not outlive the runtime it was made on.
 pub async fn config() -> Config {
-    let kubeconfig = Kubeconfig::read_from(&env().kubeconfig).expect("reading the test kubeconfig");
+    config_from(&env().kubeconfig).await
+}
+
+/// A kube config from a kubeconfig file (another control plane, or another user).
+pub async fn config_from(path: &std::path::Path) -> Config {
+    let kubeconfig = Kubeconfig::read_from(path)
+        .unwrap_or_else(|e| panic!("reading the kubeconfig {}: {e}", path.display()));
     Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .expect("loading the test kubeconfig")
+        .unwrap_or_else(|e| panic!("loading the kubeconfig {}: {e}", path.display()))
 }
 
 pub async fn client() -> Client {
@@ -162,7 +176,11 @@ impl TestContext {
     /// Creates a fresh namespace named after the test. Namespaces are never reused: a bare
     /// control plane has no namespace controller, so deleted ones stay Terminating forever.
     pub async fn new(test: &str) -> Self {
-        let client = client().await;
+        Self::on(client().await, test).await
+    }
+
+    /// A fresh namespace on the control plane `client` talks to.
+    pub async fn on(client: Client, test: &str) -> Self {
         let namespace = unique_name(test);
         let ns = Namespace {
             metadata: ObjectMeta {
@@ -246,7 +264,35 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+/// The value of a counter of the API server's own metrics, summed over series with `labels`.
+pub async fn apiserver_counter(
+    client: &kube::Client,
+    metric: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
+    let request = axum::http::Request::get("/metrics")
+        .body(Vec::new())
+        .unwrap();
+    let text = client
+        .request_text(request)
+        .await
+        .expect("reading /metrics");
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{metric}{{")))
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|line| {
+            line.rsplit_once(' ')
+                .and_then(|(_, v)| v.parse::<f64>().ok())
+        })
+        .sum()
+}
+
 pub mod netns;
+pub mod oam;
 pub mod rbac;
 pub mod tls;
 pub mod webhook;

@@ -48,6 +48,12 @@ impl WebhookUnderTest {
     /// `ctx.namespace` only, and waits until the API server calls them.
     pub async fn start(ctx: &TestContext) -> Self {
         super::install_crds(&ctx.client, &healthscope::api::crds()).await;
+        Self::serve(ctx).await
+    }
+
+    /// Starts the cache and the server and registers the webhooks for `ctx.namespace` only, on
+    /// CRDs that are already installed (the OAM runtime's, with healthscope's HealthScope).
+    pub async fn serve(ctx: &TestContext) -> Self {
         let cache = OamCache::spawn(ctx.client.clone());
         cache
             .wait_synced(Duration::from_secs(30))
@@ -103,12 +109,6 @@ impl WebhookUnderTest {
                             &write_ops,
                         ),
                         rule("", "v1", &["services"], &write_ops),
-                        rule(
-                            "core.oam.dev",
-                            "v1alpha2",
-                            &["containerizedworkloads"],
-                            &write_ops,
-                        ),
                     ]),
                     namespace_selector: Some(only_this_namespace.clone()),
                     failure_policy: Some("Fail".into()),
