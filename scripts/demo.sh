@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# `make demo`: healthscope end to end on this machine, no cluster needed.
+# `make demo`: healthscope end to end beside the real OAM runtime, no cluster needed.
 #
-# Starts a real control plane (kube-apiserver + etcd from tests/apiserver), installs the CRDs and
-# the webhook configurations, runs healthscope, applies the seed's example (examples/), plays the
-# OAM runtime (the generated ContainerizedWorkload, its Deployment and Service, and a small real
-# HTTP app answering /health in a network namespace of its own), and shows the scope turning
-# healthy, then unhealthy when the app fails, then healthy again. Everything it started is
-# stopped and removed when it exits, however it exits.
+# Starts a real control plane (kube-apiserver + etcd from tests/apiserver), installs the OAM
+# runtime's chart (its CRDs and definitions) and runs the runtime itself (oam-kubernetes-runtime
+# v0.3.3 from tests/oam-runtime), installs healthscope's status protection and webhooks from its
+# chart and runs healthscope (which puts its HealthScope CRD over the runtime's), applies the
+# seed's example (examples/), lets the runtime render the ContainerizedWorkload, its Deployment and
+# Service, plays what a bare control plane lacks (the Deployment controller's status, the
+# EndpointSlice controller, a small real HTTP app answering /health in a network namespace of its
+# own), and shows the scope turning healthy, then unhealthy when the app fails, then healthy
+# again. Everything it started is stopped and removed when it exits, however it exits.
 #
-# Needs root (the app's network namespace), iproute2 and python3, plus `make build testenv tools`.
+# Needs root (the app's network namespace), iproute2 and python3, plus
+# `make build testenv oam-runtime tools`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -16,6 +20,7 @@ bin=$root/target/debug/healthscope
 kubectl=$root/target/tools/bin/kubectl
 helm=$root/target/tools/bin/helm
 testenv_bin=$root/target/testenv/kube-testenv
+oam_dir=$root/target/oam-runtime
 TIMEOUT=${DEMO_TIMEOUT:-60}   # seconds to wait for each state
 
 if [[ -t 1 ]]; then
@@ -25,8 +30,8 @@ else
 fi
 die() { echo "demo: $*" >&2; exit 1; }
 
-for need in "$bin" "$kubectl" "$helm" "$testenv_bin"; do
-  [[ -x $need ]] || die "$need is missing: run \`make build testenv tools\` (or \`make demo\`)"
+for need in "$bin" "$kubectl" "$helm" "$testenv_bin" "$oam_dir/oam-kubernetes-runtime"; do
+  [[ -x $need ]] || die "$need is missing: run \`make build testenv oam-runtime tools\` (or \`make demo\`)"
 done
 [[ $EUID -eq 0 ]] || die "needs root, for the network namespace the demo app runs in"
 command -v ip >/dev/null || die "needs iproute2 (ip)"
@@ -40,9 +45,12 @@ cleanup() {
   local status=$?
   set +e
   trap - EXIT INT TERM
-  if ((status != 0)) && [[ -f $work/healthscope.log ]]; then
-    echo "--- last lines of the healthscope log:" >&2
-    tail -n 30 "$work/healthscope.log" >&2
+  if ((status != 0)); then
+    for log in healthscope oam-runtime; do
+      [[ -f $work/$log.log ]] || continue
+      echo "--- last lines of the $log log:" >&2
+      tail -n 30 "$work/$log.log" >&2
+    done
   fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
@@ -83,24 +91,29 @@ bold "Starting a control plane (kube-apiserver + etcd)"
 scripts/testenv-up.sh "$testenv_bin" "$work/testenv" | sed -n 1p
 export KUBECONFIG=$work/testenv/kubeconfig
 
-bold "Installing the CRDs (HealthScope and the OAM types)"
-k apply --server-side -f manifests/crds/
+bold "Installing the OAM runtime's chart (its CRDs and definitions) and running the runtime"
+"$helm" install oam "$oam_dir/chart" -n oam-system --create-namespace >/dev/null
 k wait --for=condition=Established --timeout=30s crd --all >/dev/null
+k get crd -o custom-columns=CRD:.metadata.name --no-headers | grep core.oam.dev
+# Its Deployment never runs on a bare control plane: run the same runtime here instead.
+"$oam_dir/oam-kubernetes-runtime" --metrics-addr=0 >"$work/oam-runtime.log" 2>&1 &
+pids+=($!)
 
 bold "Certificates for the webhook, and the webhook configurations"
 webhook_port=$(free_port)
 admin_port=$(free_port)
 "$bin" certs --service healthscope --namespace healthscope-system --ip 127.0.0.1 \
   --out-dir "$work/certs" >/dev/null
-# The chart's own webhook configurations, pointed at this process instead of a Service.
+# The chart's own webhook configurations, pointed at this process instead of a Service, and its
+# status protection: the runtime's own HealthScope controller may not erase healthscope's status.
 "$helm" template healthscope charts/healthscope --namespace healthscope-system \
-  --show-only templates/webhooks.yaml \
+  --show-only templates/webhooks.yaml --show-only templates/status-protection.yaml \
   --set webhook.urlBase="https://127.0.0.1:$webhook_port" \
   --set-file certificate.caBundle="$work/certs/ca.crt" \
   | k apply --server-side -f -
 
-bold "Running healthscope"
-"$bin" run --tls-cert "$work/certs/tls.crt" --tls-key "$work/certs/tls.key" \
+bold "Running healthscope (it puts its HealthScope CRD over the runtime's: --manage-crd)"
+"$bin" run --manage-crd --tls-cert "$work/certs/tls.crt" --tls-key "$work/certs/tls.key" \
   --webhook-addr "127.0.0.1:$webhook_port" --admin-addr "127.0.0.1:$admin_port" \
   --lease-namespace default --log-format text >"$work/healthscope.log" 2>&1 &
 pids+=($!)
@@ -111,7 +124,17 @@ bold "Applying the example: a HealthScope, a Component, an ApplicationConfigurat
 k apply -f examples/healthscope.yaml -f examples/component.yaml -f examples/appconfig.yaml
 k get healthscope
 
-bold "Playing the OAM runtime: the app, its ContainerizedWorkload, Deployment and Service"
+bold "The runtime renders the ContainerizedWorkload, its Deployment and Service; healthscope wires them"
+refs() { k get healthscope example-health-scope -o jsonpath='{.spec.workloadRefs[*].name}'; }
+wait_for "the runtime to render the Service" k get service helloworld-python-v1
+for _ in $(seq 1 $((TIMEOUT * 2))); do [[ -n $(refs) ]] && break; sleep 0.5; done
+[[ -n $(refs) ]] || die "the scope got no workloadRefs"
+echo "\$ kubectl get healthscope example-health-scope -o jsonpath='{.spec.workloadRefs}'"
+k get healthscope example-health-scope -o jsonpath='{.spec.workloadRefs}'; echo
+echo "\$ kubectl get containerizedworkload,deployment,service --show-labels"
+k get containerizedworkload,deployment,service --show-labels
+
+bold "Playing the rest of a cluster: the app, the Deployment's status, the Service's endpoints"
 # The app: a real HTTP server in a network namespace of its own (an EndpointSlice may not point
 # at loopback). /health answers 200, or 500 while $work/fail exists.
 tag=$(( $$ % 64 ))
@@ -145,56 +168,9 @@ pids+=($!)
 wait_for "the demo app to listen on $app_ip:9999" curl -fsS "http://$app_ip:9999/health"
 echo "app serving on http://$app_ip:9999 (network namespace $netns)"
 
-app_uid=$(k get applicationconfiguration first-app -o jsonpath='{.metadata.uid}')
+# What the EndpointSlice controller would make (the runtime names the Service's port after it).
+port_name=$(k get service helloworld-python-v1 -o jsonpath='{.spec.ports[0].name}')
 k apply -f - <<EOF
-apiVersion: core.oam.dev/v1alpha2
-kind: ContainerizedWorkload
-metadata:
-  name: helloworld-python-v1
-  labels:
-    app.oam.dev/name: first-app
-    app.oam.dev/component: helloworld-python-v1
-    app.oam.dev/resourceType: WORKLOAD
-  ownerReferences:
-    - {apiVersion: core.oam.dev/v1alpha2, kind: ApplicationConfiguration, name: first-app, uid: $app_uid, controller: true}
-spec:
-  containers:
-    - name: helloworld
-      image: oamdev/helloworld-python:v1
-      env: [{name: TARGET, value: Rudr}, {name: PORT, value: "9999"}]
-      ports: [{name: http, containerPort: 9999, protocol: TCP}]
-EOF
-cw_uid=$(k get containerizedworkload helloworld-python-v1 -o jsonpath='{.metadata.uid}')
-k apply -f - <<EOF
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: helloworld-python-v1
-  labels: {app.oam.dev/name: first-app, app.oam.dev/component: helloworld-python-v1}
-  ownerReferences:
-    - {apiVersion: core.oam.dev/v1alpha2, kind: ContainerizedWorkload, name: helloworld-python-v1, uid: $cw_uid, controller: true}
-spec:
-  replicas: 1
-  selector: {matchLabels: {containerizedworkload.oam.crossplane.io: helloworld-python-v1}}
-  template:
-    metadata: {labels: {containerizedworkload.oam.crossplane.io: helloworld-python-v1}}
-    spec:
-      containers:
-        - name: helloworld
-          image: oamdev/helloworld-python:v1
-          ports: [{containerPort: 9999}]
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: helloworld-python-v1
-  labels: {app.oam.dev/name: first-app, app.oam.dev/component: helloworld-python-v1}
-  ownerReferences:
-    - {apiVersion: core.oam.dev/v1alpha2, kind: ContainerizedWorkload, name: helloworld-python-v1, uid: $cw_uid, controller: true}
-spec:
-  selector: {containerizedworkload.oam.crossplane.io: helloworld-python-v1}
-  ports: [{name: http, port: 9999, targetPort: 9999, protocol: TCP}]
----
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
@@ -204,20 +180,15 @@ addressType: IPv4
 endpoints:
   - addresses: ["$app_ip"]
     conditions: {ready: true}
-ports: [{name: http, port: 9999, protocol: TCP}]
+ports: [{name: "$port_name", port: 9999, protocol: TCP}]
 EOF
-# What the Deployment controller and the ContainerizedWorkload controller would report.
+# What the Deployment controller would report.
 generation=$(k get deployment helloworld-python-v1 -o jsonpath='{.metadata.generation}')
+replicas=$(k get deployment helloworld-python-v1 -o jsonpath='{.spec.replicas}')
+replicas=${replicas:-1}
 k patch deployment helloworld-python-v1 --subresource=status --type=merge -p "{\"status\": {
-  \"observedGeneration\": $generation, \"replicas\": 1, \"updatedReplicas\": 1, \"readyReplicas\": 1,
-  \"availableReplicas\": 1, \"conditions\": [{\"type\": \"Available\", \"status\": \"True\",
-  \"reason\": \"MinimumReplicasAvailable\", \"lastUpdateTime\": \"2020-06-13T00:00:00Z\",
-  \"lastTransitionTime\": \"2020-06-13T00:00:00Z\"}]}}" >/dev/null
-k patch containerizedworkload helloworld-python-v1 --subresource=status --type=merge -p '{"status": {
-  "resources": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "helloworld-python-v1"},
-                {"apiVersion": "v1", "kind": "Service", "name": "helloworld-python-v1"}]}}' >/dev/null
-echo "\$ kubectl get service helloworld-python-v1 --show-labels"
-k get service helloworld-python-v1 --show-labels
+  \"observedGeneration\": $generation, \"replicas\": $replicas, \"updatedReplicas\": $replicas,
+  \"readyReplicas\": $replicas, \"availableReplicas\": $replicas}}" >/dev/null
 
 bold "The scope turns healthy"
 wait_for "example-health-scope to turn healthy" scope_health healthy
