@@ -147,6 +147,11 @@ pub fn plan(snapshot: &NamespaceSnapshot) -> Vec<Action> {
     // their workloads resolve yet: those are never given up here.
     let mut kept: HashMap<String, BTreeSet<String>> = HashMap::new();
     for (name, app) in &snapshot.apps {
+        // Being deleted (the OAM runtime's finalizer is removing its refs): it wants nothing,
+        // and its manager gives up what it owns below.
+        if app.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
         let manager = field_manager(name);
         let desired = desired_memberships(app, snapshot);
         let referenced = membership::referenced_scopes(app);
@@ -178,8 +183,12 @@ pub fn plan(snapshot: &NamespaceSnapshot) -> Vec<Action> {
     // grace period: it may be one the webhook just wired and the cache has not seen yet).
     for (scope_name, scope) in &snapshot.scopes {
         for (manager, written) in ref_managers(scope.meta()) {
+            let terminating = snapshot.apps.iter().any(|(name, app)| {
+                app.metadata.deletion_timestamp.is_some() && field_manager(name) == manager
+            });
             let release = match kept.get(&manager) {
                 Some(scopes) => !scopes.contains(scope_name),
+                None if terminating => true,
                 // A write stamped in the future (clock skew) is as recent as can be.
                 None => written.is_none_or(|at| {
                     snapshot.now.duration_since(at).as_secs() >= ORPHAN_GRACE.as_secs() as i64
@@ -638,6 +647,35 @@ mod tests {
         );
         assert!(remove.is_empty());
         assert_eq!(actions.len(), 2);
+    }
+
+    #[test]
+    fn a_terminating_appconfig_wants_nothing_and_gives_up_its_refs() {
+        let mut s = snapshot();
+        let mut app = (*appconfig("shop", "web-1", &["health"])).clone();
+        app.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
+        );
+        s.apps.insert("shop".into(), Arc::new(app));
+        // Its refs are still there (its finalizer is pending), owned by its manager.
+        let manager = field_manager("shop");
+        s.scopes.insert(
+            "health".into(),
+            scope("health", &["web-1"], vec![owned_by(&manager, &["web-1"])]),
+        );
+        assert_eq!(
+            plan(&s),
+            vec![Action::ApplyRefs {
+                namespace: "ns".into(),
+                scope: "health".into(),
+                manager,
+                refs: vec![],
+            }]
+        );
+        // Once given up (the runtime removed the entry too), nothing is re-added.
+        s.scopes
+            .insert("health".into(), scope("health", &[], vec![]));
+        assert_eq!(plan(&s), vec![]);
     }
 
     #[test]
