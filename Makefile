@@ -144,12 +144,13 @@ FUZZ_SECONDS   ?= 60
 CARGO_FUZZ     := $(TOOLS_DIR)/cargo-fuzz/bin/cargo-fuzz
 
 .PHONY: bench
-bench: testenv ## Run every benchmark (release builds); figures for docs/benchmarks.md in target/bench
+bench: testenv oam-runtime tools ## Run every benchmark (release builds); figures for docs/benchmarks.md in target/bench
 	@command -v wrk >/dev/null || { echo "wrk missing: apt-get install wrk" >&2; exit 1; }
 	$(CARGO) build --release --features bench --bins
 	SKIP_BUILD=1 DURATION=$(BENCH_DURATION) bench/webhook.sh
 	SKIP_BUILD=1 bench/apiserver.sh
 	SKIP_BUILD=1 bench/scale.sh
+	bench/coexist.py --release
 
 .PHONY: bench-webhook
 bench-webhook: ## Webhook vs the floor only (wrk, HTTPS keep-alive, 1-200 connections)

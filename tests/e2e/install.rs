@@ -503,17 +503,21 @@ fn install_chart_crd_and_status_protection_values() {
         "the chart's CRD is the generated one"
     );
 
-    // crds.manage (default): healthscope applies its CRD at start, so it may patch that CRD.
+    // crds.manage (default): healthscope installs its CRD when the served one is not its own,
+    // so it may patch that CRD.
     assert!(container_args(&plain).contains(&"--manage-crd".to_string()));
-    assert_eq!(crd_verbs(&plain), serde_json::json!(["get", "patch"]));
-    // Off: it still reads the CRD (every 30 s) but never writes it.
+    assert_eq!(
+        crd_verbs(&plain),
+        serde_json::json!(["list", "watch", "patch"])
+    );
+    // Off: it still watches the CRD but never writes it.
     let unmanaged = objects(&helm_template(
         "healthscope",
         "hs",
         &["--set", "crds.manage=false"],
     ));
     assert!(!container_args(&unmanaged).contains(&"--manage-crd".to_string()));
-    assert_eq!(crd_verbs(&unmanaged), serde_json::json!(["get"]));
+    assert_eq!(crd_verbs(&unmanaged), serde_json::json!(["list", "watch"]));
 
     // statusProtection (default): status writes without status.health are denied everywhere.
     let policy = find(&plain, "ValidatingAdmissionPolicy");
@@ -724,11 +728,11 @@ fn install_rbac_is_least_privilege() {
         ("", "services", "list watch patch"),
         ("discovery.k8s.io", "endpointslices", "list watch"),
         ("events.k8s.io", "events", "create patch"),
-        // The HealthScope CRD only (checked below): read, and applied with crds.manage.
+        // The HealthScope CRD only (checked below): watched, and applied with crds.manage.
         (
             "apiextensions.k8s.io",
             "customresourcedefinitions",
-            "get patch",
+            "list watch patch",
         ),
     ];
     for (group, resource, verbs) in expected {

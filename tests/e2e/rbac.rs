@@ -880,10 +880,21 @@ async fn rbac_without_any_one_rule_the_flow_breaks() {
         .buffer_unordered(PARALLEL_VARIANTS)
         .collect()
         .await;
+    // Grants that make healthscope timely rather than able: without `watch` on its CRD the
+    // watcher falls back to listing it again after each refused watch, which still opens the
+    // write gate, so no step of the flow can tell the difference.
+    let timeliness_only = ["watch apiextensions.k8s.io/customresourcedefinitions"];
     let mut unneeded = Vec::new();
     let mut unexplained = Vec::new();
     for (grant, outcome) in &outcomes {
         match &outcome.result {
+            Ok(_)
+                if timeliness_only
+                    .iter()
+                    .any(|g| grant.to_string().starts_with(g)) =>
+            {
+                eprintln!("without {grant}: the flow completes (timeliness only)")
+            }
             Ok(_) => unneeded.push(grant.to_string()),
             Err(failure) if denied(outcome, grant) => {
                 eprintln!("without {grant}: {failure} ({:.1?})", outcome.took)
