@@ -286,7 +286,6 @@ enum Step {
     LeaseAcquired,
     LeaseRenewed,
     WorkloadsRendered,
-    AppConfigAdmitted,
     RefsWired,
     ChildrenLabelledAtAdmission,
     BackstopLabelledWorkloads,
@@ -303,9 +302,6 @@ impl fmt::Display for Step {
             Step::LeaseAcquired => "the Lease is acquired",
             Step::LeaseRenewed => "the Lease is renewed",
             Step::WorkloadsRendered => "the workloads are created (through the webhook)",
-            Step::AppConfigAdmitted => {
-                "the webhook admits the AppConfig without a warning, reading what it lacks live"
-            }
             Step::RefsWired => {
                 "the controller wires the stored AppConfig's workloads into the scope"
             }
@@ -608,42 +604,22 @@ async fn flow(admin: &Client, ns: &str, hs: &Running) -> FlowResult {
 
     // The ApplicationConfiguration: admission writes nothing; the controller's wiring loop puts
     // the stored AppConfig's workloads into the scope moments later.
-    // The webhook admits it without a warning: what its (cold) cache lacks, the scope and the
-    // Components, it reads live, so it knows they exist.
-    let step = Step::AppConfigAdmitted;
+    let step = Step::RefsWired;
     let scope_entry = json!([{ "scopeRef": { "apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope", "name": SCOPE } }]);
     let entries: Vec<Value> = COMPONENTS
         .iter()
         .map(|(name, _, _)| json!({ "componentName": name, "scopes": scope_entry }))
         .collect();
-    let app = json!({ "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
-        "metadata": { "name": APP }, "spec": { "components": entries } });
-    let url = format!("/apis/core.oam.dev/v1alpha2/namespaces/{ns}/applicationconfigurations");
-    let request = kube::core::Request::new(url)
-        .create(&pp, app.to_string().into_bytes())
-        .map_err(|e| Failure {
-            step,
-            detail: e.to_string(),
-        })?;
-    let response = admin
-        .send(request.map(kube::client::Body::from))
+    Api::<healthscope::api::ApplicationConfiguration>::namespaced(admin.clone(), ns)
+        .create(
+            &pp,
+            &from(
+                json!({ "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
+            "metadata": { "name": APP }, "spec": { "components": entries } }),
+            ),
+        )
         .await
         .map_err(fail(step))?;
-    let warnings: Vec<String> = response
-        .headers()
-        .get_all("warning")
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .collect();
-    if !response.status().is_success() || !warnings.is_empty() {
-        return Err(Failure {
-            step,
-            detail: format!("{}: warnings {warnings:?}", response.status()),
-        });
-    }
-    done(step, &mut clock);
-
-    let step = Step::RefsWired;
     within(step, || async {
         let refs: Vec<(String, String)> = scopes
             .get(SCOPE)
