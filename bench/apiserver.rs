@@ -34,6 +34,7 @@ const NAMESPACE: &str = "bench-api";
 const SELECTOR_LABEL: &str = "healthscope-bench/webhooks";
 // The webhooks as the chart registers them.
 const WORKLOAD_WEBHOOK: &str = "workloads.mutate.healthscope.oam.dev";
+const APPCONFIG_WEBHOOK: &str = "applicationconfigurations.mutate.healthscope.oam.dev";
 const APPCONFIG_VALIDATE_WEBHOOK: &str = "applicationconfigurations.validate.healthscope.oam.dev";
 const SCOPES: usize = 100;
 const METRIC: &str = "apiserver_admission_webhook_admission_duration_seconds";
@@ -107,7 +108,11 @@ async fn main() -> Result<(), BoxError> {
             let p99 = common::percentile(&mut ms, 0.99).unwrap_or(f64::NAN);
             let (calls, server) = if with_webhooks {
                 let mut total = Histogram::default();
-                for name in [WORKLOAD_WEBHOOK, APPCONFIG_VALIDATE_WEBHOOK] {
+                for name in [
+                    WORKLOAD_WEBHOOK,
+                    APPCONFIG_WEBHOOK,
+                    APPCONFIG_VALIDATE_WEBHOOK,
+                ] {
                     let h = Histogram::from_samples(&after, METRIC, &[("name", name)])
                         .since(&Histogram::from_samples(&before, METRIC, &[("name", name)]));
                     total = merge(&total, &h);
@@ -236,9 +241,8 @@ fn client_config(addr: std::net::SocketAddr, path: &str, ca: &str) -> serde_json
     serde_json::to_value(config).unwrap_or_default()
 }
 
-/// Registers the webhooks (as the install manifests do, none with side effects: 3 s timeout,
-/// fail closed here so a failed call shows up as an error in the figures) and waits until they
-/// are in effect.
+/// Registers both webhooks (as the install manifests do: 3 s timeout, fail closed here so a
+/// failed call shows up as an error in the figures) and waits until they are in effect.
 async fn register(
     client: &Client,
     addr: std::net::SocketAddr,
@@ -251,6 +255,17 @@ async fn register(
         "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": "healthscope-bench"},
         "webhooks": [{
+            "name": APPCONFIG_WEBHOOK,
+            "clientConfig": client_config(addr, admission::APPLICATION_CONFIGURATION_PATH, ca),
+            "rules": [{"apiGroups": ["core.oam.dev"], "apiVersions": ["v1alpha2"],
+                       "operations": ["CREATE", "UPDATE", "DELETE"],
+                       "resources": ["applicationconfigurations"]}],
+            "namespaceSelector": selector,
+            "sideEffects": "NoneOnDryRun",
+            "failurePolicy": "Fail",
+            "timeoutSeconds": 3,
+            "admissionReviewVersions": ["v1"]
+        }, {
             "name": WORKLOAD_WEBHOOK,
             "clientConfig": client_config(addr, admission::WORKLOAD_PATH, ca),
             "rules": [{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],

@@ -1,13 +1,21 @@
-//! The async edge of admission: HTTP routes over the pure handlers, and live reads for snapshot
-//! misses. Admission writes nothing (`sideEffects: None`): the controller wires scopes from the
-//! objects the API server stored.
+//! The async edge of admission: HTTP routes over the pure handlers, live reads for snapshot
+//! misses, and the HealthScope server-side applies an ApplicationConfiguration asks for.
 //!
 //! Snapshot misses: a freshly created object can reach the webhook before the watch cache has
 //! it (a Component applied just before its AppConfig, a ContainerizedWorkload just before the
 //! Deployment it owns). A handler is run against the cache; every object it asked for and did
 //! not find is read live once (GET), and the handler runs again with those answers. At most
 //! [`MAX_LOOKUP_ROUNDS`] rounds; an object that really is absent costs one GET per request.
+//!
+//! Write failures: if a server-side apply to a HealthScope fails, the request is still allowed,
+//! with a warning naming the scope and the error: the wiring fails open, as the webhook's
+//! `failurePolicy: Ignore` does, and the controller's backstop records (or, on DELETE, removes)
+//! the refs from the stored ApplicationConfiguration moments later. A user's apply is never
+//! refused because healthscope could not write in time.
+//! A scope deleted between the check and the apply is re-created by the apply (server-side
+//! apply creates missing objects); the controller's backstop owns that rare case.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,17 +24,18 @@ use axum::response::Response;
 use axum::routing::post;
 use futures::future::join_all;
 use kube::Client;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 
-use super::appconfig;
+use super::appconfig::{self, ScopeWrites};
 use super::{
     APPLICATION_CONFIGURATION_PATH, APPLICATION_CONFIGURATION_VALIDATE_PATH, HEALTH_SCOPE_PATH,
     OamKind, ObjectKey, Overlay, Recording, Snapshot, WORKLOAD_PATH, healthscope, object_name,
-    workload,
+    with_warnings, workload,
 };
 use crate::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
+use crate::membership::workload_refs_apply;
 use crate::metrics::Metrics;
 use crate::webhook::{AdmissionReviewRequest, review_response};
 
@@ -35,13 +44,17 @@ use crate::webhook::{AdmissionReviewRequest, review_response};
 pub const MAX_LOOKUP_ROUNDS: usize = 3;
 /// Longest wait for one live read.
 pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(4);
+/// Longest wait for the scope applies of one request, queueing included; the API server gives
+/// a webhook 10 s at most.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(8);
 
-/// What the admission routes need: the cache, a client for live reads, and optionally the
-/// metrics to record requests in.
+/// What the admission routes need: the cache, a client for live reads, the scope writer, and
+/// optionally the metrics to record requests in.
 #[derive(Clone)]
 pub struct AdmissionState {
     pub snapshot: Arc<dyn Snapshot>,
     pub client: Client,
+    pub writer: ScopeWriter,
     pub metrics: Option<Metrics>,
 }
 
@@ -49,6 +62,7 @@ impl AdmissionState {
     pub fn new(snapshot: Arc<dyn Snapshot>, client: Client) -> Self {
         Self {
             snapshot,
+            writer: ScopeWriter::new(client.clone()),
             client,
             metrics: None,
         }
@@ -160,7 +174,7 @@ pub fn router(state: AdmissionState) -> axum::Router {
         .route(APPLICATION_CONFIGURATION_PATH, post(appconfig_route))
         .route(
             APPLICATION_CONFIGURATION_VALIDATE_PATH,
-            post(appconfig_route),
+            post(appconfig_validate_route),
         )
         .route(WORKLOAD_PATH, post(workload_route))
         .route(HEALTH_SCOPE_PATH, post(healthscope_route))
@@ -187,16 +201,38 @@ async fn workload_route(
     answer(&request, response, RejectReason::InvalidRequest)
 }
 
-/// Both ApplicationConfiguration paths answer the same decision, without a patch: the
-/// mutating path stays for webhook configurations of earlier versions.
 async fn appconfig_route(
     State(state): State<AdmissionState>,
     AdmissionReviewRequest(request): AdmissionReviewRequest,
 ) -> Response {
-    let response = with_live_reads(&state, |snapshot| appconfig::review(&request, snapshot)).await;
+    let review = with_live_reads(&state, |snapshot| appconfig::review(&request, snapshot)).await;
+    match review.writes {
+        Some(writes) if review.response.allowed => {
+            let failures = state.writer.apply(&writes).await;
+            let response = settle_writes(&request, review.response, &writes, failures);
+            answer(
+                &request,
+                response,
+                RejectReason::InvalidApplicationConfiguration,
+            )
+        }
+        _ => answer(
+            &request,
+            review.response,
+            RejectReason::InvalidApplicationConfiguration,
+        ),
+    }
+}
+
+async fn appconfig_validate_route(
+    State(state): State<AdmissionState>,
+    AdmissionReviewRequest(request): AdmissionReviewRequest,
+) -> Response {
+    // The same decision; the writes belong to the wiring route only.
+    let review = with_live_reads(&state, |snapshot| appconfig::review(&request, snapshot)).await;
     answer(
         &request,
-        response,
+        review.response,
         RejectReason::InvalidApplicationConfiguration,
     )
 }
@@ -292,10 +328,134 @@ enum Fetched {
     Scope(Option<Arc<HealthScope>>),
 }
 
+/// One scope apply that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeWriteFailure {
+    pub scope: String,
+    pub error: String,
+}
+
+/// One queue per (namespace, scope): holding the lock is a turn to write.
+type ScopeQueues = HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
+
+/// Performs the workloadRefs server-side applies, one at a time per scope.
+///
+/// Many ApplicationConfigurations naming one scope are admitted at once (a rollout, `kubectl
+/// apply -f dir/`). Sent together, their applies to the same object conflict in the API server,
+/// which retries each one and runs admission again every time: 50 at once took longer than the
+/// webhook timeout. Queued per scope, each apply goes through on its first try.
+/// Cheap to clone; clones share the queues.
+#[derive(Clone)]
+pub struct ScopeWriter {
+    client: Client,
+    queues: Arc<std::sync::Mutex<ScopeQueues>>,
+}
+
+impl ScopeWriter {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            queues: Arc::default(),
+        }
+    }
+
+    fn queue(&self, namespace: &str, scope: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut queues = self
+            .queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Forget queues nobody waits in, so the map stays as small as the scopes in use.
+        queues.retain(|_, queue| Arc::strong_count(queue) > 1);
+        queues
+            .entry((namespace.to_string(), scope.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// Applies `writes` (scopes in parallel, each under the AppConfig's field manager with
+    /// `force`: the manager only ever claims its own list entries) within [`WRITE_DEADLINE`].
+    /// Returns the failures; empty when every apply succeeded.
+    pub async fn apply(&self, writes: &ScopeWrites) -> Vec<ScopeWriteFailure> {
+        let api = Api::<HealthScope>::namespaced(self.client.clone(), &writes.namespace);
+        let params = PatchParams::apply(&writes.field_manager).force();
+        let applies = writes.applies.iter().map(|(scope, refs)| {
+            let api = api.clone();
+            let params = params.clone();
+            let queue = self.queue(&writes.namespace, scope);
+            async move {
+                let body = workload_refs_apply(&writes.namespace, scope, refs);
+                let outcome = tokio::time::timeout(WRITE_DEADLINE, async {
+                    let _turn = queue.lock().await;
+                    api.patch(scope, &params, &Patch::Apply(&body)).await
+                })
+                .await;
+                let error = match outcome {
+                    Ok(Ok(_)) => {
+                        tracing::info!(
+                            namespace = %writes.namespace,
+                            scope = %scope,
+                            appconfig = %writes.appconfig,
+                            refs = refs.len(),
+                            "workload refs applied"
+                        );
+                        return None;
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("not done within {WRITE_DEADLINE:?}"),
+                };
+                tracing::warn!(namespace = %writes.namespace, scope = %scope, appconfig = %writes.appconfig, error = %error, "applying workload refs failed");
+                Some(ScopeWriteFailure {
+                    scope: scope.clone(),
+                    error,
+                })
+            }
+        });
+        join_all(applies).await.into_iter().flatten().collect()
+    }
+}
+
+/// The final response once the writes are done: unchanged when they all succeeded; otherwise
+/// allowed with one warning per failed scope (the controller's backstop converges).
+pub fn settle_writes(
+    request: &AdmissionRequest<DynamicObject>,
+    response: AdmissionResponse,
+    writes: &ScopeWrites,
+    failures: Vec<ScopeWriteFailure>,
+) -> AdmissionResponse {
+    if failures.is_empty() {
+        return response;
+    }
+    let action = if request.operation == Operation::Delete {
+        "remove the workload refs of"
+    } else {
+        "record the workload refs of"
+    };
+    let warnings = failures
+        .iter()
+        .map(|f| {
+            tracing::warn!(
+                appconfig = %object_name(request),
+                scope = %format!("{}/{}", writes.namespace, f.scope),
+                error = %f.error,
+                "scope write failed; left to the controller's backstop"
+            );
+            format!(
+                "healthscope could not {action} {} in HealthScope {}/{} ({}); the healthscope \
+                 controller will do it shortly",
+                object_name(request),
+                writes.namespace,
+                f.scope,
+                f.error
+            )
+        })
+        .collect();
+    with_warnings(response, warnings)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission::tests::{deeply_nested_review, review_json};
+    use crate::admission::tests::{deeply_nested_review, request, review_json};
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use serde_json::{Value, json};
@@ -465,5 +625,42 @@ mod tests {
                 .unwrap()
                 .contains("ApplicationConfigurations")
         );
+    }
+
+    #[test]
+    fn failed_writes_allow_with_a_warning_naming_the_scope() {
+        let app = json!({"apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
+            "metadata": {"name": "shop", "namespace": "ns"}, "spec": {}});
+        let kind = ("core.oam.dev", "v1alpha2", "ApplicationConfiguration");
+        let writes = ScopeWrites {
+            namespace: "ns".into(),
+            appconfig: "shop".into(),
+            field_manager: "m".into(),
+            applies: Default::default(),
+        };
+        let failures = vec![ScopeWriteFailure {
+            scope: "s".into(),
+            error: "boom".into(),
+        }];
+        let create = request(kind, "CREATE", Some(app.clone()), None, false);
+        let warned = settle_writes(
+            &create,
+            crate::admission::allow(&create),
+            &writes,
+            failures.clone(),
+        );
+        assert!(
+            warned.allowed,
+            "a failed write never refuses the user's apply"
+        );
+        let warning = &warned.warnings.unwrap()[0];
+        assert!(warning.contains("record the workload refs"), "{warning}");
+        assert!(warning.contains("HealthScope ns/s (boom)"), "{warning}");
+        let delete = request(kind, "DELETE", None, Some(app), false);
+        let warned = settle_writes(&delete, crate::admission::allow(&delete), &writes, failures);
+        assert!(warned.allowed);
+        assert!(warned.warnings.unwrap()[0].contains("remove the workload refs"));
+        let clean = settle_writes(&create, crate::admission::allow(&create), &writes, vec![]);
+        assert!(clean.allowed && clean.warnings.is_none());
     }
 }

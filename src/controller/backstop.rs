@@ -1,16 +1,12 @@
-//! The wiring loop: from the ApplicationConfigurations the API server stored, make every
-//! HealthScope's `workloadRefs` and every workload's scope labels what membership says. It is
-//! the only writer of refs (admission writes nothing), event-driven (every change to an
-//! AppConfig, Component, ContainerizedWorkload, scope or workload triggers a pass, debounced)
-//! and also runs periodically, so nothing a webhook outage or a refused admission left behind
-//! stays wrong.
+//! The membership backstop: from the ApplicationConfigurations that exist, make every
+//! HealthScope's `workloadRefs` and every workload's scope labels what the webhook would have
+//! made them, so a webhook outage or a rejected admission never leaves the cluster wrong.
 //!
-//! It calls the same pure functions as the webhook ([`crate::membership`]): refs per
-//! (ApplicationConfiguration, scope) by server-side apply, one field manager per AppConfig; an
-//! empty list for a manager whose ApplicationConfiguration is gone, being deleted or no longer
-//! names the scope (read from the cached scope's managedFields); labels by merge patch on the
-//! exact object. [`plan`] is pure and decides everything from a snapshot of the caches;
-//! [`Backstop`] only executes.
+//! It calls the same pure functions as the webhook ([`crate::membership`]) and writes with the
+//! same field managers: refs per (ApplicationConfiguration, scope) by server-side apply; an empty
+//! list for a manager whose ApplicationConfiguration is gone or no longer names the scope (read
+//! from the cached scope's managedFields); labels by merge patch on the exact object. [`plan`] is
+//! pure and decides everything from a snapshot of the caches; [`Backstop`] only executes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -18,6 +14,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -92,16 +89,22 @@ pub fn owned_refs(
 }
 
 /// Membership managers that own at least one entry of the scope's workloadRefs.
-fn ref_managers(meta: &ObjectMeta) -> BTreeSet<String> {
+fn ref_managers(meta: &ObjectMeta) -> BTreeMap<String, Option<Timestamp>> {
     let prefix = manager_prefix();
     let managed = meta.managed_fields.as_deref().unwrap_or_default();
     managed
         .iter()
-        .filter_map(|m| m.manager.clone())
-        .filter(|m| m.starts_with(&prefix))
-        .filter(|m| !owned_refs(managed, m).is_empty())
+        .filter_map(|m| Some((m.manager.clone()?, m.time.as_ref().map(|t| t.0))))
+        .filter(|(m, _)| m.starts_with(&prefix))
+        .filter(|(m, _)| !owned_refs(managed, m).is_empty())
         .collect()
 }
+
+/// How long refs written for an ApplicationConfiguration this backstop has not seen are kept.
+/// The webhook writes them while admitting the AppConfig, a moment before it is stored and
+/// reaches the watch cache; only refs older than this belong to an AppConfig that is gone (or
+/// whose creation a later admission step refused).
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(30);
 
 /// What the backstop reads about one namespace.
 #[derive(Default)]
@@ -113,6 +116,8 @@ pub struct NamespaceSnapshot {
     pub scopes: BTreeMap<String, Arc<HealthScope>>,
     /// Workload objects that may carry scope labels: (apiVersion, kind, metadata).
     pub workloads: Vec<(String, String, ObjectMeta)>,
+    /// When the snapshot was taken, to age refs against [`ORPHAN_GRACE`].
+    pub now: Timestamp,
 }
 
 impl ComponentLookup for NamespaceSnapshot {
@@ -174,14 +179,21 @@ pub fn plan(snapshot: &NamespaceSnapshot) -> Vec<Action> {
             });
         }
     }
-    // Managers whose ApplicationConfiguration no longer names the scope, is being deleted, or is
-    // gone. Refs are only ever written for AppConfigs in the cache (admission writes nothing),
-    // so a manager without one has nothing left to keep.
+    // Managers whose ApplicationConfiguration no longer names the scope, or is gone (past the
+    // grace period: it may be one the webhook just wired and the cache has not seen yet).
     for (scope_name, scope) in &snapshot.scopes {
-        for manager in ref_managers(scope.meta()) {
-            let release = kept
-                .get(&manager)
-                .is_none_or(|scopes| !scopes.contains(scope_name));
+        for (manager, written) in ref_managers(scope.meta()) {
+            let terminating = snapshot.apps.iter().any(|(name, app)| {
+                app.metadata.deletion_timestamp.is_some() && field_manager(name) == manager
+            });
+            let release = match kept.get(&manager) {
+                Some(scopes) => !scopes.contains(scope_name),
+                None if terminating => true,
+                // A write stamped in the future (clock skew) is as recent as can be.
+                None => written.is_none_or(|at| {
+                    snapshot.now.duration_since(at).as_secs() >= ORPHAN_GRACE.as_secs() as i64
+                }),
+            };
             if release {
                 actions.push(Action::ApplyRefs {
                     namespace: ns.to_string(),
@@ -335,6 +347,7 @@ impl Backstop {
                         .entry(ns.clone())
                         .or_insert_with(|| NamespaceSnapshot {
                             namespace: ns,
+                            now: Timestamp::now(),
                             ..Default::default()
                         })
                         .$field
@@ -557,12 +570,35 @@ mod tests {
     }
 
     #[test]
-    fn refs_of_a_gone_appconfig_are_given_up_at_once() {
-        let manager = field_manager("gone");
+    fn refs_of_an_unseen_appconfig_are_kept_for_the_grace_period() {
+        let manager = field_manager("just-created");
+        let written_at = |secs_ago: i64| {
+            let mut entry = owned_by(&manager, &["web-1"]);
+            let at = Timestamp::UNIX_EPOCH
+                + k8s_openapi::jiff::SignedDuration::from_secs(1_000_000 - secs_ago);
+            entry.time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at));
+            entry
+        };
         let mut s = snapshot();
+        s.now = Timestamp::UNIX_EPOCH + k8s_openapi::jiff::SignedDuration::from_secs(1_000_000);
+        // Written by the webhook a second ago: the AppConfig is not in the cache yet.
         s.scopes.insert(
             "health".into(),
-            scope("health", &["web-1"], vec![owned_by(&manager, &["web-1"])]),
+            scope("health", &["web-1"], vec![written_at(1)]),
+        );
+        assert_eq!(
+            plan(&s),
+            vec![],
+            "fresh refs of an unseen AppConfig are left alone"
+        );
+        // Past the grace period the AppConfig is really gone: its refs are given up.
+        s.scopes.insert(
+            "health".into(),
+            scope(
+                "health",
+                &["web-1"],
+                vec![written_at(ORPHAN_GRACE.as_secs() as i64)],
+            ),
         );
         assert_eq!(
             plan(&s),
@@ -617,10 +653,9 @@ mod tests {
     fn a_terminating_appconfig_wants_nothing_and_gives_up_its_refs() {
         let mut s = snapshot();
         let mut app = (*appconfig("shop", "web-1", &["health"])).clone();
-        app.metadata.deletion_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-            ));
+        app.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
+        );
         s.apps.insert("shop".into(), Arc::new(app));
         // Its refs are still there (its finalizer is pending), owned by its manager.
         let manager = field_manager("shop");

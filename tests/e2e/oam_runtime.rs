@@ -557,20 +557,19 @@ async fn oam_runtime_own_updates_go_through_and_delete_unwires() {
     let rc = RuntimeContext::start("oam-runtime-finalize").await;
     seed_app(&rc, "bye", "web", "bye").await;
     // The runtime's own writes went through the webhooks: its finalizer and its status.
-    eventually(
-        WAIT,
-        "the runtime's finalizer and status.workloads",
-        || async {
-            let app = appconfigs(&rc).get("bye").await.ok()?;
-            let finalizers = app.metadata.finalizers.clone().unwrap_or_default();
-            (finalizers
-                .iter()
-                .any(|f| f == "scope.finalizer.core.oam.dev")
-                && app.data["status"]["workloads"].is_array())
-            .then_some(())
-        },
-    )
-    .await;
+    let app = appconfigs(&rc).get("bye").await.unwrap();
+    let finalizers = app.metadata.finalizers.clone().unwrap_or_default();
+    assert!(
+        finalizers
+            .iter()
+            .any(|f| f == "scope.finalizer.core.oam.dev"),
+        "{finalizers:?}"
+    );
+    assert!(
+        app.data["status"]["workloads"].is_array(),
+        "{}",
+        app.data["status"]
+    );
 
     appconfigs(&rc)
         .delete("bye", &DeleteParams::default())

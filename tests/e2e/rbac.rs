@@ -286,7 +286,7 @@ enum Step {
     LeaseAcquired,
     LeaseRenewed,
     WorkloadsRendered,
-    RefsWired,
+    RefsWrittenAtAdmission,
     ChildrenLabelledAtAdmission,
     BackstopLabelledWorkloads,
     ScopeHealthy,
@@ -302,8 +302,8 @@ impl fmt::Display for Step {
             Step::LeaseAcquired => "the Lease is acquired",
             Step::LeaseRenewed => "the Lease is renewed",
             Step::WorkloadsRendered => "the workloads are created (through the webhook)",
-            Step::RefsWired => {
-                "the controller wires the stored AppConfig's workloads into the scope"
+            Step::RefsWrittenAtAdmission => {
+                "the webhook writes the scope's workloadRefs while admitting the AppConfig"
             }
             Step::ChildrenLabelledAtAdmission => {
                 "the webhook labels a ContainerizedWorkload's children at admission"
@@ -602,9 +602,9 @@ async fn flow(admin: &Client, ns: &str, hs: &Running) -> FlowResult {
     set_healthy(admin, ns).await.map_err(fail(step))?;
     done(step, &mut clock);
 
-    // The ApplicationConfiguration: admission writes nothing; the controller's wiring loop puts
-    // the stored AppConfig's workloads into the scope moments later.
-    let step = Step::RefsWired;
+    // The ApplicationConfiguration: the webhook applies the scope's workloadRefs before it
+    // answers, so they are there as soon as the create returns.
+    let step = Step::RefsWrittenAtAdmission;
     let scope_entry = json!([{ "scopeRef": { "apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope", "name": SCOPE } }]);
     let entries: Vec<Value> = COMPONENTS
         .iter()
@@ -620,23 +620,21 @@ async fn flow(admin: &Client, ns: &str, hs: &Running) -> FlowResult {
         )
         .await
         .map_err(fail(step))?;
-    within(step, || async {
-        let refs: Vec<(String, String)> = scopes
-            .get(SCOPE)
-            .await
-            .map_err(|e| e.to_string())?
-            .spec
-            .workload_refs
-            .iter()
-            .map(|r| (r.kind.clone(), r.name.clone()))
-            .collect();
-        if refs.len() == COMPONENTS.len() {
-            Ok(())
-        } else {
-            Err(format!("workloadRefs: {refs:?}"))
-        }
-    })
-    .await?;
+    let refs: Vec<(String, String)> = scopes
+        .get(SCOPE)
+        .await
+        .map_err(fail(step))?
+        .spec
+        .workload_refs
+        .iter()
+        .map(|r| (r.kind.clone(), r.name.clone()))
+        .collect();
+    if refs.len() != COMPONENTS.len() {
+        return Err(Failure {
+            step,
+            detail: format!("workloadRefs right after the AppConfig's admission: {refs:?}"),
+        });
+    }
     done(step, &mut clock);
 
     // The ContainerizedWorkload's children, rendered now: labelled at admission through their

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use healthscope::admission::{
-    APPLICATION_CONFIGURATION_VALIDATE_PATH, AdmissionState, HEALTH_SCOPE_PATH, WORKLOAD_PATH,
-    router,
+    APPLICATION_CONFIGURATION_PATH, APPLICATION_CONFIGURATION_VALIDATE_PATH, AdmissionState,
+    HEALTH_SCOPE_PATH, WORKLOAD_PATH, router,
 };
 use healthscope::cache::OamCache;
 use k8s_openapi::api::admissionregistration::v1::{
@@ -74,32 +74,50 @@ impl WebhookUnderTest {
         };
         let write_ops = ["CREATE", "UPDATE"];
 
-        // The same webhooks as the chart: labelling mutates; HealthScopes and AppConfig
-        // references are validated. None writes anything.
+        // The same webhooks as the chart: wiring (with side effects) and labelling mutate;
+        // HealthScopes and AppConfig references are validated.
         let mutating = MutatingWebhookConfiguration {
             metadata: ObjectMeta {
                 name: Some(unique_name("healthscope-mutating")),
                 ..Default::default()
             },
-            webhooks: Some(vec![MutatingWebhook {
-                name: "workloads.mutate.healthscope.oam.dev".into(),
-                client_config: client_config(WORKLOAD_PATH),
-                rules: Some(vec![
-                    rule(
-                        "apps",
-                        "v1",
-                        &["deployments", "statefulsets", "daemonsets"],
-                        &write_ops,
-                    ),
-                    rule("", "v1", &["services"], &write_ops),
-                ]),
-                namespace_selector: Some(only_this_namespace.clone()),
-                failure_policy: Some("Fail".into()),
-                side_effects: "None".into(),
-                admission_review_versions: vec!["v1".into()],
-                timeout_seconds: Some(10),
-                ..Default::default()
-            }]),
+            webhooks: Some(vec![
+                MutatingWebhook {
+                    name: "applicationconfigurations.mutate.healthscope.oam.dev".into(),
+                    client_config: client_config(APPLICATION_CONFIGURATION_PATH),
+                    rules: Some(vec![rule(
+                        "core.oam.dev",
+                        "v1alpha2",
+                        &["applicationconfigurations"],
+                        &["CREATE", "UPDATE", "DELETE"],
+                    )]),
+                    namespace_selector: Some(only_this_namespace.clone()),
+                    failure_policy: Some("Fail".into()),
+                    side_effects: "NoneOnDryRun".into(),
+                    admission_review_versions: vec!["v1".into()],
+                    timeout_seconds: Some(10),
+                    ..Default::default()
+                },
+                MutatingWebhook {
+                    name: "workloads.mutate.healthscope.oam.dev".into(),
+                    client_config: client_config(WORKLOAD_PATH),
+                    rules: Some(vec![
+                        rule(
+                            "apps",
+                            "v1",
+                            &["deployments", "statefulsets", "daemonsets"],
+                            &write_ops,
+                        ),
+                        rule("", "v1", &["services"], &write_ops),
+                    ]),
+                    namespace_selector: Some(only_this_namespace.clone()),
+                    failure_policy: Some("Fail".into()),
+                    side_effects: "None".into(),
+                    admission_review_versions: vec!["v1".into()],
+                    timeout_seconds: Some(10),
+                    ..Default::default()
+                },
+            ]),
         };
         let validating = ValidatingWebhookConfiguration {
             metadata: ObjectMeta {
