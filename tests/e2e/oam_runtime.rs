@@ -364,12 +364,8 @@ async fn oam_runtime_no_status_war_at_rest_and_one_write_per_change() {
         "at rest for {window:?} ({polls} polls): runtime {runtime_requests} requests (all \
          namespaces), healthscope {healthscope_requests}, runtime status writes denied {denied}"
     );
-    // The runtime keeps trying (its own interval and back-off), but cheaply; healthscope at
-    // rest sends nothing for this scope but probes (which are not API requests).
-    assert!(
-        runtime_requests < 600.0,
-        "runtime sent {runtime_requests} requests in {window:?}"
-    );
+    // The counts cover every namespace of this control plane, where other tests run at the same
+    // time: printed for the record, not bounded here (bench/coexist.py measures one scope alone).
 
     // One real change: exactly one status write follows.
     let mut watcher_versions = BTreeSet::new();
