@@ -857,16 +857,7 @@ async fn oam_runtime_install_healthscope_first_then_runtime_then_upgrades() {
 async fn oam_runtime_wrong_crd_pauses_writes_until_healthscope_crd_is_served() {
     let plane = own_plane("oam-wrong-crd");
     let kubeconfig = plane.kubeconfig.clone();
-    run(kubectl(&kubeconfig)
-        .args(["apply", "--server-side", "-f"])
-        .arg(runtime_dir().join("crds")));
-    run(kubectl(&kubeconfig).args([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd",
-        "--all",
-    ]));
+    oam::install_runtime_crds(&kubeconfig, &runtime_dir());
     run_with_input(
         kubectl(&kubeconfig).args(["apply", "-n", "default", "-f", "-"]),
         // The runtime's CRD knows no probe-method or probe-endpoint (strict decoding refuses them).

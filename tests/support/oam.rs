@@ -206,17 +206,7 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {HEALTHSCOPE
             .join("")
     );
     run_with_input(kubectl(admin).args(["apply", "-f", "-"]), Some(&users));
-    // The runtime's CRDs, as its chart installs them (its crds/ folder).
-    run(kubectl(admin)
-        .args(["apply", "--server-side", "-f"])
-        .arg(runtime.join("chart/crds")));
-    run(kubectl(admin).args([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd",
-        "--all",
-    ]));
+    install_runtime_crds(admin, runtime);
     // Its definitions (plain YAML templates of its chart).
     for definitions in [
         "scopedefinitions",
@@ -228,6 +218,20 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {HEALTHSCOPE
             .arg(runtime.join(format!("chart/templates/{definitions}.yaml"))));
     }
     apply_status_protection(admin);
+}
+
+/// The runtime's CRDs, as its chart installs them (its crds/ folder), established.
+pub fn install_runtime_crds(admin: &Path, runtime: &Path) {
+    run(kubectl(admin)
+        .args(["apply", "--server-side", "-f"])
+        .arg(runtime.join("chart/crds")));
+    run(kubectl(admin).args([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd",
+        "--all",
+    ]));
 }
 
 /// A FlowSchema that gives `user`'s requests a counter of their own
