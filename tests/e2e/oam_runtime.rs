@@ -24,7 +24,9 @@ use crate::support::oam::{
 };
 use crate::support::{self, eventually};
 
-const WAIT: Duration = Duration::from_secs(60);
+/// The runtime retries some reconciles only after 30 s (a ComponentRevision not made yet, a scope
+/// not found): waits allow for a few of those on a loaded machine.
+const WAIT: Duration = Duration::from_secs(120);
 const APP_PORT: u16 = support::netns::APP_PORT;
 
 /// The seed's HealthScope, with short probe settings.
