@@ -42,6 +42,10 @@ pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 /// The most request-body bytes held in memory at once, across all requests. Beyond it new
 /// requests are answered 503 at once instead of queueing until the API server times out.
 pub const DEFAULT_BODY_BUDGET: usize = 64 * 1024 * 1024;
+/// Longest time a request body may take to arrive. The API server sends a review at once and
+/// waits at most 30 s (`timeoutSeconds`) for the answer; a body still trickling after this is
+/// not from it, and would otherwise hold its share of the body budget for as long as it likes.
+pub const BODY_READ_DEADLINE: Duration = Duration::from_secs(5);
 /// How long in-flight requests may take to finish once shutdown begins.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
@@ -62,6 +66,8 @@ pub struct WebhookServerConfig {
     /// Request bodies in memory at once, in bytes (a body without Content-Length counts as
     /// `body_limit`). Requests beyond it are answered 503 with Retry-After.
     pub body_budget: usize,
+    /// A body that takes longer to arrive is answered 408, giving its budget back.
+    pub body_read_deadline: Duration,
     /// How often `cert_file` and `key_file` are checked for new contents.
     pub reload_interval: Duration,
     /// How long in-flight requests may run after shutdown is requested.
@@ -81,6 +87,7 @@ impl WebhookServerConfig {
             key_file: key_file.into(),
             body_limit: DEFAULT_BODY_LIMIT,
             body_budget: DEFAULT_BODY_BUDGET,
+            body_read_deadline: BODY_READ_DEADLINE,
             reload_interval: DEFAULT_RELOAD_INTERVAL,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
@@ -183,7 +190,12 @@ impl BoundWebhookServer {
                 .spawn_reload_watcher(self.config.reload_interval),
         );
         let listener = tokio::net::TcpListener::from_std(self.listener).map_err(serve_error)?;
-        let app = limit_request_bodies(router, self.config.body_limit, self.config.body_budget);
+        let app = limit_request_bodies(
+            router,
+            self.config.body_limit,
+            self.config.body_budget,
+            self.config.body_read_deadline,
+        );
         let (draining_tx, draining) = watch::channel(false);
         let mut connections = tokio::task::JoinSet::new();
         tracing::info!(%addr, cert_file = %self.config.cert_file.display(), "webhook server listening");
@@ -590,16 +602,27 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
 // ---------------------------------------------------------------------------------------------
 // Request bodies
 
-/// The body limit in force for a request, set by the server for extractors to read.
+/// The body limit and read deadline in force for a request, set by the server for extractors.
 #[derive(Debug, Clone, Copy)]
-struct BodyLimit(usize);
+struct BodyLimit {
+    limit: usize,
+    deadline: Duration,
+}
 
 /// Caps every request body at `limit`: a declared Content-Length above it is refused before
 /// anything is read, and a streamed body stops being read at the limit. Bodies of requests in
 /// flight together may take at most `budget` bytes; a request beyond that gets 503 right away.
-pub fn limit_request_bodies(router: Router, limit: usize, budget: usize) -> Router {
+/// A body that has not arrived within `read_deadline` is answered 408, which gives its share
+/// back.
+pub fn limit_request_bodies(
+    router: Router,
+    limit: usize,
+    budget: usize,
+    read_deadline: Duration,
+) -> Router {
     let limits = BodyLimits {
         limit,
+        read_deadline,
         budget: Arc::new(tokio::sync::Semaphore::new(
             budget.min(tokio::sync::Semaphore::MAX_PERMITS),
         )),
@@ -615,6 +638,7 @@ pub fn limit_request_bodies(router: Router, limit: usize, budget: usize) -> Rout
 #[derive(Clone)]
 struct BodyLimits {
     limit: usize,
+    read_deadline: Duration,
     budget: Arc<tokio::sync::Semaphore>,
 }
 
@@ -655,7 +679,10 @@ async fn enforce_body_limit(
                 .into_response();
         }
     };
-    req.extensions_mut().insert(BodyLimit(limit));
+    req.extensions_mut().insert(BodyLimit {
+        limit,
+        deadline: limits.read_deadline,
+    });
     let req = req.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
     next.run(req).await
 }
@@ -682,6 +709,8 @@ pub enum BadAdmissionReview {
     TooLarge { limit: usize },
     #[error("reading the request body: {0}")]
     Body(String),
+    #[error("request body did not arrive within {0:?}")]
+    SlowBody(Duration),
     #[error("request body is not valid JSON: {0}")]
     MalformedJson(String),
     #[error("request body is nested too deeply to be an AdmissionReview: {0}")]
@@ -696,6 +725,7 @@ impl BadAdmissionReview {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -764,12 +794,20 @@ impl<S: Send + Sync> FromRequest<S> for AdmissionReviewRequest {
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         check_content_type(req.headers())?;
-        let limit = req
-            .extensions()
-            .get::<BodyLimit>()
-            .map_or(DEFAULT_BODY_LIMIT, |l| l.0);
-        let body = axum::body::to_bytes(req.into_body(), limit)
+        let BodyLimit { limit, deadline } =
+            req.extensions()
+                .get::<BodyLimit>()
+                .copied()
+                .unwrap_or(BodyLimit {
+                    limit: DEFAULT_BODY_LIMIT,
+                    deadline: BODY_READ_DEADLINE,
+                });
+        let body = tokio::time::timeout(deadline, axum::body::to_bytes(req.into_body(), limit))
             .await
+            .map_err(|_| {
+                tracing::warn!(?deadline, "request body too slow; answering 408");
+                BadAdmissionReview::SlowBody(deadline)
+            })?
             .map_err(|e| {
                 if is_length_limit(&e) {
                     BadAdmissionReview::TooLarge { limit }
@@ -1352,6 +1390,7 @@ mod tests {
                 .with_state(gate.clone()),
             1000,
             1500,
+            BODY_READ_DEADLINE,
         );
         let request = |path: &str, len: usize| {
             axum::http::Request::post(path)
@@ -1393,6 +1432,64 @@ mod tests {
         assert_eq!(held.await.unwrap().unwrap().status(), StatusCode::OK);
         let after = app.clone().oneshot(request("/echo", 1000)).await.unwrap();
         assert_eq!(after.status(), StatusCode::OK, "the budget is given back");
+    }
+
+    /// Bodies that trickle in (a slow-body attack on the fail-closed webhook) are cut off at
+    /// [`BODY_READ_DEADLINE`] with 408, and the body budget they held serves real reviews again.
+    #[tokio::test]
+    async fn webhook_cuts_off_slow_bodies_and_frees_their_budget() {
+        use futures::StreamExt;
+        use tower::ServiceExt;
+        let deadline = Duration::from_millis(300);
+        let app = limit_request_bodies(
+            Router::new().route(
+                "/review",
+                post(|AdmissionReviewRequest(r): AdmissionReviewRequest| async move { r.uid }),
+            ),
+            1000,
+            1500,
+            deadline,
+        );
+        let slow = || {
+            let trickle = futures::stream::once(async {
+                Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"{"))
+            })
+            .chain(futures::stream::pending());
+            axum::http::Request::post("/review")
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::CONTENT_LENGTH, 1000)
+                .body(Body::from_stream(trickle))
+                .unwrap()
+        };
+        let review = || {
+            let body =
+                serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {"uid": "real", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "operation": "CREATE", "userInfo": {}}})
+                .to_string();
+            axum::http::Request::post("/review")
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::CONTENT_LENGTH, body.len())
+                .body(Body::from(body))
+                .unwrap()
+        };
+        let held = tokio::spawn(app.clone().oneshot(slow()));
+        tokio::task::yield_now().await;
+        // The slow body holds 1000 of the 1500 bytes; a real review still fits beside it.
+        let real = app.clone().oneshot(review()).await.unwrap();
+        assert_eq!(real.status(), StatusCode::OK);
+        let cut = held.await.unwrap().unwrap();
+        assert_eq!(cut.status(), StatusCode::REQUEST_TIMEOUT);
+        // Its reservation is back: two more slow bodies in a row are cut off too, never a 503.
+        for _ in 0..2 {
+            let cut = app.clone().oneshot(slow()).await.unwrap();
+            assert_eq!(cut.status(), StatusCode::REQUEST_TIMEOUT);
+        }
+        assert_eq!(
+            app.oneshot(review()).await.unwrap().status(),
+            StatusCode::OK
+        );
     }
 
     /// Kubernetes mounts a Secret as `tls.crt -> ..data/tls.crt`, `..data -> ..<timestamp>/`,
