@@ -125,10 +125,9 @@ k apply -f examples/healthscope.yaml -f examples/component.yaml -f examples/appc
 k get healthscope
 
 bold "The runtime renders the ContainerizedWorkload, its Deployment and Service; healthscope wires them"
-refs() { k get healthscope example-health-scope -o jsonpath='{.spec.workloadRefs[*].name}'; }
+has_refs() { [[ -n $(k get healthscope example-health-scope -o jsonpath='{.spec.workloadRefs[*].name}') ]]; }
 wait_for "the runtime to render the Service" k get service helloworld-python-v1
-for _ in $(seq 1 $((TIMEOUT * 2))); do [[ -n $(refs) ]] && break; sleep 0.5; done
-[[ -n $(refs) ]] || die "the scope got no workloadRefs"
+wait_for "the scope's workloadRefs" has_refs
 echo "\$ kubectl get healthscope example-health-scope -o jsonpath='{.spec.workloadRefs}'"
 k get healthscope example-health-scope -o jsonpath='{.spec.workloadRefs}'; echo
 echo "\$ kubectl get containerizedworkload,deployment,service --show-labels"

@@ -105,13 +105,16 @@ pub async fn apply(client: &Client) -> Result<(), CrdError> {
     Ok(())
 }
 
-/// The served CRD's problems (a missing CRD is one).
+/// What is wrong with the served CRD, if any is served: [`schema_problems`], or that none is.
+pub fn served_problems(served: Option<&CustomResourceDefinition>) -> Vec<String> {
+    served.map_or_else(|| vec!["it is not installed".to_string()], schema_problems)
+}
+
+/// The served CRD's problems, read once (a missing CRD is one).
 pub async fn check(client: &Client) -> Result<Vec<String>, CrdError> {
     let api = Api::<CustomResourceDefinition>::all(client.clone());
-    match api.get_opt(HEALTHSCOPE_CRD).await.map_err(CrdError::Read)? {
-        Some(crd) => Ok(schema_problems(&crd)),
-        None => Ok(vec!["it is not installed".to_string()]),
-    }
+    let served = api.get_opt(HEALTHSCOPE_CRD).await.map_err(CrdError::Read)?;
+    Ok(served_problems(served.as_ref()))
 }
 
 /// When the next replacement may happen, after replacements at `last` with `wait` between.
@@ -182,10 +185,7 @@ pub async fn keep(
                 None => return,
             },
         }
-        let problems = match &served {
-            Some(crd) => schema_problems(crd),
-            None => vec!["it is not installed".to_string()],
-        };
+        let problems = served_problems(served.as_ref());
         let ok = problems.is_empty();
         if compatible != Some(ok) {
             if ok {

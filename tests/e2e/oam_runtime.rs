@@ -519,16 +519,11 @@ async fn oam_runtime_flat_scope_form_is_denied_naming_the_scope_ref_form() {
     let flat = "apiVersion: core.oam.dev/v1alpha2\nkind: ApplicationConfiguration\n\
                 metadata: {name: flat}\nspec:\n  components:\n    - componentName: web\n      \
                 scopes:\n        - {apiVersion: core.oam.dev/v1alpha2, kind: HealthScope, name: flat}\n";
-    let (ok, out) = try_run(
-        rc.kubectl()
-            .args(["apply", "-f", "-"])
-            .stdin(stdin_of(flat)),
-    );
+    let (ok, out) = try_run(rc.kubectl().args(["apply", "-f", "-"]), Some(flat));
     assert!(!ok, "the flat form is refused: {out}");
     let (ok, out) = try_run(
-        rc.kubectl()
-            .args(["apply", "--validate=false", "-f", "-"])
-            .stdin(stdin_of(flat)),
+        rc.kubectl().args(["apply", "--validate=false", "-f", "-"]),
+        Some(flat),
     );
     assert!(
         !ok,
@@ -539,15 +534,6 @@ async fn oam_runtime_flat_scope_form_is_denied_naming_the_scope_ref_form() {
         "the message names the right form: {out}"
     );
     assert!(appconfigs(&rc).get_opt("flat").await.unwrap().is_none());
-}
-
-/// A file with `text`, as a command's stdin.
-fn stdin_of(text: &str) -> std::process::Stdio {
-    let mut file = tempfile::tempfile().expect("a temporary file");
-    use std::io::{Seek, Write};
-    file.write_all(text.as_bytes()).expect("writing stdin");
-    file.rewind().expect("rewinding stdin");
-    std::process::Stdio::from(file)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -603,10 +589,13 @@ async fn oam_runtime_spec_example_probe_timeout_equal_to_interval_is_accepted() 
     let scope = wait_health(&rc, "example-health-scope", Health::Healthy).await;
     assert_eq!(scope.spec.probe_timeout, Some(5));
     // Above the interval is still refused, with the reason.
-    let (ok, out) = try_run(rc.kubectl().args(["apply", "-f", "-"]).stdin(stdin_of(
-        "apiVersion: core.oam.dev/v1alpha2\nkind: HealthScope\nmetadata: {name: too-slow}\n\
-         spec:\n  probe-timeout: 6\n  probe-interval: 5\n  workloadRefs: []\n",
-    )));
+    let (ok, out) = try_run(
+        rc.kubectl().args(["apply", "-f", "-"]),
+        Some(
+            "apiVersion: core.oam.dev/v1alpha2\nkind: HealthScope\nmetadata: {name: too-slow}\n\
+             spec:\n  probe-timeout: 6\n  probe-interval: 5\n  workloadRefs: []\n",
+        ),
+    );
     assert!(
         !ok && out.contains("must not exceed probe-interval"),
         "{out}"
@@ -805,51 +794,78 @@ async fn wait_ours(
     assert_working_crds(kubeconfig, runtime_installed).await;
 }
 
+/// A control plane of its own with certificates for healthscope's chart, where both charts
+/// are installed and upgraded as their READMEs say.
+struct InstallPlane {
+    _plane: support::TestEnv,
+    kubeconfig: std::path::PathBuf,
+    certs: tempfile::TempDir,
+}
+
+impl InstallPlane {
+    fn start(name: &str) -> Self {
+        let plane = own_plane(name);
+        let kubeconfig = plane.kubeconfig.clone();
+        let certs_dir = tempfile::tempdir().unwrap();
+        certs(certs_dir.path());
+        Self {
+            _plane: plane,
+            kubeconfig,
+            certs: certs_dir,
+        }
+    }
+
+    fn runtime(&self, verb: &str) {
+        helm_runtime(&self.kubeconfig, verb);
+    }
+
+    fn healthscope(&self, verb: &str) {
+        helm_healthscope(&self.kubeconfig, verb, self.certs.path());
+    }
+
+    /// Upgrades both charts, and checks healthscope's CRD is still served and writable.
+    async fn upgrade_both(&self, open: &mut tokio::sync::watch::Receiver<bool>) {
+        self.runtime("upgrade");
+        self.healthscope("upgrade");
+        wait_ours(&self.kubeconfig, open, true).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oam_runtime_install_runtime_first_then_healthscope_then_upgrades() {
-    let plane = own_plane("oam-install-runtime-first");
-    let kubeconfig = plane.kubeconfig.clone();
-    let certs_dir = tempfile::tempdir().unwrap();
-    certs(certs_dir.path());
+    let plane = InstallPlane::start("oam-install-runtime-first");
 
-    helm_runtime(&kubeconfig, "install");
+    plane.runtime("install");
     // healthscope's process is not running yet: the runtime's CRD is served.
-    let client = kube::Client::try_from(support::config_from(&kubeconfig).await).unwrap();
+    let client = kube::Client::try_from(support::config_from(&plane.kubeconfig).await).unwrap();
     let problems = healthscope::crd::check(&client).await.unwrap();
     assert!(
         problems.iter().any(|p| p.contains("atomic list")),
         "{problems:?}"
     );
 
-    helm_healthscope(&kubeconfig, "install", certs_dir.path());
-    let (stop, mut open) = run_keeper(&kubeconfig).await;
-    wait_ours(&kubeconfig, &mut open, true).await;
+    plane.healthscope("install");
+    let (stop, mut open) = run_keeper(&plane.kubeconfig).await;
+    wait_ours(&plane.kubeconfig, &mut open, true).await;
 
-    helm_runtime(&kubeconfig, "upgrade");
-    helm_healthscope(&kubeconfig, "upgrade", certs_dir.path());
-    wait_ours(&kubeconfig, &mut open, true).await;
+    plane.upgrade_both(&mut open).await;
     stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oam_runtime_install_healthscope_first_then_runtime_then_upgrades() {
-    let plane = own_plane("oam-install-healthscope-first");
-    let kubeconfig = plane.kubeconfig.clone();
-    let certs_dir = tempfile::tempdir().unwrap();
-    certs(certs_dir.path());
+    let plane = InstallPlane::start("oam-install-healthscope-first");
 
-    helm_healthscope(&kubeconfig, "install", certs_dir.path());
-    let (stop, mut open) = run_keeper(&kubeconfig).await;
-    wait_ours(&kubeconfig, &mut open, false).await;
+    plane.healthscope("install");
+    let (stop, mut open) = run_keeper(&plane.kubeconfig).await;
+    wait_ours(&plane.kubeconfig, &mut open, false).await;
 
     // The runtime's chart installs cleanly (healthscope owns no field of the CRD it serves
     // already) and brings its own CRD; healthscope puts its own back.
-    helm_runtime(&kubeconfig, "install");
-    wait_ours(&kubeconfig, &mut open, true).await;
+    plane.runtime("install");
+    wait_ours(&plane.kubeconfig, &mut open, true).await;
 
-    helm_runtime(&kubeconfig, "upgrade");
-    helm_healthscope(&kubeconfig, "upgrade", certs_dir.path());
-    wait_ours(&kubeconfig, &mut open, true).await;
+    plane.upgrade_both(&mut open).await;
     stop.cancel();
 }
 

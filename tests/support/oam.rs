@@ -75,50 +75,45 @@ pub fn run(command: &mut Command) -> String {
     run_with_input(command, None)
 }
 
-/// Runs a command with `input` on its stdin; panics with its output when it fails. The wait
-/// does not stall the test's runtime (which also serves the webhook the API server may call
-/// meanwhile): tests beside the runtime use the multi-thread runtime.
+/// Runs a command with `input` on its stdin; panics with its output when it fails.
 pub fn run_with_input(command: &mut Command, input: Option<&str>) -> String {
-    blocking(|| run_to_end(command, input))
-}
-
-/// `f` on this thread, with the runtime's other work moved off it while it blocks.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(_) => tokio::task::block_in_place(f),
-        Err(_) => f(),
-    }
-}
-
-fn run_to_end(command: &mut Command, input: Option<&str>) -> String {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
-    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
-        stdin.write_all(input.as_bytes()).expect("writing stdin");
-    }
-    let out = child.wait_with_output().expect("waiting for the command");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{command:?} failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, stdout, stderr) = finish(command, input);
+    assert!(ok, "{command:?} failed: {stderr}\n{stdout}");
     stdout
 }
 
-/// Runs a command and returns its combined output and whether it succeeded.
-pub fn try_run(command: &mut Command) -> (bool, String) {
-    let out = blocking(|| command.output()).unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+/// Runs a command with `input` on its stdin; whether it succeeded, and its output (stdout, then
+/// stderr).
+pub fn try_run(command: &mut Command, input: Option<&str>) -> (bool, String) {
+    let (ok, stdout, stderr) = finish(command, input);
+    (ok, format!("{stdout}{stderr}"))
+}
+
+/// Runs a command to completion with `input` on its stdin. The wait does not stall the test's
+/// runtime (which also serves the webhook the API server may call meanwhile): tests beside the
+/// runtime use the multi-thread runtime.
+fn finish(command: &mut Command, input: Option<&str>) -> (bool, String, String) {
+    let mut run = || {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+        if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+            stdin.write_all(input.as_bytes()).expect("writing stdin");
+        }
+        child.wait_with_output().expect("waiting for the command")
+    };
+    let out = match tokio::runtime::Handle::try_current() {
+        Ok(_) => tokio::task::block_in_place(run),
+        Err(_) => run(),
+    };
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// kubectl against `kubeconfig`.
@@ -291,11 +286,11 @@ fn start_runtime(runtime: &Path, dir: &Path) -> (Child, ChildStdin) {
 /// serving only it, as user `healthscope`.
 pub struct RuntimeContext {
     pub ctx: TestContext,
-    /// healthscope's own client (user `healthscope`).
-    pub healthscope: Client,
+    /// The admin kubeconfig.
     pub kubeconfig: PathBuf,
-    pub controller: Option<ControllerHandle>,
-    pub webhook: Option<WebhookUnderTest>,
+    // Kept for as long as the test runs; the controller stops when `shutdown` is cancelled.
+    _controller: ControllerHandle,
+    _webhook: WebhookUnderTest,
     shutdown: CancellationToken,
 }
 
@@ -340,10 +335,9 @@ impl RuntimeContext {
         controller.wait_ready().await;
         Self {
             ctx,
-            healthscope,
             kubeconfig: env.admin_kubeconfig().to_path_buf(),
-            controller: Some(controller),
-            webhook: Some(webhook),
+            _controller: controller,
+            _webhook: webhook,
             shutdown,
         }
     }
@@ -362,14 +356,6 @@ impl RuntimeContext {
     /// `kubectl apply -f -` of `yaml` in this test's namespace.
     pub fn apply(&self, yaml: &str) -> String {
         run_with_input(self.kubectl().args(["apply", "-f", "-"]), Some(yaml))
-    }
-
-    /// Stops healthscope's controller (the webhook stays registered).
-    pub async fn stop_controller(&mut self) {
-        self.shutdown.cancel();
-        if let Some(controller) = self.controller.take() {
-            controller.join().await;
-        }
     }
 }
 
