@@ -674,6 +674,16 @@ async fn assert_working_crds(kubeconfig: &Path, runtime_installed: bool) {
         "components.core.oam.dev",
         "containerizedworkloads.core.oam.dev",
     ];
+    // The rest of the working state: healthscope's status protection from its chart, and the
+    // runtime's ScopeDefinition (without it the runtime adds no scope refs).
+    run(kubectl(kubeconfig).args([
+        "get",
+        "validatingadmissionpolicy/healthscope-status",
+        "validatingadmissionpolicybinding/healthscope-status",
+    ]));
+    if runtime_installed {
+        run(kubectl(kubeconfig).args(["get", "scopedefinition", "healthscopes.core.oam.dev"]));
+    }
     for name in runtime_crds.iter().filter(|_| runtime_installed) {
         let crd = crds.get(name).await.unwrap();
         let release = crd
