@@ -405,19 +405,27 @@ async fn oam_runtime_status_writes_without_health_are_denied_and_health_stays() 
     let rc = RuntimeContext::start("oam-runtime-protect").await;
     seed_app(&rc, "kept", "web", "kept").await;
     // Unhealthy: the Deployment never got ready and its Service has no endpoints.
-    let scope = wait_health(&rc, "kept", Health::Unhealthy).await;
+    wait_health(&rc, "kept", Health::Unhealthy).await;
     // What the runtime's HealthScope controller does: a whole-status update through a type
-    // that lacks healthscope's fields.
-    let mut stripped = scope.clone();
-    if let Some(status) = stripped.status.as_mut() {
-        status.health = None;
-        status.healthy_of_total = None;
-        status.observed_generation = None;
-    }
-    let err = scopes(&rc)
-        .replace_status("kept", &PostParams::default(), &stripped)
-        .await
-        .expect_err("a status write that drops health is denied");
+    // that lacks healthscope's fields. Others write the scope meanwhile (the runtime's refs), so
+    // an update from a stale read is refused with 409 before admission: read again and retry.
+    let err = eventually(WAIT, "the stripped status write answered", || async {
+        let mut stripped = scopes(&rc).get("kept").await.ok()?;
+        if let Some(status) = stripped.status.as_mut() {
+            status.health = None;
+            status.healthy_of_total = None;
+            status.observed_generation = None;
+        }
+        match scopes(&rc)
+            .replace_status("kept", &PostParams::default(), &stripped)
+            .await
+        {
+            Err(kube::Error::Api(status)) if status.code == 409 => None,
+            Err(err) => Some(err),
+            Ok(_) => panic!("a status write that drops health is denied"),
+        }
+    })
+    .await;
     assert!(err.to_string().contains("status.health"), "{err}");
     let after = scopes(&rc).get("kept").await.unwrap();
     assert_eq!(after.status.and_then(|s| s.health), Some(Health::Unhealthy));
