@@ -3,15 +3,19 @@
 //! healthscope's webhooks registered (served in this process by `webhook::bind` +
 //! `admission::router` over a live `OamCache`, as in `healthscope run`). Reports the API server's
 //! own `apiserver_admission_webhook_admission_duration_seconds` for our webhooks, and the
-//! client-observed create latency in both phases.
+//! client-observed create latency in both phases. healthscope's controller runs throughout, as
+//! in `healthscope run`, and wires the scopes from the stored AppConfigs; the time from an
+//! AppConfig's create (as the client saw it return) to its workload in the scope's refs is
+//! reported per run (watched on the HealthScopes).
 //!
 //! usage: bench-apiserver [--clients 10,50] [--per-client 40]
 
 #[path = "common.rs"]
 mod common;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -27,6 +31,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +39,6 @@ const NAMESPACE: &str = "bench-api";
 const SELECTOR_LABEL: &str = "healthscope-bench/webhooks";
 // The webhooks as the chart registers them.
 const WORKLOAD_WEBHOOK: &str = "workloads.mutate.healthscope.oam.dev";
-const APPCONFIG_WEBHOOK: &str = "applicationconfigurations.mutate.healthscope.oam.dev";
 const APPCONFIG_VALIDATE_WEBHOOK: &str = "applicationconfigurations.validate.healthscope.oam.dev";
 const SCOPES: usize = 100;
 const METRIC: &str = "apiserver_admission_webhook_admission_duration_seconds";
@@ -87,10 +91,24 @@ async fn main() -> Result<(), BoxError> {
     let serving = tokio::spawn(server.run(router, async move { stop.cancelled().await }));
     let pid = std::process::id();
 
+    // The controller, as `healthscope run` starts it (leader election off: one replica), and a
+    // watch that notes when each workload first appears in a scope's refs.
+    let controller = healthscope::controller::start(
+        client.clone(),
+        healthscope::controller::ControllerConfig {
+            namespace: Some(NAMESPACE.into()),
+            ..Default::default()
+        },
+        healthscope::leader::LeaderState::always(),
+        shutdown.clone(),
+    )?;
+    let first_seen: Seen = Arc::default();
+    let seen_task = tokio::spawn(note_refs(client.clone(), first_seen.clone()));
+
     println!(
-        "| clients | phase | objects | errors | client create p50 / p99 ms | webhook calls | API server webhook p50 / p99 ms | <= 5 ms | <= 25 ms |"
+        "| clients | phase | objects | errors | client create p50 / p99 ms | webhook calls | API server webhook p50 / p99 ms | <= 5 ms | <= 25 ms | create to refs p50 / p99 ms |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut run = 0;
     for &clients in &args.clients {
         for with_webhooks in [false, true] {
@@ -106,13 +124,10 @@ async fn main() -> Result<(), BoxError> {
             let mut ms: Vec<f64> = outcome.latencies.iter().map(|d| d * 1000.0).collect();
             let p50 = common::percentile(&mut ms, 0.5).unwrap_or(f64::NAN);
             let p99 = common::percentile(&mut ms, 0.99).unwrap_or(f64::NAN);
+            let wired = wiring_latencies(&outcome.created, &first_seen).await;
             let (calls, server) = if with_webhooks {
                 let mut total = Histogram::default();
-                for name in [
-                    WORKLOAD_WEBHOOK,
-                    APPCONFIG_WEBHOOK,
-                    APPCONFIG_VALIDATE_WEBHOOK,
-                ] {
+                for name in [WORKLOAD_WEBHOOK, APPCONFIG_VALIDATE_WEBHOOK] {
                     let h = Histogram::from_samples(&after, METRIC, &[("name", name)])
                         .since(&Histogram::from_samples(&before, METRIC, &[("name", name)]));
                     total = merge(&total, &h);
@@ -142,7 +157,7 @@ async fn main() -> Result<(), BoxError> {
                 ("0".to_string(), "- | - | -".to_string())
             };
             println!(
-                "| {clients} | {} | {} | {} | {p50:.1} / {p99:.1} | {calls} | {server} |",
+                "| {clients} | {} | {} | {} | {p50:.1} / {p99:.1} | {calls} | {server} | {wired} |",
                 if with_webhooks {
                     "with webhooks"
                 } else {
@@ -163,6 +178,8 @@ async fn main() -> Result<(), BoxError> {
         hwm as f64 / 1024.0
     );
     shutdown.cancel();
+    seen_task.abort();
+    controller.join().await;
     let _ = serving.await;
     watches.shutdown();
     drop(plane);
@@ -241,8 +258,9 @@ fn client_config(addr: std::net::SocketAddr, path: &str, ca: &str) -> serde_json
     serde_json::to_value(config).unwrap_or_default()
 }
 
-/// Registers both webhooks (as the install manifests do: 3 s timeout, fail closed here so a
-/// failed call shows up as an error in the figures) and waits until they are in effect.
+/// Registers the webhooks (as the install manifests do, none with side effects: 3 s timeout,
+/// fail closed here so a failed call shows up as an error in the figures) and waits until they
+/// are in effect.
 async fn register(
     client: &Client,
     addr: std::net::SocketAddr,
@@ -255,17 +273,6 @@ async fn register(
         "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": "healthscope-bench"},
         "webhooks": [{
-            "name": APPCONFIG_WEBHOOK,
-            "clientConfig": client_config(addr, admission::APPLICATION_CONFIGURATION_PATH, ca),
-            "rules": [{"apiGroups": ["core.oam.dev"], "apiVersions": ["v1alpha2"],
-                       "operations": ["CREATE", "UPDATE", "DELETE"],
-                       "resources": ["applicationconfigurations"]}],
-            "namespaceSelector": selector,
-            "sideEffects": "NoneOnDryRun",
-            "failurePolicy": "Fail",
-            "timeoutSeconds": 3,
-            "admissionReviewVersions": ["v1"]
-        }, {
             "name": WORKLOAD_WEBHOOK,
             "clientConfig": client_config(addr, admission::WORKLOAD_PATH, ca),
             "rules": [{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
@@ -378,11 +385,75 @@ struct Outcome {
     /// Seconds per successful create.
     latencies: Vec<f64>,
     errors: Vec<String>,
+    /// Each AppConfig's workload name and when its create returned.
+    created: Vec<(String, Instant)>,
+}
+
+/// One create: its latency or error, and for an AppConfig its workload and when it returned.
+type Attempt = (Result<f64, String>, Option<(String, Instant)>);
+
+/// When each workload name was first seen in a scope's refs.
+type Seen = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// Watches the namespace's HealthScopes and notes when each ref first appears.
+async fn note_refs(client: Client, seen: Seen) {
+    let api = Api::<HealthScope>::namespaced(client, NAMESPACE);
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    while let Some(event) = events.next().await {
+        let Ok(scope) = event else { continue };
+        let now = Instant::now();
+        if let Ok(mut seen) = seen.lock() {
+            for r in &scope.spec.workload_refs {
+                seen.entry(r.name.clone()).or_insert(now);
+            }
+        }
+    }
+}
+
+/// p50 / p99 of create-to-refs, once every created AppConfig's workload is in its scope (or
+/// after 60 s, naming how many never arrived).
+async fn wiring_latencies(created: &[(String, Instant)], seen: &Seen) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let missing = seen
+            .lock()
+            .map(|seen| {
+                created
+                    .iter()
+                    .filter(|(w, _)| !seen.contains_key(w))
+                    .count()
+            })
+            .unwrap_or(created.len());
+        if missing == 0 || Instant::now() > deadline {
+            let mut ms: Vec<f64> = seen
+                .lock()
+                .map(|seen| {
+                    created
+                        .iter()
+                        .filter_map(|(w, at)| seen.get(w).map(|s| s.saturating_duration_since(*at)))
+                        .map(|d| d.as_secs_f64() * 1000.0)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let p50 = common::percentile(&mut ms, 0.5).unwrap_or(f64::NAN);
+            let p99 = common::percentile(&mut ms, 0.99).unwrap_or(f64::NAN);
+            let late = if missing > 0 {
+                format!(" ({missing} never)")
+            } else {
+                String::new()
+            };
+            return format!("{p50:.0} / {p99:.0}{late}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// `clients` tasks, each creating `per_client` AppConfig + Deployment pairs one after another.
 async fn load(client: &Client, run: usize, clients: usize, per_client: usize) -> Outcome {
-    let results: Vec<Vec<Result<f64, String>>> = stream::iter(0..clients)
+    let results: Vec<Vec<Attempt>> = stream::iter(0..clients)
         .map(|c| {
             let client = client.clone();
             async move {
@@ -392,20 +463,24 @@ async fn load(client: &Client, run: usize, clients: usize, per_client: usize) ->
                 for k in 0..per_client {
                     let (app, deployment) = pair(&format!("r{run}-c{c}"), k);
                     let started = Instant::now();
-                    out.push(
-                        apps.create(&PostParams::default(), &app)
-                            .await
-                            .map(|_| started.elapsed().as_secs_f64())
-                            .map_err(|e| format!("AppConfig {}: {e}", app.name_any())),
-                    );
+                    let result = apps
+                        .create(&PostParams::default(), &app)
+                        .await
+                        .map(|_| started.elapsed().as_secs_f64())
+                        .map_err(|e| format!("AppConfig {}: {e}", app.name_any()));
+                    let created = result
+                        .is_ok()
+                        .then(|| (deployment.name_any(), Instant::now()));
+                    out.push((result, created));
                     let started = Instant::now();
-                    out.push(
+                    out.push((
                         deployments
                             .create(&PostParams::default(), &deployment)
                             .await
                             .map(|_| started.elapsed().as_secs_f64())
                             .map_err(|e| format!("Deployment {}: {e}", deployment.name_any())),
-                    );
+                        None,
+                    ));
                 }
                 out
             }
@@ -416,8 +491,10 @@ async fn load(client: &Client, run: usize, clients: usize, per_client: usize) ->
     let mut outcome = Outcome {
         latencies: Vec::new(),
         errors: Vec::new(),
+        created: Vec::new(),
     };
-    for result in results.into_iter().flatten() {
+    for (result, created) in results.into_iter().flatten() {
+        outcome.created.extend(created);
         match result {
             Ok(s) => outcome.latencies.push(s),
             Err(e) => outcome.errors.push(e),

@@ -129,7 +129,7 @@ spec:
     c.start("oam-runtime", [os.path.join(OAM, "oam-kubernetes-runtime"), "--metrics-addr=0"],
             "oam-runtime")
     c.start("healthscope", [healthscope_bin, "run", "--manage-crd", "--leader-election=false",
-                            "--admin-addr", "127.0.0.1:0", "--log-level", "info"], "healthscope")
+                            "--admin-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0", "--log-level", "info"], "healthscope")
     c.kubectl("create", "namespace", NS)
     examples = os.path.join(ROOT, "examples")
     for _ in range(60):

@@ -11,5 +11,5 @@ mkdir -p target/bench
 KUBE_TESTENV_BIN=${KUBE_TESTENV_BIN:-target/testenv/kube-testenv} \
   target/release/bench-scale --scopes "${SCOPES:-1000}" --workloads "${WORKLOADS:-10}" \
     --window "${WINDOW:-60}" --changes "${CHANGES:-50}" -- "$PWD/target/release/healthscope" run \
-    --admin-addr 127.0.0.1:18080 --lease-namespace default --log-level warn \
+    --admin-addr 127.0.0.1:18080 --api-addr 127.0.0.1:0 --lease-namespace default --log-level warn \
   | tee target/bench/scale.md

@@ -83,8 +83,8 @@ scope_health() { [[ $(k get healthscope example-health-scope -o jsonpath='{.stat
 show_scope() {
   echo "\$ kubectl get healthscope"
   k get healthscope
-  echo "\$ curl -s localhost:$admin_port/scopes/example-health-scope"
-  curl -sS "http://127.0.0.1:$admin_port/scopes/example-health-scope" | python3 -m json.tool
+  echo "\$ curl -s localhost:$api_port/scopes/example-health-scope"
+  curl -sS "http://127.0.0.1:$api_port/scopes/example-health-scope" | python3 -m json.tool
 }
 
 bold "Starting a control plane (kube-apiserver + etcd)"
@@ -102,6 +102,7 @@ pids+=($!)
 bold "Certificates for the webhook, and the webhook configurations"
 webhook_port=$(free_port)
 admin_port=$(free_port)
+api_port=$(free_port)
 "$bin" certs --service healthscope --namespace healthscope-system --ip 127.0.0.1 \
   --out-dir "$work/certs" >/dev/null
 # The chart's own webhook configurations, pointed at this process instead of a Service, and its
@@ -115,10 +116,11 @@ admin_port=$(free_port)
 bold "Running healthscope (it puts its HealthScope CRD over the runtime's: --manage-crd)"
 "$bin" run --manage-crd --tls-cert "$work/certs/tls.crt" --tls-key "$work/certs/tls.key" \
   --webhook-addr "127.0.0.1:$webhook_port" --admin-addr "127.0.0.1:$admin_port" \
+  --api-addr "127.0.0.1:$api_port" \
   --lease-namespace default --log-format text >"$work/healthscope.log" 2>&1 &
 pids+=($!)
 wait_for "healthscope to be ready" curl -fsS "http://127.0.0.1:$admin_port/readyz"
-echo "ready: webhook on https://127.0.0.1:$webhook_port, admin on http://127.0.0.1:$admin_port"
+echo "ready: webhook on https://127.0.0.1:$webhook_port, admin on http://127.0.0.1:$admin_port, scopes API on http://127.0.0.1:$api_port"
 
 bold "Applying the example: a HealthScope, a Component, an ApplicationConfiguration"
 k apply -f examples/healthscope.yaml -f examples/component.yaml -f examples/appconfig.yaml

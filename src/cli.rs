@@ -57,9 +57,17 @@ pub struct RunArgs {
     #[arg(long, env = "HEALTHSCOPE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
 
-    /// Address of the plain-HTTP admin server: /scopes, /metrics, /healthz, /readyz.
+    /// Address of the plain-HTTP admin server: /metrics, /healthz, /readyz (for kubelet
+    /// probes and Prometheus; it serves nothing about any scope).
     #[arg(long, env = "HEALTHSCOPE_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     pub admin_addr: std::net::SocketAddr,
+
+    /// Address of the plain-HTTP scopes API (/scopes, /scopes/{namespace}/{name}). Loopback
+    /// by default, read with `kubectl port-forward`: it shows every watched namespace's scopes
+    /// without asking RBAC, so bind it elsewhere only where everyone who can reach it may see
+    /// them all.
+    #[arg(long, env = "HEALTHSCOPE_API_ADDR", default_value = "127.0.0.1:8081")]
+    pub api_addr: std::net::SocketAddr,
 
     /// Elect one leader through a Lease; only the leader probes and writes status (turn off
     /// only with a single replica).
@@ -92,6 +100,27 @@ pub struct RunArgs {
     #[arg(long, env = "HEALTHSCOPE_PROBE_CONCURRENCY", default_value_t = crate::controller::DEFAULT_PROBE_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..))]
     pub probe_concurrency: u32,
 
+    /// HTTP methods probes may send, comma-separated. A scope asking for another method is not
+    /// probed: its Service workloads turn unhealthy, saying the method is not enabled. Methods
+    /// other than GET and HEAD may change something in the application probed.
+    #[arg(long, env = "HEALTHSCOPE_PROBE_METHODS", value_delimiter = ',', default_value = "GET,HEAD", value_parser = parse_probe_method)]
+    pub probe_methods: Vec<String>,
+
+    /// Correct workloads' scope labels from the stored ApplicationConfigurations (needs patch on
+    /// Deployments, StatefulSets, DaemonSets, ReplicaSets and Services). Without it only the
+    /// workload webhook sets them, when a workload is created or updated (the OAM runtime
+    /// re-applies its workloads on every change of their AppConfig).
+    #[arg(long, env = "HEALTHSCOPE_REPAIR_LABELS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub repair_labels: bool,
+
+    /// Workload kinds beyond the built-in ones (Deployment, StatefulSet, DaemonSet,
+    /// ReplicaSet, Service, ContainerizedWorkload) that scopes may hold, as Kind.group
+    /// (e.g. Database.example.com), comma-separated, or * for every kind. Each one is watched
+    /// (list, watch across the watched namespaces; grant them in RBAC) while a scope names it.
+    /// Workloads of other kinds are unknown, saying how to allow them.
+    #[arg(long, env = "HEALTHSCOPE_EXTRA_KINDS", value_delimiter = ',', value_parser = parse_extra_kind)]
+    pub extra_kinds: Vec<String>,
+
     /// Lowest probe interval a scope may ask for (e.g. 1s, 500ms); shorter probe-interval
     /// values are raised to it.
     #[arg(long, env = "HEALTHSCOPE_MIN_PROBE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
@@ -110,6 +139,26 @@ pub struct RunArgs {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// `Kind.group` or `*`.
+fn parse_extra_kind(text: &str) -> Result<String, String> {
+    crate::controller::cache::ExtraKinds::parse(&[text.to_string()])?;
+    Ok(text.trim().to_string())
+}
+
+/// One of the HTTP methods a HealthScope's probe-method may name.
+fn parse_probe_method(text: &str) -> Result<String, String> {
+    let methods = crate::admission::healthscope::PROBE_METHODS;
+    let method = text.trim();
+    if methods.contains(&method) {
+        Ok(method.to_string())
+    } else {
+        Err(format!(
+            "{method:?} is not a probe method (one of {}, in upper case)",
+            methods.join(", ")
+        ))
+    }
 }
 
 /// A duration such as `1s`, `500ms`, `2m` or a bare number of seconds.

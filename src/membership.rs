@@ -1,5 +1,5 @@
 //! Pure: which workload belongs to which HealthScope, and the label keys that mark it. Both the
-//! webhook and the controller's backstop call this module; no I/O.
+//! webhook and the controller's wiring loop call this module; no I/O.
 //!
 //! An ApplicationConfiguration names scopes per component (`spec.components[].scopes[]`). Every
 //! reference to a `core.oam.dev` `HealthScope` makes the workload rendered from that component a

@@ -75,6 +75,12 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WiringLabels {
+    target: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -176,6 +182,8 @@ struct Inner {
     webhook_in_flight: Gauge,
     webhook_request_bytes: Histogram,
     webhook_rejected: Family<ReasonLabels, Counter>,
+    webhook_lookups_unfinished: Counter,
+    wiring_writes: Family<WiringLabels, Counter>,
     reconcile: Family<ResultLabels, Counter>,
     reconcile_duration: Histogram,
     status_patch: Family<ResultLabels, Counter>,
@@ -240,6 +248,24 @@ impl Metrics {
             "Admission requests denied, by reason",
             webhook_rejected.clone(),
         );
+
+        let webhook_lookups_unfinished = Counter::default();
+        registry.register(
+            "webhook_lookups_unfinished",
+            "Admission requests answered before every object they name was read (live-read budget spent)",
+            webhook_lookups_unfinished.clone(),
+        );
+        let wiring_writes = Family::<WiringLabels, Counter>::default();
+        registry.register(
+            "wiring_writes",
+            "Writes of the wiring loop, by target (refs: a scope's workloadRefs, labels: a workload's scope labels) and result (success, error)",
+            wiring_writes.clone(),
+        );
+        for target in ["refs", "labels"] {
+            for result in ["success", "error"] {
+                let _ = wiring_writes.get_or_create_owned(&WiringLabels { target, result });
+            }
+        }
 
         let reconcile = Family::<ResultLabels, Counter>::default();
         registry.register(
@@ -354,6 +380,8 @@ impl Metrics {
                 webhook_in_flight,
                 webhook_request_bytes,
                 webhook_rejected,
+                webhook_lookups_unfinished,
+                wiring_writes,
                 reconcile,
                 reconcile_duration,
                 status_patch,
@@ -407,6 +435,20 @@ impl Metrics {
             .get_or_create(&ReasonLabels {
                 reason: reason.to_string(),
             })
+            .inc();
+    }
+
+    /// Counts one admission answered before every object it names was read.
+    pub fn webhook_lookups_unfinished(&self) {
+        self.inner.webhook_lookups_unfinished.inc();
+    }
+
+    /// Counts one write of the wiring loop; `target` is "refs" or "labels".
+    pub fn wiring_write(&self, target: &'static str, success: bool) {
+        let result = if success { "success" } else { "error" };
+        self.inner
+            .wiring_writes
+            .get_or_create(&WiringLabels { target, result })
             .inc();
     }
 

@@ -1,8 +1,11 @@
-//! The admin/API server: /scopes, /metrics, /healthz, /readyz.
+//! The admin server (/metrics, /healthz, /readyz) and the scopes API (/scopes).
 //!
-//! Plain HTTP on the admin port, read-only. Scopes are answered from a reflector store of
-//! HealthScopes (their status as the leader last wrote it), so every replica answers, leader or
-//! not, without a request to the API server.
+//! Plain HTTP, read-only. The admin port is reachable by the cluster (kubelet probes,
+//! Prometheus) and serves nothing about any scope. The scopes API shows every watched
+//! namespace's scopes without asking RBAC, so `healthscope run` binds it to loopback, read with
+//! `kubectl port-forward`. Scopes are answered from a reflector store of HealthScopes (their
+//! status as the leader last wrote it), so every replica answers, leader or not, without a
+//! request to the API server.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -219,18 +222,43 @@ fn not_evaluated(r: &WorkloadReference) -> WorkloadDetail {
     }
 }
 
-/// The admin routes. Unknown paths answer 404 and other methods 405, both with a JSON error.
+/// Every route: the scopes API and the admin routes. Unknown paths answer 404 and other
+/// methods 405, both with a JSON error.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/scopes", get(list_scopes))
         .route("/scopes/{namespace}/{name}", get(get_scope))
         .route("/scopes/{name}", get(get_default_namespace_scope))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .merge(admin_routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// The routes for the cluster-reachable admin port: /metrics, /healthz, /readyz. /scopes
+/// answers 404 saying where it is served.
+pub fn admin_router(state: AdminState) -> Router {
+    admin_routes()
+        .route("/scopes", get(scopes_elsewhere))
+        .route("/scopes/{*rest}", get(scopes_elsewhere))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+fn admin_routes() -> Router<AdminState> {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
+
+/// What the admin port answers for /scopes.
+pub const SCOPES_ELSEWHERE: &str = "/scopes is not served on the admin port: it is served on \
+    --api-addr (127.0.0.1:8081 by default); read it with kubectl port-forward";
+
+async fn scopes_elsewhere() -> Response {
+    error(StatusCode::NOT_FOUND, SCOPES_ELSEWHERE.to_string())
 }
 
 async fn list_scopes(State(state): State<AdminState>) -> Json<Vec<ScopeSummary>> {

@@ -1,70 +1,104 @@
-//! The async edge of admission: HTTP routes over the pure handlers, live reads for snapshot
-//! misses, and the HealthScope server-side applies an ApplicationConfiguration asks for.
+//! The async edge of admission: HTTP routes over the pure handlers, and live reads for snapshot
+//! misses. Admission writes nothing (`sideEffects: None`): the controller wires scopes from the
+//! objects the API server stored.
 //!
 //! Snapshot misses: a freshly created object can reach the webhook before the watch cache has
 //! it (a Component applied just before its AppConfig, a ContainerizedWorkload just before the
 //! Deployment it owns). A handler is run against the cache; every object it asked for and did
 //! not find is read live once (GET), and the handler runs again with those answers. At most
-//! [`MAX_LOOKUP_ROUNDS`] rounds; an object that really is absent costs one GET per request.
+//! [`MAX_LOOKUP_ROUNDS`] rounds.
 //!
-//! Write failures: if a server-side apply to a HealthScope fails, the request is still allowed,
-//! with a warning naming the scope and the error: the wiring fails open, as the webhook's
-//! `failurePolicy: Ignore` does, and the controller's backstop records (or, on DELETE, removes)
-//! the refs from the stored ApplicationConfiguration moments later. A user's apply is never
-//! refused because healthscope could not write in time.
-//! A scope deleted between the check and the apply is re-created by the apply (server-side
-//! apply creates missing objects); the controller's backstop owns that rare case.
+//! Live reads are bounded: at most [`MAX_LIVE_READS`] objects and [`LIVE_READ_BUDGET`] per
+//! request, well under the webhook's `timeoutSeconds`. An object found absent is remembered as
+//! absent for [`MISS_MEMORY`], and taken as absent without a read only by a request that misses
+//! more than its budget could read, so a burst of requests naming thousands of missing objects
+//! does not read them again. When the budget runs out the request is answered with what is known, a warning saying so, a log line
+//! naming the object and `healthscope_webhook_lookups_unfinished_total`. Nothing is lost by it:
+//! admission only validates and warns (and labels workloads, which the wiring loop also does).
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::post;
 use futures::future::join_all;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 
-use super::appconfig::{self, ScopeWrites};
+use super::appconfig;
 use super::{
     APPLICATION_CONFIGURATION_PATH, APPLICATION_CONFIGURATION_VALIDATE_PATH, HEALTH_SCOPE_PATH,
     OamKind, ObjectKey, Overlay, Recording, Snapshot, WORKLOAD_PATH, healthscope, object_name,
     with_warnings, workload,
 };
 use crate::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
-use crate::membership::workload_refs_apply;
 use crate::metrics::Metrics;
 use crate::webhook::{AdmissionReviewRequest, review_response};
 
 /// Most rounds of live reads for one request: enough for the longest chain, a
 /// ContainerizedWorkload's child (parent, then its ApplicationConfiguration, then Components).
 pub const MAX_LOOKUP_ROUNDS: usize = 3;
-/// Longest wait for one live read.
-pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(4);
-/// Longest wait for the scope applies of one request, queueing included; the API server gives
-/// a webhook 10 s at most.
-pub const WRITE_DEADLINE: Duration = Duration::from_secs(8);
+/// Most objects read live for one request.
+pub const MAX_LIVE_READS: usize = 8;
+/// Longest time one request spends on live reads, all rounds together.
+pub const LIVE_READ_BUDGET: Duration = Duration::from_millis(1000);
+/// How long an object read live and found absent is taken as absent without asking again.
+pub const MISS_MEMORY: Duration = Duration::from_secs(5);
+/// Most absent objects remembered at once; the oldest are forgotten first.
+const MISS_MEMORY_ENTRIES: usize = 4096;
 
-/// What the admission routes need: the cache, a client for live reads, the scope writer, and
-/// optionally the metrics to record requests in.
+/// What the admission routes need: the cache, a client for live reads, the objects recently
+/// found absent, and optionally the metrics to record requests in.
 #[derive(Clone)]
 pub struct AdmissionState {
     pub snapshot: Arc<dyn Snapshot>,
     pub client: Client,
-    pub writer: ScopeWriter,
     pub metrics: Option<Metrics>,
+    absent: Arc<Mutex<HashMap<ObjectKey, Instant>>>,
 }
 
 impl AdmissionState {
     pub fn new(snapshot: Arc<dyn Snapshot>, client: Client) -> Self {
         Self {
             snapshot,
-            writer: ScopeWriter::new(client.clone()),
             client,
             metrics: None,
+            absent: Arc::default(),
+        }
+    }
+
+    /// Takes the keys remembered as absent out of `keys` and records them in `overlay`.
+    fn recall_absent(&self, keys: &mut BTreeSet<ObjectKey>, overlay: &mut Overlay) {
+        let Ok(absent) = self.absent.lock() else {
+            return;
+        };
+        keys.retain(|key| {
+            let known = absent.get(key).is_some_and(|at| at.elapsed() < MISS_MEMORY);
+            if known {
+                overlay.record_absent(key);
+            }
+            !known
+        });
+    }
+
+    fn remember_absent(&self, keys: impl IntoIterator<Item = ObjectKey>) {
+        let Ok(mut absent) = self.absent.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        absent.extend(keys.into_iter().map(|key| (key, now)));
+        if absent.len() > MISS_MEMORY_ENTRIES {
+            absent.retain(|_, at| at.elapsed() < MISS_MEMORY);
+        }
+        if absent.len() > MISS_MEMORY_ENTRIES {
+            let mut ages: Vec<Instant> = absent.values().copied().collect();
+            ages.sort_unstable();
+            let cutoff = ages[ages.len() - MISS_MEMORY_ENTRIES];
+            absent.retain(|_, at| *at >= cutoff);
         }
     }
 
@@ -174,7 +208,7 @@ pub fn router(state: AdmissionState) -> axum::Router {
         .route(APPLICATION_CONFIGURATION_PATH, post(appconfig_route))
         .route(
             APPLICATION_CONFIGURATION_VALIDATE_PATH,
-            post(appconfig_validate_route),
+            post(appconfig_route),
         )
         .route(WORKLOAD_PATH, post(workload_route))
         .route(HEALTH_SCOPE_PATH, post(healthscope_route))
@@ -197,42 +231,22 @@ async fn workload_route(
     State(state): State<AdmissionState>,
     AdmissionReviewRequest(request): AdmissionReviewRequest,
 ) -> Response {
-    let response = with_live_reads(&state, |snapshot| workload::review(&request, snapshot)).await;
+    let read = with_live_reads(&state, |snapshot| workload::review(&request, snapshot)).await;
+    let response = settle_unread(&state, &request, read);
     answer(&request, response, RejectReason::InvalidRequest)
 }
 
+/// Both ApplicationConfiguration paths answer the same decision, without a patch: the
+/// mutating path stays for webhook configurations of earlier versions.
 async fn appconfig_route(
     State(state): State<AdmissionState>,
     AdmissionReviewRequest(request): AdmissionReviewRequest,
 ) -> Response {
-    let review = with_live_reads(&state, |snapshot| appconfig::review(&request, snapshot)).await;
-    match review.writes {
-        Some(writes) if review.response.allowed => {
-            let failures = state.writer.apply(&writes).await;
-            let response = settle_writes(&request, review.response, &writes, failures);
-            answer(
-                &request,
-                response,
-                RejectReason::InvalidApplicationConfiguration,
-            )
-        }
-        _ => answer(
-            &request,
-            review.response,
-            RejectReason::InvalidApplicationConfiguration,
-        ),
-    }
-}
-
-async fn appconfig_validate_route(
-    State(state): State<AdmissionState>,
-    AdmissionReviewRequest(request): AdmissionReviewRequest,
-) -> Response {
-    // The same decision; the writes belong to the wiring route only.
-    let review = with_live_reads(&state, |snapshot| appconfig::review(&request, snapshot)).await;
+    let read = with_live_reads(&state, |snapshot| appconfig::review(&request, snapshot)).await;
+    let response = settle_unread(&state, &request, read);
     answer(
         &request,
-        review.response,
+        response,
         RejectReason::InvalidApplicationConfiguration,
     )
 }
@@ -251,33 +265,99 @@ fn log_decision(request: &AdmissionRequest<DynamicObject>, response: &AdmissionR
     );
 }
 
+/// A decision, and how many objects it asked for that could not be read within the budget.
+pub struct LiveRead<T> {
+    pub outcome: T,
+    pub unread: usize,
+}
+
 /// Runs a pure decision against the cache, reading live whatever it missed (see the module
 /// documentation), and returns the final decision.
-pub async fn with_live_reads<T>(state: &AdmissionState, decide: impl Fn(&dyn Snapshot) -> T) -> T {
+pub async fn with_live_reads<T>(
+    state: &AdmissionState,
+    decide: impl Fn(&dyn Snapshot) -> T,
+) -> LiveRead<T> {
+    let deadline = Instant::now() + LIVE_READ_BUDGET;
+    let mut reads_left = MAX_LIVE_READS;
     let mut overlay = Overlay::default();
     for _ in 0..MAX_LOOKUP_ROUNDS {
-        let misses = {
+        let mut misses = {
             let recording = Recording::new(&*state.snapshot, &overlay);
             let outcome = decide(&recording);
             let misses = recording.misses();
             if misses.is_empty() {
-                return outcome;
+                return LiveRead { outcome, unread: 0 };
             }
             misses
         };
-        read_live(&state.client, misses, &mut overlay).await;
+        // Remembered absences stand in only for more reads than the budget has left: a
+        // request that can read what it misses reads it fresh (an AppConfig created a moment
+        // ago must not be taken as absent).
+        if misses.len() > reads_left {
+            state.recall_absent(&mut misses, &mut overlay);
+        }
+        let now = Instant::now();
+        if misses.len() > reads_left || now >= deadline {
+            break;
+        }
+        reads_left -= misses.len();
+        let absent = read_live(&state.client, misses, &mut overlay, deadline - now).await;
+        state.remember_absent(absent);
     }
-    decide(&Recording::new(&*state.snapshot, &overlay))
+    let recording = Recording::new(&*state.snapshot, &overlay);
+    let outcome = decide(&recording);
+    let unread = recording.misses().len();
+    LiveRead { outcome, unread }
+}
+
+/// The response to send: unchanged when every object was read; otherwise with a warning that
+/// some were not, counted and logged with the object's name.
+fn settle_unread(
+    state: &AdmissionState,
+    request: &AdmissionRequest<DynamicObject>,
+    read: LiveRead<AdmissionResponse>,
+) -> AdmissionResponse {
+    if read.unread == 0 {
+        return read.outcome;
+    }
+    let object = format!("{} {}", request.kind.kind, object_name(request));
+    tracing::warn!(
+        object = %object,
+        unread = read.unread,
+        "admission answered before every object it names was read (more than {MAX_LIVE_READS} \
+         live reads or {} ms); warnings about missing objects may be incomplete",
+        LIVE_READ_BUDGET.as_millis()
+    );
+    if let Some(metrics) = &state.metrics {
+        metrics.webhook_lookups_unfinished();
+    }
+    // First, so the API server's cap on warning length never drops it.
+    let mut response = read.outcome;
+    let mut warnings = vec![format!(
+        "healthscope could not read {} object(s) that {object} names within its time budget; \
+         it was checked against what it could read. The controller wires it from the stored \
+         object either way.",
+        read.unread
+    )];
+    warnings.extend(response.warnings.take().unwrap_or_default());
+    with_warnings(response, warnings)
 }
 
 /// Reads `keys` from the API server into `overlay` (absent ones as `None`). A failed read counts
 /// as absent, with a log line.
+/// Returns the keys the API server said do not exist (not those that failed or timed out).
 async fn read_live(
     client: &Client,
-    keys: std::collections::BTreeSet<ObjectKey>,
+    keys: BTreeSet<ObjectKey>,
     overlay: &mut Overlay,
-) {
-    async fn get<K>(client: &Client, ns: &str, name: &str) -> Option<Arc<K>>
+    budget: Duration,
+) -> Vec<ObjectKey> {
+    async fn get<K>(
+        client: &Client,
+        ns: &str,
+        name: &str,
+        budget: Duration,
+    ) -> Result<Option<Arc<K>>, ()>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
@@ -286,39 +366,50 @@ async fn read_live(
         K::DynamicType: Default,
     {
         let api = Api::<K>::namespaced(client.clone(), ns);
-        match tokio::time::timeout(API_CALL_TIMEOUT, api.get_opt(name)).await {
-            Ok(Ok(found)) => found.map(Arc::new),
+        match tokio::time::timeout(budget, api.get_opt(name)).await {
+            Ok(Ok(found)) => Ok(found.map(Arc::new)),
             Ok(Err(e)) => {
                 tracing::warn!(namespace = ns, name, kind = %K::kind(&Default::default()), error = %e, "live read failed");
-                None
+                Err(())
             }
             Err(_) => {
                 tracing::warn!(namespace = ns, name, kind = %K::kind(&Default::default()), "live read timed out");
-                None
+                Err(())
             }
         }
     }
-    let reads = keys.into_iter().map(|(kind, ns, name)| async move {
+    let reads = keys.into_iter().map(|key| async move {
+        let (kind, ns, name) = &key;
         let value = match kind {
             OamKind::ApplicationConfiguration => {
-                Fetched::App(get::<ApplicationConfiguration>(client, &ns, &name).await)
+                get::<ApplicationConfiguration>(client, ns, name, budget)
+                    .await
+                    .map(Fetched::App)
             }
-            OamKind::Component => Fetched::Component(get::<Component>(client, &ns, &name).await),
+            OamKind::Component => get::<Component>(client, ns, name, budget)
+                .await
+                .map(Fetched::Component),
             OamKind::ContainerizedWorkload => {
-                Fetched::Cw(get::<ContainerizedWorkload>(client, &ns, &name).await)
+                get::<ContainerizedWorkload>(client, ns, name, budget)
+                    .await
+                    .map(Fetched::Cw)
             }
-            OamKind::HealthScope => Fetched::Scope(get::<HealthScope>(client, &ns, &name).await),
+            OamKind::HealthScope => get::<HealthScope>(client, ns, name, budget)
+                .await
+                .map(Fetched::Scope),
         };
-        ((ns, name), value)
+        (key, value)
     });
+    let mut absent = Vec::new();
     for (key, fetched) in join_all(reads).await {
-        match fetched {
-            Fetched::App(v) => overlay.app_configurations.insert(key, v).map(drop),
-            Fetched::Component(v) => overlay.components.insert(key, v).map(drop),
-            Fetched::Cw(v) => overlay.containerized_workloads.insert(key, v).map(drop),
-            Fetched::Scope(v) => overlay.health_scopes.insert(key, v).map(drop),
-        };
+        // A failed read stays a miss: the decision counts it as unread.
+        let Ok(fetched) = fetched else { continue };
+        if fetched.is_absent() {
+            absent.push(key.clone());
+        }
+        overlay.insert(&key, fetched);
     }
+    absent
 }
 
 enum Fetched {
@@ -328,134 +419,44 @@ enum Fetched {
     Scope(Option<Arc<HealthScope>>),
 }
 
-/// One scope apply that failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScopeWriteFailure {
-    pub scope: String,
-    pub error: String,
+impl Fetched {
+    fn is_absent(&self) -> bool {
+        match self {
+            Fetched::App(v) => v.is_none(),
+            Fetched::Component(v) => v.is_none(),
+            Fetched::Cw(v) => v.is_none(),
+            Fetched::Scope(v) => v.is_none(),
+        }
+    }
 }
 
-/// One queue per (namespace, scope): holding the lock is a turn to write.
-type ScopeQueues = HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
-
-/// Performs the workloadRefs server-side applies, one at a time per scope.
-///
-/// Many ApplicationConfigurations naming one scope are admitted at once (a rollout, `kubectl
-/// apply -f dir/`). Sent together, their applies to the same object conflict in the API server,
-/// which retries each one and runs admission again every time: 50 at once took longer than the
-/// webhook timeout. Queued per scope, each apply goes through on its first try.
-/// Cheap to clone; clones share the queues.
-#[derive(Clone)]
-pub struct ScopeWriter {
-    client: Client,
-    queues: Arc<std::sync::Mutex<ScopeQueues>>,
-}
-
-impl ScopeWriter {
-    pub fn new(client: Client) -> Self {
-        Self {
-            client,
-            queues: Arc::default(),
+impl Overlay {
+    fn insert(&mut self, (_, ns, name): &ObjectKey, fetched: Fetched) {
+        let key = (ns.clone(), name.clone());
+        match fetched {
+            Fetched::App(v) => drop(self.app_configurations.insert(key, v)),
+            Fetched::Component(v) => drop(self.components.insert(key, v)),
+            Fetched::Cw(v) => drop(self.containerized_workloads.insert(key, v)),
+            Fetched::Scope(v) => drop(self.health_scopes.insert(key, v)),
         }
     }
 
-    fn queue(&self, namespace: &str, scope: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut queues = self
-            .queues
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Forget queues nobody waits in, so the map stays as small as the scopes in use.
-        queues.retain(|_, queue| Arc::strong_count(queue) > 1);
-        queues
-            .entry((namespace.to_string(), scope.to_string()))
-            .or_default()
-            .clone()
+    /// Records `key` as known absent.
+    fn record_absent(&mut self, key: &ObjectKey) {
+        let fetched = match key.0 {
+            OamKind::ApplicationConfiguration => Fetched::App(None),
+            OamKind::Component => Fetched::Component(None),
+            OamKind::ContainerizedWorkload => Fetched::Cw(None),
+            OamKind::HealthScope => Fetched::Scope(None),
+        };
+        self.insert(key, fetched);
     }
-
-    /// Applies `writes` (scopes in parallel, each under the AppConfig's field manager with
-    /// `force`: the manager only ever claims its own list entries) within [`WRITE_DEADLINE`].
-    /// Returns the failures; empty when every apply succeeded.
-    pub async fn apply(&self, writes: &ScopeWrites) -> Vec<ScopeWriteFailure> {
-        let api = Api::<HealthScope>::namespaced(self.client.clone(), &writes.namespace);
-        let params = PatchParams::apply(&writes.field_manager).force();
-        let applies = writes.applies.iter().map(|(scope, refs)| {
-            let api = api.clone();
-            let params = params.clone();
-            let queue = self.queue(&writes.namespace, scope);
-            async move {
-                let body = workload_refs_apply(&writes.namespace, scope, refs);
-                let outcome = tokio::time::timeout(WRITE_DEADLINE, async {
-                    let _turn = queue.lock().await;
-                    api.patch(scope, &params, &Patch::Apply(&body)).await
-                })
-                .await;
-                let error = match outcome {
-                    Ok(Ok(_)) => {
-                        tracing::info!(
-                            namespace = %writes.namespace,
-                            scope = %scope,
-                            appconfig = %writes.appconfig,
-                            refs = refs.len(),
-                            "workload refs applied"
-                        );
-                        return None;
-                    }
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => format!("not done within {WRITE_DEADLINE:?}"),
-                };
-                tracing::warn!(namespace = %writes.namespace, scope = %scope, appconfig = %writes.appconfig, error = %error, "applying workload refs failed");
-                Some(ScopeWriteFailure {
-                    scope: scope.clone(),
-                    error,
-                })
-            }
-        });
-        join_all(applies).await.into_iter().flatten().collect()
-    }
-}
-
-/// The final response once the writes are done: unchanged when they all succeeded; otherwise
-/// allowed with one warning per failed scope (the controller's backstop converges).
-pub fn settle_writes(
-    request: &AdmissionRequest<DynamicObject>,
-    response: AdmissionResponse,
-    writes: &ScopeWrites,
-    failures: Vec<ScopeWriteFailure>,
-) -> AdmissionResponse {
-    if failures.is_empty() {
-        return response;
-    }
-    let action = if request.operation == Operation::Delete {
-        "remove the workload refs of"
-    } else {
-        "record the workload refs of"
-    };
-    let warnings = failures
-        .iter()
-        .map(|f| {
-            tracing::warn!(
-                appconfig = %object_name(request),
-                scope = %format!("{}/{}", writes.namespace, f.scope),
-                error = %f.error,
-                "scope write failed; left to the controller's backstop"
-            );
-            format!(
-                "healthscope could not {action} {} in HealthScope {}/{} ({}); the healthscope \
-                 controller will do it shortly",
-                object_name(request),
-                writes.namespace,
-                f.scope,
-                f.error
-            )
-        })
-        .collect();
-    with_warnings(response, warnings)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission::tests::{deeply_nested_review, request, review_json};
+    use crate::admission::tests::{deeply_nested_review, review_json};
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use serde_json::{Value, json};
@@ -625,42 +626,5 @@ mod tests {
                 .unwrap()
                 .contains("ApplicationConfigurations")
         );
-    }
-
-    #[test]
-    fn failed_writes_allow_with_a_warning_naming_the_scope() {
-        let app = json!({"apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
-            "metadata": {"name": "shop", "namespace": "ns"}, "spec": {}});
-        let kind = ("core.oam.dev", "v1alpha2", "ApplicationConfiguration");
-        let writes = ScopeWrites {
-            namespace: "ns".into(),
-            appconfig: "shop".into(),
-            field_manager: "m".into(),
-            applies: Default::default(),
-        };
-        let failures = vec![ScopeWriteFailure {
-            scope: "s".into(),
-            error: "boom".into(),
-        }];
-        let create = request(kind, "CREATE", Some(app.clone()), None, false);
-        let warned = settle_writes(
-            &create,
-            crate::admission::allow(&create),
-            &writes,
-            failures.clone(),
-        );
-        assert!(
-            warned.allowed,
-            "a failed write never refuses the user's apply"
-        );
-        let warning = &warned.warnings.unwrap()[0];
-        assert!(warning.contains("record the workload refs"), "{warning}");
-        assert!(warning.contains("HealthScope ns/s (boom)"), "{warning}");
-        let delete = request(kind, "DELETE", None, Some(app), false);
-        let warned = settle_writes(&delete, crate::admission::allow(&delete), &writes, failures);
-        assert!(warned.allowed);
-        assert!(warned.warnings.unwrap()[0].contains("remove the workload refs"));
-        let clean = settle_writes(&create, crate::admission::allow(&create), &writes, vec![]);
-        assert!(clean.allowed && clean.warnings.is_none());
     }
 }

@@ -27,12 +27,12 @@ use crate::membership::{ComponentLookup, WorkloadLookup};
 
 pub use edge::{AdmissionState, router};
 
-/// Path of the ApplicationConfiguration webhook that wires workloads into scopes (mutating
-/// configuration, sideEffects NoneOnDryRun, CREATE/UPDATE/DELETE). It also rejects malformed
-/// scope references.
+/// Path of the ApplicationConfiguration webhook of earlier versions (a mutating configuration):
+/// the same decision as [`APPLICATION_CONFIGURATION_VALIDATE_PATH`], never a patch, so a
+/// configuration left from an upgrade keeps working.
 pub const APPLICATION_CONFIGURATION_PATH: &str = "/mutate/applicationconfiguration";
-/// Path of the ApplicationConfiguration check without side effects (validating configuration,
-/// sideEffects None): the same decision as [`APPLICATION_CONFIGURATION_PATH`], no writes.
+/// Path of the ApplicationConfiguration check (validating configuration, sideEffects None):
+/// rejects malformed scope references, warns about what cannot be wired yet, writes nothing.
 pub const APPLICATION_CONFIGURATION_VALIDATE_PATH: &str = "/validate/applicationconfiguration";
 /// Path of the workload labelling webhook (mutating).
 pub const WORKLOAD_PATH: &str = "/mutate/workload";

@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::wiring::DirtyNamespaces;
 use crate::api::{ContainerizedWorkload, HealthScope};
 
 /// The label EndpointSlices carry naming their Service.
@@ -147,15 +148,74 @@ struct DynamicCaches {
     namespace: Option<String>,
     index: DependencyIndex,
     trigger: Trigger,
-    /// Extra hook for every cache event (the membership backstop listens here).
-    on_change: Option<Arc<tokio::sync::Notify>>,
+    /// Marks the namespace of every cache event for the wiring loop.
+    on_change: Option<DirtyNamespaces>,
     shutdown: CancellationToken,
+    /// The kinds without a built-in cache an operator allows to be watched.
+    allowed: ExtraKinds,
     entries: tokio::sync::Mutex<HashMap<GroupVersionKind, DynamicEntry>>,
 }
 
 enum DynamicEntry {
-    Watching(Store<DynamicObject>),
-    Failed { reason: String, at: Instant },
+    /// A watch, stopped by cancelling its token.
+    Watching(Store<DynamicObject>, CancellationToken),
+    Failed {
+        reason: String,
+        at: Instant,
+    },
+}
+
+/// Kinds without a built-in cache that scopes may hold, by kind and group (any version): each
+/// costs a cluster-wide (or `--namespace`-wide) watch while a scope names it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ExtraKinds {
+    /// None: such workloads are `unknown`, saying how to allow their kind.
+    #[default]
+    None,
+    /// Only these (kind, group) pairs.
+    Only(BTreeSet<(String, String)>),
+    /// Every kind the API server serves.
+    All,
+}
+
+impl ExtraKinds {
+    /// Parses `Kind.group` entries (e.g. `Database.example.com`; a bare `Kind` is in the core
+    /// group, e.g. `PersistentVolumeClaim`), or `*` for every kind.
+    pub fn parse(entries: &[String]) -> Result<Self, String> {
+        let mut only = BTreeSet::new();
+        for entry in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+            if entry == "*" {
+                return Ok(ExtraKinds::All);
+            }
+            let (kind, group) = entry.split_once('.').unwrap_or((entry, ""));
+            let well_formed = !kind.is_empty()
+                && kind.chars().all(|c| c.is_ascii_alphanumeric())
+                && !entry.ends_with('.');
+            match well_formed {
+                true => {
+                    only.insert((kind.to_string(), group.to_string()));
+                }
+                false => {
+                    return Err(format!(
+                        "{entry:?} is not Kind.group (e.g. Database.example.com) or *"
+                    ));
+                }
+            }
+        }
+        Ok(if only.is_empty() {
+            ExtraKinds::None
+        } else {
+            ExtraKinds::Only(only)
+        })
+    }
+
+    pub fn allows(&self, gvk: &GroupVersionKind) -> bool {
+        match self {
+            ExtraKinds::None => false,
+            ExtraKinds::All => true,
+            ExtraKinds::Only(only) => only.contains(&(gvk.kind.clone(), gvk.group.clone())),
+        }
+    }
 }
 
 /// What a reconcile learns about a kind without a built-in cache.
@@ -168,13 +228,14 @@ pub enum DynamicLookup {
 impl WorkloadCaches {
     /// Starts a watch per built-in kind (in `namespace`, or all namespaces) on the current
     /// runtime; they stop when `shutdown` is cancelled. Every event is mapped through `index`
-    /// to scopes sent on `trigger`, and pings `on_change` when given.
+    /// to scopes sent on `trigger`, and marks its namespace in `on_change` when given.
     pub fn spawn(
         client: Client,
         namespace: Option<String>,
         index: DependencyIndex,
         trigger: Trigger,
-        on_change: Option<Arc<tokio::sync::Notify>>,
+        on_change: Option<DirtyNamespaces>,
+        allowed: ExtraKinds,
         shutdown: CancellationToken,
     ) -> Self {
         let ctx = WatchCtx {
@@ -205,6 +266,7 @@ impl WorkloadCaches {
                 trigger,
                 on_change,
                 shutdown,
+                allowed,
                 entries: Default::default(),
             }),
         }
@@ -227,12 +289,29 @@ impl WorkloadCaches {
     pub async fn dynamic(&self, gvk: &GroupVersionKind) -> DynamicLookup {
         self.dynamic.lookup(gvk).await
     }
+
+    /// Stops the watches of kinds no scope names any more (`in_use`), and forgets discovery
+    /// failures old enough to be tried again.
+    pub async fn retain_dynamic(&self, in_use: &HashSet<GroupVersionKind>) {
+        let mut entries = self.dynamic.entries.lock().await;
+        entries.retain(|gvk, entry| match entry {
+            DynamicEntry::Watching(_, stop) => {
+                let keep = in_use.contains(gvk);
+                if !keep {
+                    tracing::info!(kind = %api_version_kind(gvk), "no scope names this kind any more; its watch is stopped");
+                    stop.cancel();
+                }
+                keep
+            }
+            DynamicEntry::Failed { at, .. } => at.elapsed() < DISCOVERY_RETRY,
+        });
+    }
 }
 
 struct WatchCtx {
     index: DependencyIndex,
     trigger: Trigger,
-    on_change: Option<Arc<tokio::sync::Notify>>,
+    on_change: Option<DirtyNamespaces>,
     shutdown: CancellationToken,
 }
 
@@ -254,7 +333,7 @@ where
     spawn_reflector(api, (), ctx)
 }
 
-/// What a cached object keeps: only what the health rules, the probes and the backstop read.
+/// What a cached object keeps: only what the health rules, the probes and the wiring loop read.
 /// At 10,000 workloads the pod templates, managedFields and last-applied annotations are most
 /// of the memory a cache would hold.
 pub trait TrimForCache: Resource + Sized {
@@ -326,7 +405,7 @@ async fn forward<K>(
     dt: K::DynamicType,
     index: DependencyIndex,
     trigger: Trigger,
-    on_change: Option<Arc<tokio::sync::Notify>>,
+    on_change: Option<DirtyNamespaces>,
     shutdown: CancellationToken,
 ) where
     K: Resource + Send,
@@ -340,8 +419,8 @@ async fn forward<K>(
                         let _ = trigger.send(scope);
                     }
                 }
-                if let Some(notify) = &on_change {
-                    notify.notify_one();
+                if let Some(dirty) = &on_change {
+                    dirty.mark(obj.meta().namespace.as_deref().unwrap_or_default());
                 }
             }
             Err(error) => {
@@ -378,9 +457,20 @@ fn keys_touched<K: Resource>(obj: &K, dt: &K::DynamicType) -> Vec<DependencyKey>
 
 impl DynamicCaches {
     async fn lookup(&self, gvk: &GroupVersionKind) -> DynamicLookup {
+        if !self.allowed.allows(gvk) {
+            let entry = match gvk.group.as_str() {
+                "" => gvk.kind.clone(),
+                group => format!("{}.{group}", gvk.kind),
+            };
+            return DynamicLookup::Unknown(format!(
+                "kind {} is not watched: an operator allows it with --extra-kinds {entry} \
+                 (chart value extraKinds)",
+                api_version_kind(gvk),
+            ));
+        }
         let mut entries = self.entries.lock().await;
         match entries.get(gvk) {
-            Some(DynamicEntry::Watching(store)) => return listed(store.clone(), gvk),
+            Some(DynamicEntry::Watching(store, _)) => return listed(store.clone(), gvk),
             Some(DynamicEntry::Failed { reason, at }) if at.elapsed() < DISCOVERY_RETRY => {
                 return DynamicLookup::Unknown(reason.clone());
             }
@@ -421,14 +511,15 @@ impl DynamicCaches {
                 return DynamicLookup::Unknown(reason);
             }
         };
-        let store = self.watch(resource);
-        entries.insert(gvk.clone(), DynamicEntry::Watching(store.clone()));
+        let stop = self.shutdown.child_token();
+        let store = self.watch(resource, stop.clone());
+        entries.insert(gvk.clone(), DynamicEntry::Watching(store.clone(), stop));
         drop(entries);
         let _ = tokio::time::timeout(DYNAMIC_SYNC_TIMEOUT, store_ready(&store)).await;
         listed(store, gvk)
     }
 
-    fn watch(&self, resource: ApiResource) -> Store<DynamicObject> {
+    fn watch(&self, resource: ApiResource, stop: CancellationToken) -> Store<DynamicObject> {
         tracing::info!(kind = %resource.kind, group = %resource.group, "watching a kind referenced by a scope");
         let api: Api<DynamicObject> = match &self.namespace {
             Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
@@ -438,7 +529,7 @@ impl DynamicCaches {
             index: self.index.clone(),
             trigger: self.trigger.clone(),
             on_change: self.on_change.clone(),
-            shutdown: self.shutdown.clone(),
+            shutdown: stop,
         };
         let writer = reflector::store::Writer::new(resource.clone());
         let store = writer.as_reader();
@@ -494,6 +585,23 @@ pub fn api_version_kind(gvk: &GroupVersionKind) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_kinds_are_kind_dot_group_or_a_star() {
+        let parse = |entries: &[&str]| {
+            ExtraKinds::parse(&entries.iter().map(|e| e.to_string()).collect::<Vec<_>>())
+        };
+        let allowed = parse(&["Database.example.com", " PersistentVolumeClaim "]).unwrap();
+        assert!(allowed.allows(&GroupVersionKind::gvk("example.com", "v1", "Database")));
+        assert!(allowed.allows(&GroupVersionKind::gvk("example.com", "v2", "Database")));
+        assert!(allowed.allows(&GroupVersionKind::gvk("", "v1", "PersistentVolumeClaim")));
+        assert!(!allowed.allows(&GroupVersionKind::gvk("example.org", "v1", "Database")));
+        assert_eq!(parse(&[]).unwrap(), ExtraKinds::None);
+        assert_eq!(parse(&["*"]).unwrap(), ExtraKinds::All);
+        for bad in [".example.com", "Data base.example.com", "Database.", "a/b"] {
+            assert!(parse(&[bad]).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn trimmed_workloads_keep_what_health_reads() {

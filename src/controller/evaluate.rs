@@ -32,10 +32,9 @@ impl<'a> CacheLookup<'a> {
     pub async fn for_refs(caches: &'a WorkloadCaches, refs: &[WorkloadReference]) -> Self {
         let mut dynamic = HashMap::new();
         for wref in refs {
-            if is_builtin(wref) {
+            let Some(gvk) = extra_kind(wref) else {
                 continue;
-            }
-            let Some(gvk) = gvk_of(wref) else { continue };
+            };
             if dynamic.contains_key(&gvk) {
                 continue;
             }
@@ -162,6 +161,11 @@ pub fn evaluate(namespace: &str, wref: &WorkloadReference, lookup: &CacheLookup<
 }
 
 /// The group, version and kind of a reference (`apps/v1` or `v1`).
+/// The kind of a reference that has no built-in cache (one watched on demand).
+pub fn extra_kind(wref: &WorkloadReference) -> Option<GroupVersionKind> {
+    if is_builtin(wref) { None } else { gvk_of(wref) }
+}
+
 pub fn gvk_of(wref: &WorkloadReference) -> Option<GroupVersionKind> {
     let (group, version) = match wref.api_version.split_once('/') {
         Some((g, v)) if !g.is_empty() && !v.is_empty() && !v.contains('/') => (g, v),

@@ -1,4 +1,4 @@
-//! The status controller: watch caches, reconcile, status writes, events, membership backstop.
+//! The status controller: watch caches, reconcile, status writes, events, and the wiring loop.
 //!
 //! A kube-runtime `Controller` over HealthScopes. Each reconcile reads only watch caches
 //! ([`cache`]), judges every referenced workload ([`evaluate`]), folds in the latest HTTP probe
@@ -6,13 +6,13 @@
 //! A scope is reconciled when it changes, when anything its last evaluation read changes, when
 //! its probe outcome changes, and every probe interval regardless.
 
-pub mod backstop;
 pub mod cache;
 pub mod evaluate;
 pub mod probes;
 pub mod reconcile;
 pub mod run;
 pub mod status;
+pub mod wiring;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +40,8 @@ pub use reconcile::{HEALTH_CHANGED, STATUS_FIELD_MANAGER};
 pub const DEFAULT_MIN_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often state kept for deleted scopes is dropped.
 const FORGET_DELETED_EVERY: Duration = Duration::from_secs(30);
+/// HTTP methods probes use unless an operator allows more: the ones that change nothing.
+pub const DEFAULT_PROBE_METHODS: [&str; 2] = ["GET", "HEAD"];
 /// Probes in flight at once across all scopes, unless configured otherwise.
 pub const DEFAULT_PROBE_CONCURRENCY: u32 = 64;
 
@@ -51,10 +53,21 @@ pub struct ControllerConfig {
     pub min_probe_interval: Duration,
     /// Global bound on probes in flight.
     pub probe_concurrency: usize,
+    /// HTTP methods probes may use; a scope asking for another one is not probed, and its
+    /// probed workloads say why ([`DEFAULT_PROBE_METHODS`] unless configured).
+    pub probe_methods: Vec<String>,
     /// This replica's name in events (the pod name in a cluster).
     pub identity: String,
-    /// How often the membership backstop runs when nothing changes; `None` turns it off.
-    pub backstop_interval: Option<Duration>,
+    /// How often the wiring loop plans every namespace when nothing changes; `None` turns the
+    /// wiring off (nothing then writes workloadRefs or repairs labels).
+    pub wiring_resync: Option<Duration>,
+    /// Whether the wiring loop also corrects workloads' scope labels (needs `patch` on the
+    /// workload kinds). Without it the workload webhook alone sets them, when a workload is
+    /// created or updated.
+    pub repair_labels: bool,
+    /// Kinds without a built-in cache that scopes may hold (each is watched while a scope
+    /// names it); others are `unknown`.
+    pub extra_kinds: cache::ExtraKinds,
     /// Where reconcile, status-write, probe and leader metrics go.
     pub metrics: Option<Metrics>,
 }
@@ -65,8 +78,14 @@ impl Default for ControllerConfig {
             namespace: None,
             min_probe_interval: DEFAULT_MIN_PROBE_INTERVAL,
             probe_concurrency: DEFAULT_PROBE_CONCURRENCY as usize,
+            probe_methods: DEFAULT_PROBE_METHODS
+                .iter()
+                .map(|m| m.to_string())
+                .collect(),
             identity: "healthscope".to_string(),
-            backstop_interval: Some(backstop::DEFAULT_BACKSTOP_INTERVAL),
+            wiring_resync: Some(wiring::DEFAULT_RESYNC),
+            repair_labels: true,
+            extra_kinds: cache::ExtraKinds::None,
             metrics: None,
         }
     }
@@ -74,7 +93,7 @@ impl Default for ControllerConfig {
 
 /// A running controller.
 pub struct ControllerHandle {
-    /// The HealthScope cache (with status), for the HTTP API and the backstop.
+    /// The HealthScope cache (with status), for the HTTP API and the wiring loop.
     pub scopes: Store<HealthScope>,
     /// The workload caches.
     pub caches: WorkloadCaches,
@@ -117,14 +136,15 @@ pub fn start(
 ) -> Result<ControllerHandle, crate::probe::ProbeError> {
     let (trigger, mut triggered) = mpsc::unbounded_channel::<ObjectRef<HealthScope>>();
     let index = DependencyIndex::default();
-    let membership_changed = Arc::new(tokio::sync::Notify::new());
-    let backstop_on = config.backstop_interval.is_some();
+    let dirty = wiring::DirtyNamespaces::default();
+    let wiring_on = config.wiring_resync.is_some();
     let caches = WorkloadCaches::spawn(
         client.clone(),
         config.namespace.clone(),
         index.clone(),
         trigger.clone(),
-        backstop_on.then(|| membership_changed.clone()),
+        wiring_on.then(|| dirty.clone()),
+        config.extra_kinds.clone(),
         shutdown.clone(),
     );
     let scopes_api: Api<HealthScope> = match &config.namespace {
@@ -156,23 +176,26 @@ pub fn start(
         leader.clone(),
         recorder,
         config.min_probe_interval,
+        config.probe_methods.clone(),
         stats.clone(),
         config.metrics.clone(),
-        backstop_on.then(|| membership_changed.clone()),
+        wiring_on.then(|| dirty.clone()),
     ));
 
-    if let Some(interval) = config.backstop_interval {
-        let backstop = backstop::Backstop::new(
+    if let Some(resync) = config.wiring_resync {
+        let wiring = wiring::Wiring::new(
             client.clone(),
             config.namespace.clone(),
             scopes.clone(),
             caches.clone(),
             leader.clone(),
-            membership_changed,
-            interval,
+            dirty,
+            resync,
+            config.repair_labels,
+            config.metrics.clone(),
             &shutdown,
         );
-        tokio::spawn(backstop.run(shutdown.clone()));
+        tokio::spawn(wiring.run(shutdown.clone()));
     }
 
     // Workload, EndpointSlice and probe changes name the scopes to reconcile at once.
@@ -187,7 +210,10 @@ pub fn start(
         loop {
             tokio::select! {
                 _ = janitor_stop.cancelled() => return,
-                _ = tokio::time::sleep(FORGET_DELETED_EVERY) => janitor_ctx.forget_deleted_scopes(),
+                _ = tokio::time::sleep(FORGET_DELETED_EVERY) => {
+                    janitor_ctx.forget_deleted_scopes();
+                    janitor_ctx.caches.retain_dynamic(&janitor_ctx.kinds_in_use()).await;
+                }
             }
         }
     });

@@ -17,11 +17,13 @@ use super::cache::{DependencyIndex, WorkloadCaches};
 use super::evaluate::{self, CacheLookup, Evaluated};
 use super::probes::{ProbePlan, Probes};
 use super::status;
+use super::wiring::DirtyNamespaces;
 use crate::admission::healthscope::{ProbeSettings, effective_probe_settings};
 use crate::api::{Health, HealthScope, HealthScopeStatus, WorkloadReference};
-use crate::health::{ScopeStatusInput, scope_status};
+use crate::health::{ProbeResult, ScopeStatusInput, scope_status};
 use crate::leader::LeaderState;
 use crate::metrics::{Metrics, PatchResult, ReconcileResult, WorkloadCounts};
+use crate::probe::ProbeOutcome;
 
 /// The field manager of every status write.
 pub const STATUS_FIELD_MANAGER: &str = "healthscope-controller";
@@ -68,10 +70,12 @@ pub struct Context {
     pub leader: LeaderState,
     pub recorder: Recorder,
     pub min_probe_interval: Duration,
+    /// HTTP methods probes may use.
+    pub probe_methods: Vec<String>,
     pub stats: Arc<Stats>,
     pub metrics: Option<Metrics>,
-    /// Pinged when a scope is new or its spec changed, so the membership backstop looks at it.
-    pub scope_changed: Option<Arc<tokio::sync::Notify>>,
+    /// Pinged when a scope is new or its spec changed, so the wiring loop plans its namespace.
+    pub scope_changed: Option<DirtyNamespaces>,
     /// The generation each scope had when last seen.
     generations: Mutex<HashMap<ObjectRef<HealthScope>, Option<i64>>>,
     /// The last status written per scope, with the resourceVersion it was based on, so a write
@@ -91,9 +95,10 @@ impl Context {
         leader: LeaderState,
         recorder: Recorder,
         min_probe_interval: Duration,
+        probe_methods: Vec<String>,
         stats: Arc<Stats>,
         metrics: Option<Metrics>,
-        scope_changed: Option<Arc<tokio::sync::Notify>>,
+        scope_changed: Option<DirtyNamespaces>,
     ) -> Self {
         Self {
             client,
@@ -104,6 +109,7 @@ impl Context {
             leader,
             recorder,
             min_probe_interval,
+            probe_methods,
             stats,
             metrics,
             scope_changed,
@@ -118,6 +124,21 @@ impl Context {
     /// Drops what is kept for scopes that no longer exist: their probe task, dependency index
     /// entries, metric series and memos. Reconciles never run for a deleted scope, so this is
     /// called periodically.
+    /// The kinds without a built-in cache that some scope names now.
+    pub fn kinds_in_use(&self) -> std::collections::HashSet<kube::api::GroupVersionKind> {
+        self.scopes
+            .state()
+            .iter()
+            .flat_map(|scope| {
+                scope
+                    .spec
+                    .workload_refs
+                    .iter()
+                    .filter_map(evaluate::extra_kind)
+            })
+            .collect()
+    }
+
     pub fn forget_deleted_scopes(&self) {
         let known: Vec<ObjectRef<HealthScope>> = self
             .generations
@@ -206,7 +227,13 @@ async fn evaluate_and_write(scope: &HealthScope, ctx: &Context) -> Result<Action
     ctx.index.set(&key, lookup.into_dependencies());
 
     let plan = probe_plan(&settings, &evaluated);
-    let probes = ctx.probes.ensure(&key, plan).unwrap_or_default();
+    let probes = match plan {
+        Some(plan) if !ctx.probe_methods.contains(&plan.method) => {
+            ctx.probes.ensure(&key, None);
+            Arc::new(refused_probes(&plan, &ctx.probe_methods))
+        }
+        plan => ctx.probes.ensure(&key, plan).unwrap_or_default(),
+    };
     let desired = scope_status(ScopeStatusInput {
         generation: scope.meta().generation,
         workloads: evaluated.into_iter().map(|(_, e)| e.condition).collect(),
@@ -228,16 +255,41 @@ async fn evaluate_and_write(scope: &HealthScope, ctx: &Context) -> Result<Action
     Ok(Action::requeue(interval))
 }
 
-/// Pings the backstop when a scope appears or its spec changes.
+/// Marks the scope's namespace for the wiring loop when a scope appears or its spec changes.
 fn notice_spec_change(ctx: &Context, key: &ObjectRef<HealthScope>, generation: Option<i64>) {
     let changed = ctx
         .generations
         .lock()
         .map(|mut seen| seen.insert(key.clone(), generation) != Some(generation))
         .unwrap_or(false);
-    if changed && let Some(notify) = &ctx.scope_changed {
-        notify.notify_one();
+    if changed && let Some(dirty) = &ctx.scope_changed {
+        dirty.mark(key.namespace.as_deref().unwrap_or_default());
     }
+}
+
+/// The outcome of a probe plan whose method this controller does not send: every endpoint
+/// failed, saying why, so the scope's owner sees it in the status rather than a silent skip.
+fn refused_probes(plan: &ProbePlan, allowed: &[String]) -> Vec<ProbeResult> {
+    let reason = format!(
+        "not sent: probe-method {} is not enabled on this controller (it sends {}; an operator \
+         may allow more with --probe-methods)",
+        plan.method,
+        allowed.join(", ")
+    );
+    plan.targets
+        .iter()
+        .map(|(workload, addresses)| ProbeResult {
+            workload: workload.clone(),
+            outcomes: addresses
+                .iter()
+                .map(|_| ProbeOutcome {
+                    ok: false,
+                    reason: reason.clone(),
+                    duration: Duration::ZERO,
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// What to probe for this scope: nothing without a probe-endpoint; otherwise every ready

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::cache::ExtraKinds;
 use super::{ControllerConfig, start};
 use crate::admission::{self, AdmissionState};
 use crate::cache::OamCache;
@@ -32,6 +33,8 @@ pub enum RunError {
     Webhook(#[source] crate::webhook::WebhookError),
     #[error("installing the signal handler: {0}")]
     Signal(#[source] std::io::Error),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Sets up the global tracing subscriber: `filter` in RUST_LOG syntax, text or JSON lines.
@@ -90,6 +93,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let admin = serve::bind(args.admin_addr)
         .await
         .map_err(RunError::Admin)?;
+    let api = serve::bind(args.api_addr).await.map_err(RunError::Admin)?;
     let webhook = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             let config = WebhookServerConfig::new(args.webhook_addr, cert, key);
@@ -132,8 +136,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             namespace: args.namespace.clone(),
             min_probe_interval: args.min_probe_interval,
             probe_concurrency: args.probe_concurrency as usize,
+            probe_methods: args.probe_methods.clone(),
+            repair_labels: args.repair_labels,
+            extra_kinds: ExtraKinds::parse(&args.extra_kinds).map_err(RunError::Config)?,
             identity,
-            backstop_interval: Some(super::backstop::DEFAULT_BACKSTOP_INTERVAL),
+            wiring_resync: Some(super::wiring::DEFAULT_RESYNC),
             metrics: Some(metrics.clone()),
         },
         leader_state,
@@ -141,13 +148,19 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     )
     .map_err(RunError::Probe)?;
 
+    let admin_state = AdminState::new(
+        controller.scopes.clone(),
+        metrics.clone(),
+        readiness.clone(),
+    );
     let admin_task = tokio::spawn(serve::serve(
         admin,
-        serve::router(AdminState::new(
-            controller.scopes.clone(),
-            metrics.clone(),
-            readiness.clone(),
-        )),
+        serve::admin_router(admin_state.clone()),
+        shutdown.clone().cancelled_owned(),
+    ));
+    let api_task = tokio::spawn(serve::serve(
+        api,
+        serve::router(admin_state),
         shutdown.clone().cancelled_owned(),
     ));
 
@@ -208,6 +221,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         }
         if let Ok(Err(error)) = admin_task.await {
             tracing::warn!(%error, "admin server ended with an error");
+        }
+        if let Ok(Err(error)) = api_task.await {
+            tracing::warn!(%error, "scopes API server ended with an error");
         }
     };
     if tokio::time::timeout(SHUTDOWN_DEADLINE, drain)

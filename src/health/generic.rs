@@ -95,7 +95,7 @@ pub fn generic(obj: &DynamicObject) -> WorkloadHealth {
     let (diagnosis, workload_status) = match status {
         Some(s) => (
             format!("no Ready or Available condition in the status of {kind}"),
-            Some(s.to_string()),
+            Some(bounded_status(s)),
         ),
         None => (format!("{kind} has no status"), None),
     };
@@ -106,8 +106,40 @@ pub fn generic(obj: &DynamicObject) -> WorkloadHealth {
     }
 }
 
+/// Most bytes of a workload's `.status` copied into the scope's status: a scope holds up to
+/// thousands of workloads, and the whole object must stay far below etcd's 1.5 MiB limit.
+pub const MAX_WORKLOAD_STATUS_BYTES: usize = 1024;
+
+/// The status as JSON, cut at [`MAX_WORKLOAD_STATUS_BYTES`] (on a character boundary) with a
+/// note saying how long it was.
+fn bounded_status(status: &serde_json::Value) -> String {
+    let text = status.to_string();
+    if text.len() <= MAX_WORKLOAD_STATUS_BYTES {
+        return text;
+    }
+    let mut end = MAX_WORKLOAD_STATUS_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes, cut)", &text[..end], text.len())
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn copied_status_is_bounded() {
+        let big = serde_json::json!({"phase": "Running", "log": "é".repeat(5000)});
+        let copied = super::bounded_status(&big);
+        assert!(
+            copied.len() < super::MAX_WORKLOAD_STATUS_BYTES + 40,
+            "{}",
+            copied.len()
+        );
+        assert!(copied.ends_with(&format!("({} bytes, cut)", big.to_string().len())));
+        let small = serde_json::json!({"phase": "Running"});
+        assert_eq!(super::bounded_status(&small), r#"{"phase":"Running"}"#);
+    }
+
     use super::*;
     use crate::api::Health::{self, Healthy, Unhealthy, Unknown};
     use crate::health::testing::{DocRow, from_json};

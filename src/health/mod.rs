@@ -541,10 +541,13 @@ mod tests {
         }));
         objects.services.insert("web".into(), Arc::new(svc));
         objects.slices.push(Arc::new(from_json(json!({
-            "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+            "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web",
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
             "addressType": "IPv4",
             "ports": [{"name": "http", "port": 8080}],
-            "endpoints": [{"addresses": ["10.1.0.5"]}, {"addresses": ["10.1.0.6"], "conditions": {"ready": false}}]
+            "endpoints": [{"addresses": ["10.1.0.5"], "targetRef": {"kind": "Pod", "name": "web-a"}},
+                          {"addresses": ["10.1.0.6"], "conditions": {"ready": false},
+                           "targetRef": {"kind": "Pod", "name": "web-b"}}]
         }))));
         let cw: ContainerizedWorkload = from_json(json!({
             "metadata": {"name": "app"}, "spec": {},

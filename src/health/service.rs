@@ -86,12 +86,35 @@ pub fn service<S: Borrow<EndpointSlice>>(svc: &Service, slices: &[S]) -> Workloa
     WorkloadHealth::healthy(format!("Endpoints: {}/{} ready", ready.len(), all.len()))
 }
 
-/// The socket addresses of a Service's ready endpoints, sorted and deduplicated: what the
-/// scope's HTTP probe is sent to. The port is the slice's port named like the Service's first
-/// port (its main one), else the slice's first TCP port. FQDN slices and unparsable addresses
-/// are skipped.
+/// The label naming who wrote an EndpointSlice, and the value of the Kubernetes controller that
+/// derives slices from a Service's selector and its Pods.
+pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+pub const ENDPOINTSLICE_CONTROLLER: &str = "endpointslice-controller.k8s.io";
+
+/// Whether a probe may go to this endpoint: it is a Pod in the Service's own namespace, listed
+/// by the EndpointSlice controller. Hand-written slices (and since Kubernetes 1.22 the `edit`
+/// role cannot write them) still count for the Service's health, but are never probed, so
+/// whoever can write a slice cannot point healthscope's probes at an address of their choosing.
+fn is_probe_target(slice: &EndpointSlice, endpoint: &Endpoint, namespace: &str) -> bool {
+    let by_controller = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY_LABEL))
+        .is_some_and(|m| m == ENDPOINTSLICE_CONTROLLER);
+    let pod_here = endpoint.target_ref.as_ref().is_some_and(|r| {
+        r.kind.as_deref() == Some("Pod") && r.namespace.as_deref().is_none_or(|ns| ns == namespace)
+    });
+    by_controller && pod_here
+}
+
+/// The socket addresses of a Service's ready Pod endpoints, sorted and deduplicated: what the
+/// scope's HTTP probe is sent to (only endpoints [`is_probe_target`] allows). The port is the
+/// slice's port named like the Service's first port (its main one), else the slice's first TCP
+/// port. FQDN slices and unparsable addresses are skipped.
 pub fn ready_endpoints<S: Borrow<EndpointSlice>>(svc: &Service, slices: &[S]) -> Vec<SocketAddr> {
     let name = svc.metadata.name.as_deref().unwrap_or_default();
+    let namespace = svc.metadata.namespace.as_deref().unwrap_or_default();
     let main_port_name = svc
         .spec
         .as_ref()
@@ -115,7 +138,12 @@ pub fn ready_endpoints<S: Borrow<EndpointSlice>>(svc: &Service, slices: &[S]) ->
             .and_then(|p| p.port)
             .and_then(|p| u16::try_from(p).ok());
         let Some(port) = port else { continue };
-        for endpoint in slice.endpoints.iter().flatten().filter(|e| is_ready(e)) {
+        let probed = slice
+            .endpoints
+            .iter()
+            .flatten()
+            .filter(|e| is_ready(e) && is_probe_target(slice, e, namespace));
+        for endpoint in probed {
             if let Some(ip) = endpoint
                 .addresses
                 .first()
@@ -298,11 +326,14 @@ pub(crate) mod tests {
             {"name": "metrics", "port": 9090}, {"name": "http", "port": 80}]})));
         let slices: Vec<EndpointSlice> = vec![
             from_json(
-                json!({"metadata": {"name": "a", "labels": {"kubernetes.io/service-name": "web"}},
+                json!({"metadata": {"name": "a", "labels": {"kubernetes.io/service-name": "web",
+                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
                 "addressType": "IPv4",
                 "ports": [{"name": "http", "port": 8080}, {"name": "metrics", "port": 9100}],
-                "endpoints": [{"addresses": ["10.1.0.6"]}, {"addresses": ["10.1.0.5"]},
-                              {"addresses": ["10.1.0.7"], "conditions": {"ready": false}}]}),
+                "endpoints": [{"addresses": ["10.1.0.6"], "targetRef": pod("web-1")},
+                              {"addresses": ["10.1.0.5"], "targetRef": pod("web-2")},
+                              {"addresses": ["10.1.0.7"], "conditions": {"ready": false},
+                               "targetRef": pod("web-3")}]}),
             ),
             from_json(
                 json!({"metadata": {"name": "b", "labels": {"kubernetes.io/service-name": "web"}},
@@ -316,5 +347,64 @@ pub(crate) mod tests {
             "10.1.0.6:9100".parse().unwrap(),
         ];
         assert_eq!(got, want);
+    }
+
+    fn pod(name: &str) -> Value {
+        json!({"kind": "Pod", "namespace": "ns", "name": name})
+    }
+
+    #[test]
+    fn probes_go_only_to_pods_the_endpointslice_controller_listed() {
+        let service: Service = from_json(svc(json!({})));
+        let slice = |managed_by: &str, endpoints: Value| -> EndpointSlice {
+            from_json(json!({"metadata": {"name": "a", "labels": {
+                    "kubernetes.io/service-name": "web",
+                    "endpointslice.kubernetes.io/managed-by": managed_by}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+                "endpoints": endpoints}))
+        };
+        let controller = "endpointslice-controller.k8s.io";
+        let cases = [
+            (
+                "a Pod listed by the controller",
+                slice(
+                    controller,
+                    json!([{"addresses": ["10.1.0.5"], "targetRef": pod("web-1")}]),
+                ),
+                1,
+            ),
+            (
+                "a hand-written slice",
+                slice(
+                    "someone",
+                    json!([{"addresses": ["169.254.169.254"], "targetRef": pod("web-1")}]),
+                ),
+                0,
+            ),
+            (
+                "no targetRef",
+                slice(controller, json!([{"addresses": ["10.1.0.5"]}])),
+                0,
+            ),
+            (
+                "a Node, not a Pod",
+                slice(
+                    controller,
+                    json!([{"addresses": ["10.1.0.5"], "targetRef": {"kind": "Node", "name": "n"}}]),
+                ),
+                0,
+            ),
+            (
+                "a Pod of another namespace",
+                slice(
+                    controller,
+                    json!([{"addresses": ["10.1.0.5"], "targetRef": {"kind": "Pod", "namespace": "other", "name": "p"}}]),
+                ),
+                0,
+            ),
+        ];
+        for (name, slice, probed) in cases {
+            assert_eq!(ready_endpoints(&service, &[slice]).len(), probed, "{name}");
+        }
     }
 }

@@ -484,7 +484,7 @@ async fn controller_standby_never_writes_and_takes_over_when_the_leader_stops() 
     b.join().await;
 }
 
-// --- membership backstop: the cluster is made right without the webhook --------------------------
+// --- wiring loop: the cluster is made right without the webhook ---------------------------------
 
 use healthscope::api::{ApplicationConfiguration, Component};
 use healthscope::membership::{field_manager, scope_label_key};
@@ -535,17 +535,17 @@ async fn scope_labels(ctx: &TestContext, deployment: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn controller_backstop_wires_and_unwires_an_appconfig_without_the_webhook() {
-    let ctx = TestContext::new("controller-backstop").await;
+async fn controller_wiring_wires_and_unwires_an_appconfig_without_the_webhook() {
+    let ctx = TestContext::new("controller-wiring").await;
     support::install_crds(&ctx.client, &healthscope::api::crds()).await;
     let shutdown = CancellationToken::new();
-    // A backstop pass every second, so the test also sees that passes over a right cluster
+    // A full wiring pass every second, so the test also sees that passes over a right cluster
     // write nothing.
     let handle = controller::start(
         ctx.client.clone(),
         ControllerConfig {
             namespace: Some(ctx.namespace.clone()),
-            backstop_interval: Some(Duration::from_secs(1)),
+            wiring_resync: Some(Duration::from_secs(1)),
             ..ControllerConfig::default()
         },
         LeaderState::always(),
@@ -588,7 +588,7 @@ async fn controller_backstop_wires_and_unwires_an_appconfig_without_the_webhook(
         .unwrap();
     support::eventually(
         Duration::from_secs(5),
-        "the backstop filled workloadRefs and labels",
+        "the wiring loop filled workloadRefs and labels",
         || async {
             let refs = scope_refs(&ctx, "health").await;
             let labels = scope_labels(&ctx, "web-1").await;
@@ -692,10 +692,12 @@ async fn controller_http_probe_follows_a_real_app_200_500_and_hang() {
     }));
     ctx.api::<Service>().create(&pp, &svc).await.unwrap();
     let slice: EndpointSlice = from(serde_json::json!({
-        "metadata": {"name": "web-a", "labels": {"kubernetes.io/service-name": "web"}},
+        "metadata": {"name": "web-a", "labels": {"kubernetes.io/service-name": "web",
+            "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [host.ip().to_string()], "conditions": {"ready": true}}]
+        "endpoints": [{"addresses": [host.ip().to_string()], "conditions": {"ready": true},
+                       "targetRef": {"kind": "Pod", "name": "web-0"}}]
     }));
     ctx.api::<EndpointSlice>()
         .create(&pp, &slice)
@@ -773,6 +775,31 @@ async fn controller_http_probe_follows_a_real_app_200_500_and_hang() {
     })
     .await;
 
+    // A method that may change something is not sent unless the operator enables it; the
+    // status says so.
+    ctx.api::<HealthScope>()
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"probe-method": "POST"}})),
+        )
+        .await
+        .unwrap();
+    let scope = wait_scope(
+        &ctx,
+        "web",
+        Duration::from_secs(8),
+        "unhealthy: POST is not enabled",
+        |s| workload_diagnosis(s).contains("not enabled"),
+    )
+    .await;
+    assert_eq!(health(&scope), Some(Health::Unhealthy));
+    assert!(
+        workload_diagnosis(&scope).contains("probe-method POST is not enabled on this controller"),
+        "{}",
+        workload_diagnosis(&scope)
+    );
+
     shutdown.cancel();
     handle.join().await;
 }
@@ -814,6 +841,7 @@ async fn controller_run_command_serves_scopes_and_releases_its_lease_on_sigterm(
     .await;
 
     let port = free_port();
+    let api_port = free_port();
     let webhook_port = free_port();
     let certs = tempfile::tempdir().unwrap();
     let made = std::process::Command::new(env!("CARGO_BIN_EXE_healthscope"))
@@ -845,6 +873,8 @@ async fn controller_run_command_serves_scopes_and_releases_its_lease_on_sigterm(
         .args([
             "--admin-addr",
             &format!("127.0.0.1:{port}"),
+            "--api-addr",
+            &format!("127.0.0.1:{api_port}"),
             "--log-format",
             "json",
         ])
@@ -884,7 +914,7 @@ async fn controller_run_command_serves_scopes_and_releases_its_lease_on_sigterm(
     let detail: serde_json::Value =
         support::eventually(Duration::from_secs(5), "/scopes shows the scope", || {
             let http = http.clone();
-            let url = format!("{base}/scopes/{}/app", ctx.namespace);
+            let url = format!("http://127.0.0.1:{api_port}/scopes/{}/app", ctx.namespace);
             async move {
                 let body: serde_json::Value = http.get(url).send().await.ok()?.json().await.ok()?;
                 (body["health"] == "healthy").then_some(body)
@@ -892,6 +922,19 @@ async fn controller_run_command_serves_scopes_and_releases_its_lease_on_sigterm(
         })
         .await;
     assert_eq!(detail["name"], "app", "{detail}");
+    // The cluster-reachable admin port shows no scope, and says where they are.
+    let elsewhere = http
+        .get(format!("{base}/scopes/{}/app", ctx.namespace))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), 404);
+    let body: serde_json::Value = elsewhere.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        healthscope::serve::SCOPES_ELSEWHERE,
+        "{body}"
+    );
     let metrics = http
         .get(format!("{base}/metrics"))
         .send()
@@ -993,7 +1036,18 @@ async fn controller_watches_other_kinds_on_demand_and_reports_unknown_kinds() {
         .unwrap();
 
     let shutdown = CancellationToken::new();
-    let handle = start_controller(&ctx, LeaderState::always(), &shutdown);
+    let allowed = ["PersistentVolumeClaim", "Widget.example.com"].map(String::from);
+    let handle = controller::start(
+        ctx.client.clone(),
+        ControllerConfig {
+            namespace: Some(ctx.namespace.clone()),
+            extra_kinds: healthscope::controller::cache::ExtraKinds::parse(&allowed).unwrap(),
+            ..ControllerConfig::default()
+        },
+        LeaderState::always(),
+        shutdown.clone(),
+    )
+    .expect("the controller starts");
     let spec = HealthScopeSpec {
         probe_interval: Some(60),
         ..Default::default()
@@ -1054,6 +1108,26 @@ async fn controller_watches_other_kinds_on_demand_and_reports_unknown_kinds() {
     assert_eq!(health(&scope), Some(Health::Unknown));
     let diagnosis = workload_diagnosis(&scope);
     assert!(diagnosis.contains("example.com/v1/Widget"), "{diagnosis}");
+    assert!(diagnosis.contains("not served"), "{diagnosis}");
+
+    // A kind the operator did not allow is never watched; the diagnosis says how to allow it.
+    create_scope(
+        &ctx,
+        "gadgets",
+        vec![WorkloadReference::new("example.org/v1", "Gadget", "g")],
+        HealthScopeSpec::default(),
+    )
+    .await;
+    let scope = wait_scope(&ctx, "gadgets", Duration::from_secs(8), "evaluated", |s| {
+        health(s).is_some()
+    })
+    .await;
+    assert_eq!(health(&scope), Some(Health::Unknown));
+    let diagnosis = workload_diagnosis(&scope);
+    assert!(
+        diagnosis.contains("not watched") && diagnosis.contains("--extra-kinds Gadget.example.org"),
+        "{diagnosis}"
+    );
 
     shutdown.cancel();
     handle.join().await;

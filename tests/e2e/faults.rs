@@ -818,13 +818,13 @@ async fn fault_webhook_down_with_ignore_admits_and_the_controller_back_fills() {
     let after = fail_open(ctx.client.clone(), webhook.clone()).await;
     assert!(after > before, "fail-open count {before} -> {after}");
 
-    // The controller's backstop wires what admission could not: refs and the label.
+    // The controller's wiring loop wires what admission did not (it writes nothing): refs and the label.
     let shutdown = CancellationToken::new();
     let running = controller::start(
         ctx.client.clone(),
         ControllerConfig {
             namespace: Some(ctx.namespace.clone()),
-            backstop_interval: Some(Duration::from_secs(1)),
+            wiring_resync: Some(Duration::from_secs(1)),
             ..Default::default()
         },
         LeaderState::always(),
@@ -834,7 +834,7 @@ async fn fault_webhook_down_with_ignore_admits_and_the_controller_back_fills() {
     let label = healthscope::membership::scope_label_key("scope");
     support::eventually(
         Duration::from_secs(30),
-        "the backstop to fill the scope's workloadRefs and the workload's label",
+        "the wiring loop to fill the scope's workloadRefs and the workload's label",
         || async {
             let scope = ctx.api::<HealthScope>().get("scope").await.ok()?;
             let wired = scope

@@ -72,10 +72,12 @@ async fn health_probe_reaches_endpoint_slice_address() {
         .await
         .unwrap();
     let slice: EndpointSlice = serde_json::from_value(json!({
-        "metadata": {"name": "web-a", "labels": {"kubernetes.io/service-name": "web"}},
+        "metadata": {"name": "web-a", "labels": {"kubernetes.io/service-name": "web",
+            "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [host.ip().to_string()], "conditions": {"ready": true}}]
+        "endpoints": [{"addresses": [host.ip().to_string()], "conditions": {"ready": true},
+                       "targetRef": {"kind": "Pod", "name": "web-0"}}]
     }))
     .unwrap();
     ctx.api::<EndpointSlice>()

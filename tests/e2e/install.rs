@@ -864,10 +864,10 @@ fn install_webhook_configurations_follow_the_admission_guidance() {
                 "None"
             ),
             row(
-                "applicationconfigurations.mutate.healthscope.oam.dev",
-                healthscope::admission::APPLICATION_CONFIGURATION_PATH,
+                "applicationconfigurations.validate.healthscope.oam.dev",
+                healthscope::admission::APPLICATION_CONFIGURATION_VALIDATE_PATH,
                 "Ignore",
-                "NoneOnDryRun"
+                "None"
             ),
             row(
                 "healthscopes.validate.healthscope.oam.dev",

@@ -179,10 +179,12 @@ async fn make_ready(rc: &RuntimeContext, name: &str, ready: bool) {
 /// What the EndpointSlice controller would make for Service `name`: the test host, ready.
 async fn add_endpoint(rc: &RuntimeContext, name: &str, host: &TestHost) {
     let slice: EndpointSlice = serde_json::from_value(json!({
-        "metadata": {"name": format!("{name}-a"), "labels": {"kubernetes.io/service-name": name}},
+        "metadata": {"name": format!("{name}-a"), "labels": {"kubernetes.io/service-name": name,
+            "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
         "addressType": "IPv4",
         "ports": [{"name": name, "port": APP_PORT, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [host.ip().to_string()], "conditions": {"ready": true}}]
+        "endpoints": [{"addresses": [host.ip().to_string()], "conditions": {"ready": true},
+                       "targetRef": {"kind": "Pod", "name": format!("{name}-0")}}]
     }))
     .expect("an EndpointSlice");
     rc.ctx
@@ -462,7 +464,7 @@ async fn oam_runtime_component_removed_from_the_appconfig_leaves_the_scope() {
 
     rc.apply(&appconfig_yaml("pair", &[("front", &["pair"])]));
     wait_refs(&rc, "pair", &[("ContainerizedWorkload", "front")]).await;
-    // Stays out: neither the runtime nor healthscope's backstop puts it back.
+    // Stays out: neither the runtime nor healthscope's wiring loop puts it back.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         refs_of(&rc, "pair").await,
@@ -549,19 +551,20 @@ async fn oam_runtime_own_updates_go_through_and_delete_unwires() {
     let rc = RuntimeContext::start("oam-runtime-finalize").await;
     seed_app(&rc, "bye", "web", "bye").await;
     // The runtime's own writes went through the webhooks: its finalizer and its status.
-    let app = appconfigs(&rc).get("bye").await.unwrap();
-    let finalizers = app.metadata.finalizers.clone().unwrap_or_default();
-    assert!(
-        finalizers
-            .iter()
-            .any(|f| f == "scope.finalizer.core.oam.dev"),
-        "{finalizers:?}"
-    );
-    assert!(
-        app.data["status"]["workloads"].is_array(),
-        "{}",
-        app.data["status"]
-    );
+    eventually(
+        WAIT,
+        "the runtime's finalizer and status.workloads",
+        || async {
+            let app = appconfigs(&rc).get("bye").await.ok()?;
+            let finalizers = app.metadata.finalizers.clone().unwrap_or_default();
+            (finalizers
+                .iter()
+                .any(|f| f == "scope.finalizer.core.oam.dev")
+                && app.data["status"]["workloads"].is_array())
+            .then_some(())
+        },
+    )
+    .await;
 
     appconfigs(&rc)
         .delete("bye", &DeleteParams::default())
@@ -910,6 +913,8 @@ async fn oam_runtime_wrong_crd_pauses_writes_until_healthscope_crd_is_served() {
             "run",
             "--leader-election=false",
             "--admin-addr",
+            "127.0.0.1:0",
+            "--api-addr",
             "127.0.0.1:0",
             "--log-format",
             "json",

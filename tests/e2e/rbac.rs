@@ -210,7 +210,7 @@ const SCOPE: &str = "scope";
 
 /// healthscope's parts, in this process, all authenticated as one ServiceAccount: the webhook
 /// (registered through the chart's webhook configurations), leader election and the
-/// controller with its membership backstop, restricted to one namespace.
+/// controller with its wiring loop, restricted to one namespace.
 struct Running {
     sa: ServiceAccountUnderTest,
     webhook: ChartWebhook,
@@ -286,9 +286,10 @@ enum Step {
     LeaseAcquired,
     LeaseRenewed,
     WorkloadsRendered,
-    RefsWrittenAtAdmission,
+    AppConfigAdmitted,
+    RefsWired,
     ChildrenLabelledAtAdmission,
-    BackstopLabelledWorkloads,
+    WiringLabelledWorkloads,
     ScopeHealthy,
     EventRecorded,
     EventRepeated,
@@ -302,14 +303,17 @@ impl fmt::Display for Step {
             Step::LeaseAcquired => "the Lease is acquired",
             Step::LeaseRenewed => "the Lease is renewed",
             Step::WorkloadsRendered => "the workloads are created (through the webhook)",
-            Step::RefsWrittenAtAdmission => {
-                "the webhook writes the scope's workloadRefs while admitting the AppConfig"
+            Step::AppConfigAdmitted => {
+                "the webhook admits the AppConfig without a warning, reading what it lacks live"
+            }
+            Step::RefsWired => {
+                "the controller wires the stored AppConfig's workloads into the scope"
             }
             Step::ChildrenLabelledAtAdmission => {
                 "the webhook labels a ContainerizedWorkload's children at admission"
             }
-            Step::BackstopLabelledWorkloads => {
-                "the backstop labels the workloads rendered before the AppConfig (not the \
+            Step::WiringLabelledWorkloads => {
+                "the wiring loop labels the workloads rendered before the AppConfig (not the \
                  ContainerizedWorkload)"
             }
             Step::ScopeHealthy => "the scope's status turns healthy with every workload",
@@ -602,39 +606,61 @@ async fn flow(admin: &Client, ns: &str, hs: &Running) -> FlowResult {
     set_healthy(admin, ns).await.map_err(fail(step))?;
     done(step, &mut clock);
 
-    // The ApplicationConfiguration: the webhook applies the scope's workloadRefs before it
-    // answers, so they are there as soon as the create returns.
-    let step = Step::RefsWrittenAtAdmission;
+    // The ApplicationConfiguration: admission writes nothing; the controller's wiring loop puts
+    // the stored AppConfig's workloads into the scope moments later.
+    // The webhook admits it without a warning: what its (cold) cache lacks, the scope and the
+    // Components, it reads live, so it knows they exist.
+    let step = Step::AppConfigAdmitted;
     let scope_entry = json!([{ "scopeRef": { "apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope", "name": SCOPE } }]);
     let entries: Vec<Value> = COMPONENTS
         .iter()
         .map(|(name, _, _)| json!({ "componentName": name, "scopes": scope_entry }))
         .collect();
-    Api::<healthscope::api::ApplicationConfiguration>::namespaced(admin.clone(), ns)
-        .create(
-            &pp,
-            &from(
-                json!({ "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
-            "metadata": { "name": APP }, "spec": { "components": entries } }),
-            ),
-        )
+    let app = json!({ "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
+        "metadata": { "name": APP }, "spec": { "components": entries } });
+    let url = format!("/apis/core.oam.dev/v1alpha2/namespaces/{ns}/applicationconfigurations");
+    let request = kube::core::Request::new(url)
+        .create(&pp, app.to_string().into_bytes())
+        .map_err(|e| Failure {
+            step,
+            detail: e.to_string(),
+        })?;
+    let response = admin
+        .send(request.map(kube::client::Body::from))
         .await
         .map_err(fail(step))?;
-    let refs: Vec<(String, String)> = scopes
-        .get(SCOPE)
-        .await
-        .map_err(fail(step))?
-        .spec
-        .workload_refs
+    let warnings: Vec<String> = response
+        .headers()
+        .get_all("warning")
         .iter()
-        .map(|r| (r.kind.clone(), r.name.clone()))
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .collect();
-    if refs.len() != COMPONENTS.len() {
+    if !response.status().is_success() || !warnings.is_empty() {
         return Err(Failure {
             step,
-            detail: format!("workloadRefs right after the AppConfig's admission: {refs:?}"),
+            detail: format!("{}: warnings {warnings:?}", response.status()),
         });
     }
+    done(step, &mut clock);
+
+    let step = Step::RefsWired;
+    within(step, || async {
+        let refs: Vec<(String, String)> = scopes
+            .get(SCOPE)
+            .await
+            .map_err(|e| e.to_string())?
+            .spec
+            .workload_refs
+            .iter()
+            .map(|r| (r.kind.clone(), r.name.clone()))
+            .collect();
+        if refs.len() == COMPONENTS.len() {
+            Ok(())
+        } else {
+            Err(format!("workloadRefs: {refs:?}"))
+        }
+    })
+    .await?;
     done(step, &mut clock);
 
     // The ContainerizedWorkload's children, rendered now: labelled at admission through their
@@ -676,9 +702,9 @@ async fn flow(admin: &Client, ns: &str, hs: &Running) -> FlowResult {
         .map_err(fail(step))?;
     done(step, &mut clock);
 
-    // Workloads rendered before the AppConfig get their labels from the backstop; the
+    // Workloads rendered before the AppConfig get their labels from the wiring loop; the
     // ContainerizedWorkload never does (the OAM runtime copies its labels into its pods).
-    within(Step::BackstopLabelledWorkloads, || async {
+    within(Step::WiringLabelledWorkloads, || async {
         let mut missing = Vec::new();
         macro_rules! check {
             ($kind:ty, $name:expr) => {
@@ -708,7 +734,7 @@ async fn flow(admin: &Client, ns: &str, hs: &Running) -> FlowResult {
         }
     })
     .await?;
-    done(Step::BackstopLabelledWorkloads, &mut clock);
+    done(Step::WiringLabelledWorkloads, &mut clock);
 
     let scope_health = |want: Health| {
         let scopes = scopes.clone();

@@ -17,6 +17,10 @@ use kube::client::Body;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use healthscope::controller::{ControllerConfig, ControllerHandle};
+use healthscope::leader::LeaderState;
+use tokio_util::sync::CancellationToken;
+
 use crate::support::webhook::WebhookUnderTest;
 use crate::support::{TestContext, eventually};
 
@@ -79,6 +83,33 @@ async fn refs_of(scopes: &Api<HealthScope>, name: &str) -> Vec<WorkloadReference
     refs
 }
 
+/// The controller for this test's namespace: its wiring loop puts the stored AppConfigs'
+/// workloads into their scopes (admission writes nothing).
+fn start_wiring(ctx: &TestContext) -> (CancellationToken, ControllerHandle) {
+    let shutdown = CancellationToken::new();
+    let controller = healthscope::controller::start(
+        ctx.client.clone(),
+        ControllerConfig {
+            namespace: Some(ctx.namespace.clone()),
+            ..Default::default()
+        },
+        LeaderState::always(),
+        shutdown.clone(),
+    )
+    .expect("starting the controller");
+    (shutdown, controller)
+}
+
+/// Waits until the scope's refs are exactly `want`.
+async fn wait_refs(scopes: &Api<HealthScope>, name: &str, want: &[WorkloadReference]) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("scope {name} refs {want:?}"),
+        || async { (refs_of(scopes, name).await == want).then_some(()) },
+    )
+    .await;
+}
+
 fn deployment_ref(name: &str) -> WorkloadReference {
     WorkloadReference::new("apps/v1", "Deployment", name)
 }
@@ -91,10 +122,12 @@ fn scope_labels(labels: Option<BTreeMap<String, String>>) -> BTreeMap<String, St
         .collect()
 }
 
+/// Admission writes nothing; the controller wires what the API server stored, within moments.
 #[tokio::test]
-async fn webhook_wires_refs_on_create_and_unwires_on_scope_drop_and_delete() {
-    let ctx = TestContext::new("webhook-wiring").await;
+async fn wiring_follows_create_scope_drop_and_delete() {
+    let ctx = TestContext::new("wiring").await;
     let webhook = WebhookUnderTest::start(&ctx).await;
+    let (shutdown, controller) = start_wiring(&ctx);
     let pp = PostParams::default();
     let scopes: Api<HealthScope> = ctx.api();
     let apps: Api<ApplicationConfiguration> = ctx.api();
@@ -112,21 +145,22 @@ async fn webhook_wires_refs_on_create_and_unwires_on_scope_drop_and_delete() {
         .await
         .unwrap();
 
-    // The refs are in place as soon as the create returns: the webhook applies them first.
     apps.create(&pp, &appconfig("shop", "web", "web-1", &["front", "all"]))
         .await
         .unwrap();
-    assert_eq!(refs_of(&scopes, "front").await, [deployment_ref("web-1")]);
-    assert_eq!(refs_of(&scopes, "all").await, [deployment_ref("web-1")]);
+    wait_refs(&scopes, "front", &[deployment_ref("web-1")]).await;
+    wait_refs(&scopes, "all", &[deployment_ref("web-1")]).await;
 
     // A second application shares "all"; its refs merge with the first one's.
     apps.create(&pp, &appconfig("blog", "web", "web-2", &["all"]))
         .await
         .unwrap();
-    assert_eq!(
-        refs_of(&scopes, "all").await,
-        [deployment_ref("web-1"), deployment_ref("web-2")]
-    );
+    wait_refs(
+        &scopes,
+        "all",
+        &[deployment_ref("web-1"), deployment_ref("web-2")],
+    )
+    .await;
 
     // Dropping a scope from the application removes exactly its ref there.
     let params = PatchParams::apply("webhook-test").force();
@@ -135,23 +169,28 @@ async fn webhook_wires_refs_on_create_and_unwires_on_scope_drop_and_delete() {
     apps.patch("shop", &params, &Patch::Apply(&shop))
         .await
         .unwrap();
-    assert_eq!(refs_of(&scopes, "front").await, []);
-    assert_eq!(
-        refs_of(&scopes, "all").await,
-        [deployment_ref("web-1"), deployment_ref("web-2")]
-    );
+    wait_refs(&scopes, "front", &[]).await;
+    wait_refs(
+        &scopes,
+        "all",
+        &[deployment_ref("web-1"), deployment_ref("web-2")],
+    )
+    .await;
 
     // Deleting the application removes its refs and leaves the other application's.
     apps.delete("shop", &DeleteParams::default()).await.unwrap();
-    assert_eq!(refs_of(&scopes, "all").await, [deployment_ref("web-2")]);
+    wait_refs(&scopes, "all", &[deployment_ref("web-2")]).await;
 
+    shutdown.cancel();
+    controller.join().await;
     webhook.stop().await;
 }
 
 #[tokio::test]
-async fn webhook_keeps_all_refs_of_50_concurrent_appconfigs() {
-    let ctx = TestContext::new("webhook-concurrent").await;
+async fn wiring_keeps_all_refs_of_50_concurrent_appconfigs() {
+    let ctx = TestContext::new("wiring-concurrent").await;
     let webhook = WebhookUnderTest::start(&ctx).await;
+    let (shutdown, controller) = start_wiring(&ctx);
     let pp = PostParams::default();
     let scopes: Api<HealthScope> = ctx.api();
     let apps: Api<ApplicationConfiguration> = ctx.api();
@@ -184,9 +223,15 @@ async fn webhook_keeps_all_refs_of_50_concurrent_appconfigs() {
     let expected: Vec<WorkloadReference> = (0..50)
         .map(|i| deployment_ref(&format!("web-{i:02}")))
         .collect();
-    assert_eq!(refs_of(&scopes, "shared").await, expected);
     println!("50 concurrent ApplicationConfiguration applies through the webhook: {elapsed:?}");
+    wait_refs(&scopes, "shared", &expected).await;
+    println!(
+        "... and all 50 refs in the scope after {:?}",
+        started.elapsed()
+    );
 
+    shutdown.cancel();
+    controller.join().await;
     webhook.stop().await;
 }
 
@@ -194,6 +239,7 @@ async fn webhook_keeps_all_refs_of_50_concurrent_appconfigs() {
 async fn webhook_dry_run_writes_nothing() {
     let ctx = TestContext::new("webhook-dry-run").await;
     let webhook = WebhookUnderTest::start(&ctx).await;
+    let (shutdown, controller) = start_wiring(&ctx);
     let pp = PostParams::default();
     let scopes: Api<HealthScope> = ctx.api();
     let apps: Api<ApplicationConfiguration> = ctx.api();
@@ -213,6 +259,7 @@ async fn webhook_dry_run_writes_nothing() {
     apps.create(&dry_run, &appconfig("shop", "web", "web-1", &["s"]))
         .await
         .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(refs_of(&scopes, "s").await, []);
     assert!(apps.get_opt("shop").await.unwrap().is_none());
 
@@ -220,14 +267,17 @@ async fn webhook_dry_run_writes_nothing() {
     apps.create(&pp, &appconfig("shop", "web", "web-1", &["s"]))
         .await
         .unwrap();
-    assert_eq!(refs_of(&scopes, "s").await, [deployment_ref("web-1")]);
+    wait_refs(&scopes, "s", &[deployment_ref("web-1")]).await;
     let dry_delete = DeleteParams {
         dry_run: true,
         ..Default::default()
     };
     apps.delete("shop", &dry_delete).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(refs_of(&scopes, "s").await, [deployment_ref("web-1")]);
 
+    shutdown.cancel();
+    controller.join().await;
     webhook.stop().await;
 }
 
@@ -442,9 +492,10 @@ async fn webhook_rejects_invalid_healthscopes_and_malformed_scope_refs() {
 }
 
 #[tokio::test]
-async fn webhook_warns_about_a_missing_scope_and_wires_it_later_by_update() {
+async fn webhook_warns_about_a_missing_scope_and_it_is_wired_once_created() {
     let ctx = TestContext::new("webhook-warning").await;
     let webhook = WebhookUnderTest::start(&ctx).await;
+    let (shutdown, controller) = start_wiring(&ctx);
     let pp = PostParams::default();
     ctx.api::<Component>()
         .create(&pp, &component("web", "apps/v1", "Deployment"))
@@ -477,27 +528,63 @@ async fn webhook_warns_about_a_missing_scope_and_wires_it_later_by_update() {
     let scopes: Api<HealthScope> = ctx.api();
     assert!(scopes.get_opt("not-yet").await.unwrap().is_none());
 
-    // Once the scope exists, the next update of the application wires it.
+    // Once the scope exists, the controller wires it: no update of the application needed.
     scopes
         .create(&pp, &health_scope("not-yet", json!({})))
         .await
         .unwrap();
-    let apps: Api<ApplicationConfiguration> = ctx.api();
-    let touch = json!({"metadata": {"annotations": {"touched": "1"}}});
-    apps.patch("shop", &PatchParams::default(), &Patch::Merge(&touch))
-        .await
-        .unwrap();
-    let refs = eventually(
-        Duration::from_secs(5),
-        "the ref in the new scope",
-        || async {
-            let refs = refs_of(&scopes, "not-yet").await;
-            (!refs.is_empty()).then_some(refs)
-        },
-    )
-    .await;
-    assert_eq!(refs, [deployment_ref("web-1")]);
+    wait_refs(&scopes, "not-yet", &[deployment_ref("web-1")]).await;
 
+    shutdown.cancel();
+    controller.join().await;
+    webhook.stop().await;
+}
+
+/// An ApplicationConfiguration naming 2,000 Components that do not exist: the webhook reads at
+/// most a few live, answers within its budget (well inside the API server's timeout) with a
+/// warning saying it could not read them all, counts it, and the AppConfig is stored.
+#[tokio::test]
+async fn webhook_answers_within_its_budget_for_2000_missing_components() {
+    let ctx = TestContext::new("webhook-budget").await;
+    let webhook = WebhookUnderTest::start(&ctx).await;
+    let pp = PostParams::default();
+    let components: Vec<Value> = (0..2000)
+        .map(|i| json!({"componentName": format!("missing-{i:04}"), "scopes": [scope_ref("s")]}))
+        .collect();
+    let app = json!({
+        "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
+        "metadata": {"name": "huge"}, "spec": {"components": components},
+    });
+    let url = format!(
+        "/apis/core.oam.dev/v1alpha2/namespaces/{}/applicationconfigurations",
+        ctx.namespace
+    );
+    let started = std::time::Instant::now();
+    let request = kube::core::Request::new(url)
+        .create(&pp, serde_json::to_vec(&app).unwrap())
+        .unwrap();
+    let response = ctx.client.send(request.map(Body::from)).await.unwrap();
+    println!(
+        "create of an AppConfig naming 2,000 missing Components: {:?}",
+        started.elapsed()
+    );
+    assert!(response.status().is_success(), "{}", response.status());
+    let warnings: Vec<String> = response
+        .headers()
+        .get_all("warning")
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    assert!(
+        warnings.iter().any(|w| w.contains("could not read")
+            && w.contains(&format!("ApplicationConfiguration {}/huge", ctx.namespace))),
+        "{warnings:?}"
+    );
+    let metrics = webhook.metrics.encode();
+    assert!(
+        metrics.contains("healthscope_webhook_lookups_unfinished_total 1"),
+        "{metrics}"
+    );
     webhook.stop().await;
 }
 
@@ -826,7 +913,9 @@ async fn webhook_reads_cache_misses_live() {
         healthscope::webhook::decode_admission_review(&serde_json::to_vec(&review).unwrap())
             .unwrap();
     let state = AdmissionState::new(Arc::new(Overlay::default()), ctx.client.clone());
-    let response = with_live_reads(&state, |snapshot| workload::review(&request, snapshot)).await;
+    let read = with_live_reads(&state, |snapshot| workload::review(&request, snapshot)).await;
+    assert_eq!(read.unread, 0, "every object was read within the budget");
+    let response = read.outcome;
     assert!(response.allowed);
     assert_eq!(response.warnings, None);
     let patch: Value = serde_json::from_slice(&response.patch.expect("a label patch")).unwrap();
@@ -835,4 +924,111 @@ async fn webhook_reads_cache_misses_live() {
         json!([{"op": "add", "path": "/metadata/labels",
                 "value": {scope_label_key("front"): "true"}}])
     );
+}
+
+/// Anyone who can reach the webhook's Service can post it a review. Forged CREATE, UPDATE and
+/// DELETE reviews of a real ApplicationConfiguration, sent straight to the webhook port, change
+/// no scope and no workload: admission writes nothing, and the controller wires only what the API
+/// server stored.
+#[tokio::test]
+async fn webhook_forged_reviews_change_nothing() {
+    let ctx = TestContext::new("webhook-forged").await;
+    let webhook = WebhookUnderTest::start(&ctx).await;
+    let (shutdown, controller) = start_wiring(&ctx);
+    let pp = PostParams::default();
+    let scopes: Api<HealthScope> = ctx.api();
+    scopes
+        .create(&pp, &health_scope("s", json!({})))
+        .await
+        .unwrap();
+    ctx.api::<Component>()
+        .create(&pp, &component("web", "apps/v1", "Deployment"))
+        .await
+        .unwrap();
+    let apps: Api<ApplicationConfiguration> = ctx.api();
+    apps.create(&pp, &appconfig("shop", "web", "web-1", &["s"]))
+        .await
+        .unwrap();
+    let deployments: Api<Deployment> = ctx.api();
+    let web: Deployment = from(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web-1", "labels": {"app.oam.dev/name": "shop", "app.oam.dev/component": "web"}},
+        "spec": {"selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "web", "image": "nginx"}]}}},
+    }));
+    deployments.create(&pp, &web).await.unwrap();
+    wait_refs(&scopes, "s", &[deployment_ref("web-1")]).await;
+    let versions = || async {
+        let scope = scopes.get("s").await.unwrap().metadata.resource_version;
+        let web = deployments
+            .get("web-1")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version;
+        (scope, web)
+    };
+    let before = versions().await;
+
+    let stored = serde_json::to_value(apps.get("shop").await.unwrap()).unwrap();
+    let mut other_names =
+        serde_json::to_value(appconfig("evil", "web", "attacker-pick", &["s"])).unwrap();
+    other_names["metadata"]["namespace"] = json!(ctx.namespace);
+    let mut dropped = stored.clone();
+    dropped["spec"]["components"][0]["scopes"] = json!([]);
+    let review = |operation: &str, object: Value, old: Value| {
+        json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "forged", "operation": operation,
+                "kind": {"group": "core.oam.dev", "version": "v1alpha2", "kind": "ApplicationConfiguration"},
+                "resource": {"group": "core.oam.dev", "version": "v1alpha2", "resource": "applicationconfigurations"},
+                "name": object.get("metadata").or(old.get("metadata")).and_then(|m| m["name"].as_str()).unwrap_or("shop"),
+                "namespace": ctx.namespace,
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                "object": object, "oldObject": old, "dryRun": false,
+            }
+        })
+    };
+    let forged = [
+        review("DELETE", Value::Null, stored.clone()),
+        review("CREATE", other_names, Value::Null),
+        review("UPDATE", dropped, stored.clone()),
+    ];
+    let https = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(webhook.server.ca.ca_pem().as_bytes()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    for path in [
+        healthscope::admission::APPLICATION_CONFIGURATION_PATH,
+        healthscope::admission::APPLICATION_CONFIGURATION_VALIDATE_PATH,
+    ] {
+        for body in &forged {
+            let answer = https
+                .post(webhook.server.url(path))
+                .json(body)
+                .send()
+                .await
+                .unwrap();
+            assert!(answer.status().is_success(), "{path}: {}", answer.status());
+            let answer: Value = answer.json().await.unwrap();
+            assert!(answer["response"]["patch"].is_null(), "{path}: {answer}");
+        }
+    }
+
+    // Give a write, had there been one, time to land and the controller time to react.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        versions().await,
+        before,
+        "a forged review changed a scope or a workload"
+    );
+    assert_eq!(refs_of(&scopes, "s").await, [deployment_ref("web-1")]);
+
+    shutdown.cancel();
+    controller.join().await;
+    webhook.stop().await;
 }

@@ -263,6 +263,44 @@ pub fn apply_status_protection(admin: &Path) {
     run_with_input(kubectl(admin).args(["apply", "-f", "-"]), Some(&policy));
 }
 
+/// Set once the status protection policy is seen denying a write.
+static STATUS_PROTECTION: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+/// Waits until the API server enforces the status protection policy applied at start: a
+/// policy is compiled and bound a moment after it is created, and until then writes pass.
+async fn wait_status_protection(ctx: &TestContext) {
+    use healthscope::api::{HealthScope, HealthScopeStatus};
+    use kube::api::{DeleteParams, PostParams};
+    let scopes = ctx.api::<HealthScope>();
+    let probe = "status-protection-probe";
+    scopes
+        .create(
+            &PostParams::default(),
+            &HealthScope::new(probe, Default::default()),
+        )
+        .await
+        .expect("creating a scope to check the status protection with");
+    super::eventually(
+        Duration::from_secs(30),
+        "the status protection policy enforced",
+        || async {
+            let mut scope = scopes.get(probe).await.ok()?;
+            scope.status = Some(HealthScopeStatus::default());
+            match scopes
+                .replace_status(probe, &PostParams::default(), &scope)
+                .await
+            {
+                Err(kube::Error::Api(status)) if status.message.contains("status.health") => {
+                    Some(())
+                }
+                _ => None,
+            }
+        },
+    )
+    .await;
+    let _ = scopes.delete(probe, &DeleteParams::default()).await;
+}
+
 /// Starts the runtime with its own kubeconfig, logging to `dir/oam-runtime.log`. A shell
 /// wrapper kills it when this process's end of its stdin closes, so it never outlives the tests.
 fn start_runtime(runtime: &Path, dir: &Path) -> (Child, ChildStdin) {
@@ -319,6 +357,9 @@ impl RuntimeContext {
         )
         .await;
         let ctx = TestContext::on(admin, test).await;
+        STATUS_PROTECTION
+            .get_or_init(|| wait_status_protection(&ctx))
+            .await;
         let webhook = WebhookUnderTest::serve(&ctx).await;
         let shutdown = CancellationToken::new();
         let mut controller = healthscope::controller::start(

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use healthscope::admission::{
-    APPLICATION_CONFIGURATION_PATH, APPLICATION_CONFIGURATION_VALIDATE_PATH, AdmissionState,
-    HEALTH_SCOPE_PATH, WORKLOAD_PATH, router,
+    APPLICATION_CONFIGURATION_VALIDATE_PATH, AdmissionState, HEALTH_SCOPE_PATH, WORKLOAD_PATH,
+    router,
 };
 use healthscope::cache::OamCache;
 use k8s_openapi::api::admissionregistration::v1::{
@@ -27,6 +27,8 @@ const LIVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The webhook serving one test: its cache, its HTTPS server, and its two configurations.
 pub struct WebhookUnderTest {
     pub cache: OamCache,
+    /// The metrics the admission routes record into.
+    pub metrics: healthscope::metrics::Metrics,
     pub server: TestWebhookServer,
     pub mutating: String,
     pub validating: String,
@@ -59,7 +61,9 @@ impl WebhookUnderTest {
             .wait_synced(Duration::from_secs(30))
             .await
             .expect("the OAM caches sync");
-        let state = AdmissionState::new(Arc::new(cache.clone()), ctx.client.clone());
+        let metrics = healthscope::metrics::Metrics::new();
+        let state = AdmissionState::new(Arc::new(cache.clone()), ctx.client.clone())
+            .with_metrics(metrics.clone());
         let server = TestWebhookServer::start(router(state)).await;
 
         let url = |path: &str| format!("https://{}{path}", server.addr);
@@ -74,50 +78,32 @@ impl WebhookUnderTest {
         };
         let write_ops = ["CREATE", "UPDATE"];
 
-        // The same webhooks as the chart: wiring (with side effects) and labelling mutate;
-        // HealthScopes and AppConfig references are validated.
+        // The same webhooks as the chart: labelling mutates; HealthScopes and AppConfig
+        // references are validated. None writes anything.
         let mutating = MutatingWebhookConfiguration {
             metadata: ObjectMeta {
                 name: Some(unique_name("healthscope-mutating")),
                 ..Default::default()
             },
-            webhooks: Some(vec![
-                MutatingWebhook {
-                    name: "applicationconfigurations.mutate.healthscope.oam.dev".into(),
-                    client_config: client_config(APPLICATION_CONFIGURATION_PATH),
-                    rules: Some(vec![rule(
-                        "core.oam.dev",
-                        "v1alpha2",
-                        &["applicationconfigurations"],
-                        &["CREATE", "UPDATE", "DELETE"],
-                    )]),
-                    namespace_selector: Some(only_this_namespace.clone()),
-                    failure_policy: Some("Fail".into()),
-                    side_effects: "NoneOnDryRun".into(),
-                    admission_review_versions: vec!["v1".into()],
-                    timeout_seconds: Some(10),
-                    ..Default::default()
-                },
-                MutatingWebhook {
-                    name: "workloads.mutate.healthscope.oam.dev".into(),
-                    client_config: client_config(WORKLOAD_PATH),
-                    rules: Some(vec![
-                        rule(
-                            "apps",
-                            "v1",
-                            &["deployments", "statefulsets", "daemonsets"],
-                            &write_ops,
-                        ),
-                        rule("", "v1", &["services"], &write_ops),
-                    ]),
-                    namespace_selector: Some(only_this_namespace.clone()),
-                    failure_policy: Some("Fail".into()),
-                    side_effects: "None".into(),
-                    admission_review_versions: vec!["v1".into()],
-                    timeout_seconds: Some(10),
-                    ..Default::default()
-                },
-            ]),
+            webhooks: Some(vec![MutatingWebhook {
+                name: "workloads.mutate.healthscope.oam.dev".into(),
+                client_config: client_config(WORKLOAD_PATH),
+                rules: Some(vec![
+                    rule(
+                        "apps",
+                        "v1",
+                        &["deployments", "statefulsets", "daemonsets"],
+                        &write_ops,
+                    ),
+                    rule("", "v1", &["services"], &write_ops),
+                ]),
+                namespace_selector: Some(only_this_namespace.clone()),
+                failure_policy: Some("Fail".into()),
+                side_effects: "None".into(),
+                admission_review_versions: vec!["v1".into()],
+                timeout_seconds: Some(10),
+                ..Default::default()
+            }]),
         };
         let validating = ValidatingWebhookConfiguration {
             metadata: ObjectMeta {
@@ -170,6 +156,7 @@ impl WebhookUnderTest {
             .expect("registering the validating webhook");
         let this = Self {
             cache,
+            metrics,
             server,
             mutating: mutating.metadata.name.unwrap_or_default(),
             validating: validating.metadata.name.unwrap_or_default(),

@@ -1,20 +1,22 @@
-//! The membership backstop: from the ApplicationConfigurations that exist, make every
-//! HealthScope's `workloadRefs` and every workload's scope labels what the webhook would have
-//! made them, so a webhook outage or a rejected admission never leaves the cluster wrong.
+//! The wiring loop: from the ApplicationConfigurations the API server stored, make every
+//! HealthScope's `workloadRefs` and every workload's scope labels what membership says. It is
+//! the only writer of refs (admission writes nothing). It is event-driven: every change to an
+//! AppConfig, Component, ContainerizedWorkload, scope or workload marks its namespace, and the
+//! marked namespaces are planned again moments later; every namespace is also planned
+//! periodically, so nothing a missed event left behind stays wrong.
 //!
-//! It calls the same pure functions as the webhook ([`crate::membership`]) and writes with the
-//! same field managers: refs per (ApplicationConfiguration, scope) by server-side apply; an empty
-//! list for a manager whose ApplicationConfiguration is gone or no longer names the scope (read
-//! from the cached scope's managedFields); labels by merge patch on the exact object. [`plan`] is
-//! pure and decides everything from a snapshot of the caches; [`Backstop`] only executes.
+//! It calls the pure functions of [`crate::membership`]: refs per (ApplicationConfiguration,
+//! scope) by server-side apply, one field manager per AppConfig; an empty list for a manager
+//! whose ApplicationConfiguration is gone, being deleted or no longer names the scope (read from
+//! the cached scope's managedFields); labels by merge patch on the exact object. [`plan`] is
+//! pure and decides everything from a snapshot of one namespace; [`Wiring`] only executes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -31,14 +33,15 @@ use crate::membership::{
     self, ComponentLookup, WorkloadLookup, WorkloadScopes, desired_memberships, field_manager,
     refs_by_scope, scope_label_changes, workload_refs_apply,
 };
+use crate::metrics::Metrics;
 
-/// How often the backstop runs when nothing changes.
-pub const DEFAULT_BACKSTOP_INTERVAL: Duration = Duration::from_secs(30);
-/// Changes arriving within this window are handled in one pass.
-const DEBOUNCE: Duration = Duration::from_millis(200);
+/// How often every namespace is planned again when nothing changes.
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
+/// Changes arriving within this window after the first share one pass.
+const DEBOUNCE: Duration = Duration::from_millis(50);
 
-/// One write the backstop decided on.
-#[derive(Clone, Debug, PartialEq)]
+/// One write the wiring loop decided on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
     /// Make `manager` own exactly `refs` in the scope's workloadRefs (empty: give them up).
     ApplyRefs {
@@ -46,6 +49,8 @@ pub enum Action {
         scope: String,
         manager: String,
         refs: Vec<WorkloadReference>,
+        /// The resourceVersion of the cached scope this was planned from.
+        basis: Option<String>,
     },
     /// Set and remove scope labels on one workload object.
     Label {
@@ -57,6 +62,67 @@ pub enum Action {
         add: BTreeMap<String, String>,
         remove: BTreeSet<String>,
     },
+}
+
+impl Action {
+    fn namespace(&self) -> &str {
+        match self {
+            Action::ApplyRefs { namespace, .. } | Action::Label { namespace, .. } => namespace,
+        }
+    }
+
+    fn metric_target(&self) -> &'static str {
+        match self {
+            Action::ApplyRefs { .. } => "refs",
+            Action::Label { .. } => "labels",
+        }
+    }
+
+    /// The object written: (kind, name) within the namespace.
+    fn target(&self) -> (String, String) {
+        match self {
+            Action::ApplyRefs {
+                namespace, scope, ..
+            } => (format!("HealthScope {namespace}"), scope.clone()),
+            Action::Label {
+                namespace,
+                kind,
+                name,
+                ..
+            } => (format!("{kind} {namespace}"), name.clone()),
+        }
+    }
+
+    /// What the write does, for the log.
+    fn describe(&self) -> String {
+        match self {
+            Action::ApplyRefs {
+                namespace,
+                scope,
+                manager,
+                refs,
+                ..
+            } => {
+                let appconfig = manager.strip_prefix(&manager_prefix()).unwrap_or(manager);
+                format!(
+                    "workloadRefs of ApplicationConfiguration {namespace}/{appconfig} in HealthScope {namespace}/{scope}: {} ref(s)",
+                    refs.len()
+                )
+            }
+            Action::Label {
+                namespace,
+                kind,
+                name,
+                add,
+                remove,
+                ..
+            } => format!(
+                "scope labels of {kind} {namespace}/{name}: set [{}], removed [{}]",
+                add.keys().cloned().collect::<Vec<_>>().join(", "),
+                remove.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
 }
 
 /// The prefix of every membership field manager (`healthscope/appconfig/`).
@@ -89,24 +155,18 @@ pub fn owned_refs(
 }
 
 /// Membership managers that own at least one entry of the scope's workloadRefs.
-fn ref_managers(meta: &ObjectMeta) -> BTreeMap<String, Option<Timestamp>> {
+fn ref_managers(meta: &ObjectMeta) -> BTreeSet<String> {
     let prefix = manager_prefix();
     let managed = meta.managed_fields.as_deref().unwrap_or_default();
     managed
         .iter()
-        .filter_map(|m| Some((m.manager.clone()?, m.time.as_ref().map(|t| t.0))))
-        .filter(|(m, _)| m.starts_with(&prefix))
-        .filter(|(m, _)| !owned_refs(managed, m).is_empty())
+        .filter_map(|m| m.manager.clone())
+        .filter(|m| m.starts_with(&prefix))
+        .filter(|m| !owned_refs(managed, m).is_empty())
         .collect()
 }
 
-/// How long refs written for an ApplicationConfiguration this backstop has not seen are kept.
-/// The webhook writes them while admitting the AppConfig, a moment before it is stored and
-/// reaches the watch cache; only refs older than this belong to an AppConfig that is gone (or
-/// whose creation a later admission step refused).
-pub const ORPHAN_GRACE: Duration = Duration::from_secs(30);
-
-/// What the backstop reads about one namespace.
+/// What the wiring loop reads about one namespace.
 #[derive(Default)]
 pub struct NamespaceSnapshot {
     pub namespace: String,
@@ -116,8 +176,6 @@ pub struct NamespaceSnapshot {
     pub scopes: BTreeMap<String, Arc<HealthScope>>,
     /// Workload objects that may carry scope labels: (apiVersion, kind, metadata).
     pub workloads: Vec<(String, String, ObjectMeta)>,
-    /// When the snapshot was taken, to age refs against [`ORPHAN_GRACE`].
-    pub now: Timestamp,
 }
 
 impl ComponentLookup for NamespaceSnapshot {
@@ -166,9 +224,16 @@ pub fn plan(snapshot: &NamespaceSnapshot) -> Vec<Action> {
                 scope.meta().managed_fields.as_deref().unwrap_or_default(),
                 &manager,
             );
-            let present: BTreeSet<_> = scope.spec.workload_refs.iter().map(key).collect();
             let wanted: BTreeSet<_> = refs.iter().map(key).collect();
-            if owned == wanted && wanted.is_subset(&present) {
+            let present = || {
+                scope
+                    .spec
+                    .workload_refs
+                    .iter()
+                    .map(key)
+                    .collect::<BTreeSet<_>>()
+            };
+            if owned == wanted && wanted.is_subset(&present()) {
                 continue;
             }
             actions.push(Action::ApplyRefs {
@@ -176,30 +241,25 @@ pub fn plan(snapshot: &NamespaceSnapshot) -> Vec<Action> {
                 scope: scope_name,
                 manager: manager.clone(),
                 refs,
+                basis: scope.meta().resource_version.clone(),
             });
         }
     }
-    // Managers whose ApplicationConfiguration no longer names the scope, or is gone (past the
-    // grace period: it may be one the webhook just wired and the cache has not seen yet).
+    // Managers whose ApplicationConfiguration no longer names the scope, is being deleted, or is
+    // gone. Refs are only ever written for AppConfigs in the cache (admission writes nothing),
+    // so a manager without one has nothing left to keep.
     for (scope_name, scope) in &snapshot.scopes {
-        for (manager, written) in ref_managers(scope.meta()) {
-            let terminating = snapshot.apps.iter().any(|(name, app)| {
-                app.metadata.deletion_timestamp.is_some() && field_manager(name) == manager
-            });
-            let release = match kept.get(&manager) {
-                Some(scopes) => !scopes.contains(scope_name),
-                None if terminating => true,
-                // A write stamped in the future (clock skew) is as recent as can be.
-                None => written.is_none_or(|at| {
-                    snapshot.now.duration_since(at).as_secs() >= ORPHAN_GRACE.as_secs() as i64
-                }),
-            };
+        for manager in ref_managers(scope.meta()) {
+            let release = kept
+                .get(&manager)
+                .is_none_or(|scopes| !scopes.contains(scope_name));
             if release {
                 actions.push(Action::ApplyRefs {
                     namespace: ns.to_string(),
                     scope: scope_name.clone(),
                     manager,
                     refs: Vec::new(),
+                    basis: scope.meta().resource_version.clone(),
                 });
             }
         }
@@ -248,22 +308,74 @@ pub fn label_patch(
     serde_json::json!({ "metadata": metadata })
 }
 
-/// The running backstop: its own caches of ApplicationConfigurations and Components, plus the
-/// controller's scope and workload caches.
-pub struct Backstop {
+/// Namespaces whose wiring may be out of date, and the wake-up of the loop that makes them
+/// right. Every watch event marks its object's namespace; cheap to clone.
+#[derive(Clone, Default)]
+pub struct DirtyNamespaces {
+    inner: Arc<DirtyInner>,
+}
+
+#[derive(Default)]
+struct DirtyInner {
+    namespaces: std::sync::Mutex<HashSet<String>>,
+    wake: Notify,
+}
+
+impl DirtyNamespaces {
+    /// Marks one namespace for the next pass.
+    pub fn mark(&self, namespace: &str) {
+        if let Ok(mut dirty) = self.inner.namespaces.lock()
+            && !dirty.contains(namespace)
+        {
+            dirty.insert(namespace.to_string());
+        }
+        // A permit is kept when the loop is busy, so no mark is ever missed.
+        self.inner.wake.notify_one();
+    }
+
+    fn take(&self) -> HashSet<String> {
+        self.inner
+            .namespaces
+            .lock()
+            .map(|mut dirty| std::mem::take(&mut *dirty))
+            .unwrap_or_default()
+    }
+
+    async fn marked(&self) {
+        self.inner.wake.notified().await
+    }
+}
+
+/// Writes in flight at once: scopes and workloads in parallel, one scope's applies in order
+/// (applies to one object at the same moment only conflict and retry inside the API server).
+const WRITE_CONCURRENCY: usize = 16;
+/// A failed write is retried (its namespace re-planned) after this long.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How long a write that succeeded is not repeated while the cache still shows the object as
+/// it was planned from (the watch event of the write itself is a moment behind).
+const WRITTEN_MEMORY: Duration = Duration::from_secs(10);
+
+/// The running wiring loop: the AppConfig and Component watches, plus the controller's scope
+/// and workload caches.
+pub struct Wiring {
     client: Client,
     apps: Store<ApplicationConfiguration>,
     components: Store<Component>,
     scopes: Store<HealthScope>,
     caches: WorkloadCaches,
     leader: LeaderState,
-    changed: Arc<Notify>,
-    interval: Duration,
+    dirty: DirtyNamespaces,
+    resync: Duration,
+    repair_labels: bool,
+    metrics: Option<Metrics>,
+    /// Writes that succeeded, by what they wrote and the object version they were planned
+    /// from, so a pass planned before their watch event arrives does not send them again.
+    written: std::sync::Mutex<HashMap<Action, Instant>>,
 }
 
-impl Backstop {
-    /// Starts the ApplicationConfiguration and Component watches (pinging `changed`) and returns
-    /// the backstop; call [`Backstop::run`] to drive it.
+impl Wiring {
+    /// Starts the ApplicationConfiguration and Component watches (marking `dirty`) and returns
+    /// the loop; call [`Wiring::run`] to drive it.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
@@ -271,12 +383,14 @@ impl Backstop {
         scopes: Store<HealthScope>,
         caches: WorkloadCaches,
         leader: LeaderState,
-        changed: Arc<Notify>,
-        interval: Duration,
+        dirty: DirtyNamespaces,
+        resync: Duration,
+        repair_labels: bool,
+        metrics: Option<Metrics>,
         shutdown: &CancellationToken,
     ) -> Self {
-        let apps = watch_all::<ApplicationConfiguration>(&client, &namespace, &changed, shutdown);
-        let components = watch_all::<Component>(&client, &namespace, &changed, shutdown);
+        let apps = watch_all::<ApplicationConfiguration>(&client, &namespace, &dirty, shutdown);
+        let components = watch_all::<Component>(&client, &namespace, &dirty, shutdown);
         Self {
             client,
             apps,
@@ -284,12 +398,16 @@ impl Backstop {
             scopes,
             caches,
             leader,
-            changed,
-            interval,
+            dirty,
+            resync,
+            repair_labels,
+            metrics,
+            written: Default::default(),
         }
     }
 
-    /// Runs a pass on every change (debounced) and every interval, while leading, until shutdown.
+    /// While leading: a pass over the marked namespaces on every change (changes within
+    /// [`DEBOUNCE`] share a pass), over every namespace each `resync`; until shutdown.
     pub async fn run(self, shutdown: CancellationToken) {
         let synced = async {
             store_ready(&self.apps).await;
@@ -301,17 +419,32 @@ impl Backstop {
             _ = shutdown.cancelled() => return,
             _ = synced => {}
         }
+        let mut everything = true;
+        let mut retry: HashSet<String> = HashSet::new();
+        let mut next_resync = Instant::now() + self.resync;
         loop {
+            let marked = self.dirty.take();
             if self.leader.is_leader() {
-                let writes = self.pass().await;
-                if writes > 0 {
-                    tracing::info!(writes, "membership backstop corrected the cluster");
-                }
+                let only = (!everything).then_some(&marked);
+                retry = self.pass(only).await;
             }
+            everything = false;
+            let retry_in = if retry.is_empty() {
+                self.resync
+            } else {
+                RETRY_AFTER
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = self.changed.notified() => {}
-                _ = tokio::time::sleep(self.interval) => {}
+                _ = self.dirty.marked() => {}
+                _ = tokio::time::sleep_until(next_resync.into()) => {
+                    everything = true;
+                    next_resync = Instant::now() + self.resync;
+                }
+                _ = tokio::time::sleep(retry_in) => {}
+            }
+            for namespace in retry.drain() {
+                self.dirty.mark(&namespace);
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -320,34 +453,82 @@ impl Backstop {
         }
     }
 
-    /// One pass over every namespace; returns how many writes succeeded.
-    pub async fn pass(&self) -> usize {
-        let mut writes = 0;
-        for snapshot in self.snapshots() {
-            for action in plan(&snapshot) {
-                match self.execute(&action).await {
-                    Ok(()) => writes += 1,
+    /// One pass over `only` these namespaces (every namespace when `None`). Returns the
+    /// namespaces where a write failed, to be planned again.
+    pub async fn pass(&self, only: Option<&HashSet<String>>) -> HashSet<String> {
+        let actions: Vec<Action> = self
+            .snapshots(only)
+            .iter()
+            .flat_map(plan)
+            .filter(|action| self.repair_labels || !matches!(action, Action::Label { .. }))
+            .filter(|action| !self.recently_written(action))
+            .collect();
+        // One queue per object: a scope's applies go one after another.
+        let mut queues: BTreeMap<(String, String), Vec<Action>> = BTreeMap::new();
+        for action in actions {
+            queues.entry(action.target()).or_default().push(action);
+        }
+        let outcomes: Vec<(Action, Result<(), kube::Error>)> =
+            futures::stream::iter(queues.into_values())
+                .map(|queue| async move {
+                    let mut outcomes = Vec::with_capacity(queue.len());
+                    for action in queue {
+                        let result = self.execute(&action).await;
+                        outcomes.push((action, result));
+                    }
+                    futures::stream::iter(outcomes)
+                })
+                .buffer_unordered(WRITE_CONCURRENCY)
+                .flatten()
+                .collect()
+                .await;
+        let mut failed = HashSet::new();
+        let now = Instant::now();
+        if let Ok(mut written) = self.written.lock() {
+            written.retain(|_, at| now.duration_since(*at) < WRITTEN_MEMORY);
+            for (action, result) in outcomes {
+                if let Some(metrics) = &self.metrics {
+                    metrics.wiring_write(action.metric_target(), result.is_ok());
+                }
+                match result {
+                    Ok(()) => {
+                        written.insert(action, now);
+                    }
                     Err(error) => {
-                        tracing::warn!(?action, %error, "membership backstop write failed; retrying on the next pass")
+                        tracing::warn!(%error, "{}; retrying in {}s", action.describe(), RETRY_AFTER.as_secs());
+                        failed.insert(action.namespace().to_string());
                     }
                 }
             }
         }
-        writes
+        failed
     }
 
-    fn snapshots(&self) -> Vec<NamespaceSnapshot> {
+    fn recently_written(&self, action: &Action) -> bool {
+        self.written
+            .lock()
+            .map(|written| {
+                written
+                    .get(action)
+                    .is_some_and(|at| at.elapsed() < WRITTEN_MEMORY)
+            })
+            .unwrap_or(false)
+    }
+
+    fn snapshots(&self, only: Option<&HashSet<String>>) -> Vec<NamespaceSnapshot> {
+        let wanted = |ns: &str| only.is_none_or(|only| only.contains(ns));
         let mut by_ns: BTreeMap<String, NamespaceSnapshot> = BTreeMap::new();
-        let entry = |ns: Option<String>| -> String { ns.unwrap_or_default() };
         macro_rules! add {
             ($store:expr, $field:ident) => {
                 for obj in $store.state() {
-                    let ns = entry(obj.namespace());
+                    let ns = obj.namespace().unwrap_or_default();
+                    if !wanted(&ns) {
+                        continue;
+                    }
                     by_ns
                         .entry(ns.clone())
                         .or_insert_with(|| NamespaceSnapshot {
                             namespace: ns,
-                            now: Timestamp::now(),
                             ..Default::default()
                         })
                         .$field
@@ -361,8 +542,8 @@ impl Backstop {
         add!(self.scopes, scopes);
         let mut workload = |api_version: &str, kind: &str, meta: &ObjectMeta| {
             // Only namespaces with OAM objects can have memberships; other workloads are left alone.
-            let ns = meta.namespace.clone().unwrap_or_default();
-            if let Some(snapshot) = by_ns.get_mut(&ns) {
+            let ns = meta.namespace.as_deref().unwrap_or_default();
+            if let Some(snapshot) = by_ns.get_mut(ns) {
                 snapshot
                     .workloads
                     .push((api_version.to_string(), kind.to_string(), meta.clone()));
@@ -400,6 +581,7 @@ impl Backstop {
                 scope,
                 manager,
                 refs,
+                ..
             } => {
                 let api: Api<HealthScope> = Api::namespaced(self.client.clone(), namespace);
                 let body = workload_refs_apply(namespace, scope, refs);
@@ -409,7 +591,6 @@ impl Backstop {
                     &Patch::Apply(&body),
                 )
                 .await?;
-                tracing::info!(%namespace, %scope, %manager, refs = refs.len(), "applied workloadRefs");
             }
             Action::Label {
                 namespace,
@@ -431,9 +612,9 @@ impl Backstop {
                 let patch = label_patch(resource_version.as_deref(), add, remove);
                 api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await?;
-                tracing::info!(%namespace, %kind, %name, added = ?add.keys().collect::<Vec<_>>(), removed = ?remove, "corrected scope labels");
             }
         }
+        tracing::info!("{}", action.describe());
         Ok(())
     }
 }
@@ -441,7 +622,7 @@ impl Backstop {
 fn watch_all<K>(
     client: &Client,
     namespace: &Option<String>,
-    changed: &Arc<Notify>,
+    dirty: &DirtyNamespaces,
     shutdown: &CancellationToken,
 ) -> Store<K>
 where
@@ -465,13 +646,15 @@ where
         .reflect(writer)
         .touched_objects()
         .take_until(shutdown.clone().cancelled_owned());
-    let changed = changed.clone();
+    let dirty = dirty.clone();
     tokio::spawn(async move {
         let mut events = std::pin::pin!(events);
         while let Some(event) = events.next().await {
             match event {
-                Ok(_) => changed.notify_one(),
-                Err(error) => tracing::warn!(%error, "watch error; retrying with backoff"),
+                Ok(obj) => dirty.mark(obj.meta().namespace.as_deref().unwrap_or_default()),
+                Err(error) => {
+                    tracing::warn!(kind = %K::kind(&()), %error, "watch error; retrying with backoff")
+                }
             }
         }
     });
@@ -537,6 +720,7 @@ mod tests {
         let mut scope = HealthScope::new(name, Default::default());
         scope.metadata.namespace = Some("ns".into());
         scope.metadata.managed_fields = Some(managed);
+        scope.metadata.resource_version = Some("3".into());
         scope.spec.workload_refs = refs
             .iter()
             .map(|n| WorkloadReference::new("apps/v1", "Deployment", *n))
@@ -570,35 +754,12 @@ mod tests {
     }
 
     #[test]
-    fn refs_of_an_unseen_appconfig_are_kept_for_the_grace_period() {
-        let manager = field_manager("just-created");
-        let written_at = |secs_ago: i64| {
-            let mut entry = owned_by(&manager, &["web-1"]);
-            let at = Timestamp::UNIX_EPOCH
-                + k8s_openapi::jiff::SignedDuration::from_secs(1_000_000 - secs_ago);
-            entry.time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at));
-            entry
-        };
+    fn refs_of_a_gone_appconfig_are_given_up_at_once() {
+        let manager = field_manager("gone");
         let mut s = snapshot();
-        s.now = Timestamp::UNIX_EPOCH + k8s_openapi::jiff::SignedDuration::from_secs(1_000_000);
-        // Written by the webhook a second ago: the AppConfig is not in the cache yet.
         s.scopes.insert(
             "health".into(),
-            scope("health", &["web-1"], vec![written_at(1)]),
-        );
-        assert_eq!(
-            plan(&s),
-            vec![],
-            "fresh refs of an unseen AppConfig are left alone"
-        );
-        // Past the grace period the AppConfig is really gone: its refs are given up.
-        s.scopes.insert(
-            "health".into(),
-            scope(
-                "health",
-                &["web-1"],
-                vec![written_at(ORPHAN_GRACE.as_secs() as i64)],
-            ),
+            scope("health", &["web-1"], vec![owned_by(&manager, &["web-1"])]),
         );
         assert_eq!(
             plan(&s),
@@ -607,6 +768,7 @@ mod tests {
                 scope: "health".into(),
                 manager,
                 refs: vec![],
+                basis: Some("3".into()),
             }]
         );
     }
@@ -627,6 +789,7 @@ mod tests {
                 scope: "health".into(),
                 manager: field_manager("shop"),
                 refs: vec![WorkloadReference::new("apps/v1", "Deployment", "web-1")],
+                basis: Some("3".into()),
             }
         );
         let Action::Label {
@@ -653,9 +816,10 @@ mod tests {
     fn a_terminating_appconfig_wants_nothing_and_gives_up_its_refs() {
         let mut s = snapshot();
         let mut app = (*appconfig("shop", "web-1", &["health"])).clone();
-        app.metadata.deletion_timestamp = Some(
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
-        );
+        app.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
         s.apps.insert("shop".into(), Arc::new(app));
         // Its refs are still there (its finalizer is pending), owned by its manager.
         let manager = field_manager("shop");
@@ -670,6 +834,7 @@ mod tests {
                 scope: "health".into(),
                 manager,
                 refs: vec![],
+                basis: Some("3".into()),
             }]
         );
         // Once given up (the runtime removed the entry too), nothing is re-added.
@@ -761,6 +926,7 @@ mod tests {
                     scope: "health".into(),
                     manager: field_manager("shop"),
                     refs: vec![],
+                    basis: Some("3".into()),
                 },
                 Action::Label {
                     namespace: "ns".into(),
@@ -793,6 +959,7 @@ mod tests {
                 scope: "health".into(),
                 manager: field_manager("gone"),
                 refs: vec![],
+                basis: Some("3".into()),
             }]
         );
     }
