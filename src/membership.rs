@@ -497,17 +497,10 @@ pub fn workload_scopes(
     if kind == cw_kind() && group_of(api_version) == oam::GROUP {
         return WorkloadScopes::NotOam;
     }
-    let owners = meta.owner_references.as_deref().unwrap_or_default();
-    let oam_owner = |owner_kind: &str| {
-        owners
-            .iter()
-            .find(|o| o.kind == owner_kind && group_of(&o.api_version) == oam::GROUP)
-    };
-    if let Some(parent) = oam_owner("ContainerizedWorkload") {
-        let Some(cw) = lookup.containerized_workload(&parent.name) else {
+    if let Some(parent) = owning_containerized_workload(meta) {
+        let Some(cw) = lookup.containerized_workload(parent) else {
             return WorkloadScopes::Unresolved(format!(
-                "parent ContainerizedWorkload {:?} not found",
-                parent.name
+                "parent ContainerizedWorkload {parent:?} not found"
             ));
         };
         return match app_workload_scopes(&cw.metadata, oam::API_VERSION, &cw_kind(), lookup) {
@@ -527,13 +520,9 @@ fn group_of(api_version: &str) -> &str {
     api_version.rsplit_once('/').map_or("", |(group, _)| group)
 }
 
-fn app_workload_scopes(
-    meta: &ObjectMeta,
-    api_version: &str,
-    kind: &str,
-    lookup: &dyn WorkloadLookup,
-) -> WorkloadScopes {
-    let labels = meta.labels.clone().unwrap_or_default();
+/// The ApplicationConfiguration an object was rendered from: its owner, else its
+/// `app.oam.dev/name` label.
+pub fn owning_app(meta: &ObjectMeta) -> Option<String> {
     let owner = meta
         .owner_references
         .as_deref()
@@ -541,7 +530,27 @@ fn app_workload_scopes(
         .iter()
         .find(|o| o.kind == "ApplicationConfiguration" && group_of(&o.api_version) == oam::GROUP)
         .map(|o| o.name.clone());
-    let Some(app_name) = owner.or_else(|| labels.get(labels::APP_NAME).cloned()) else {
+    owner.or_else(|| meta.labels.as_ref()?.get(labels::APP_NAME).cloned())
+}
+
+/// The ContainerizedWorkload that owns an object (its Deployment and Service), by name.
+pub fn owning_containerized_workload(meta: &ObjectMeta) -> Option<&str> {
+    meta.owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|o| o.kind == "ContainerizedWorkload" && group_of(&o.api_version) == oam::GROUP)
+        .map(|o| o.name.as_str())
+}
+
+fn app_workload_scopes(
+    meta: &ObjectMeta,
+    api_version: &str,
+    kind: &str,
+    lookup: &dyn WorkloadLookup,
+) -> WorkloadScopes {
+    let labels = meta.labels.clone().unwrap_or_default();
+    let Some(app_name) = owning_app(meta) else {
         return WorkloadScopes::NotOam;
     };
     let Some(app) = lookup.app_configuration(&app_name) else {

@@ -46,6 +46,14 @@ pub const DEFAULT_BODY_BUDGET: usize = 64 * 1024 * 1024;
 /// waits at most 30 s (`timeoutSeconds`) for the answer; a body still trickling after this is
 /// not from it, and would otherwise hold its share of the body budget for as long as it likes.
 pub const BODY_READ_DEADLINE: Duration = Duration::from_secs(5);
+/// Longest time one request may take from its arrival to its answer, body included. Admission
+/// answers from caches within a bounded live-read budget; this ends anything else (a handler
+/// stuck on a peer) before the API server's longest `timeoutSeconds` (30 s), freeing its body
+/// budget and its stream.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Requests one HTTP/2 connection may have in flight at once; more are refused by the
+/// protocol (REFUSED_STREAM), so one client cannot hold every handler.
+pub const MAX_CONCURRENT_STREAMS: u32 = 128;
 /// How long in-flight requests may take to finish once shutdown begins.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
@@ -68,6 +76,8 @@ pub struct WebhookServerConfig {
     pub body_budget: usize,
     /// A body that takes longer to arrive is answered 408, giving its budget back.
     pub body_read_deadline: Duration,
+    /// Longest time from a request's arrival to its answer; 503 after it.
+    pub request_deadline: Duration,
     /// How often `cert_file` and `key_file` are checked for new contents.
     pub reload_interval: Duration,
     /// How long in-flight requests may run after shutdown is requested.
@@ -88,6 +98,7 @@ impl WebhookServerConfig {
             body_limit: DEFAULT_BODY_LIMIT,
             body_budget: DEFAULT_BODY_BUDGET,
             body_read_deadline: BODY_READ_DEADLINE,
+            request_deadline: REQUEST_DEADLINE,
             reload_interval: DEFAULT_RELOAD_INTERVAL,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
@@ -195,6 +206,7 @@ impl BoundWebhookServer {
             self.config.body_limit,
             self.config.body_budget,
             self.config.body_read_deadline,
+            self.config.request_deadline,
         );
         let (draining_tx, draining) = watch::channel(false);
         let mut connections = tokio::task::JoinSet::new();
@@ -278,7 +290,8 @@ async fn serve_connection(
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10));
+        .keep_alive_timeout(Duration::from_secs(10))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
     let service = hyper_util::service::TowerToHyperService::new(app);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
@@ -613,12 +626,13 @@ struct BodyLimit {
 /// anything is read, and a streamed body stops being read at the limit. Bodies of requests in
 /// flight together may take at most `budget` bytes; a request beyond that gets 503 right away.
 /// A body that has not arrived within `read_deadline` is answered 408, which gives its share
-/// back.
+/// back; a request not answered within `request_deadline` (body included) is answered 503.
 pub fn limit_request_bodies(
     router: Router,
     limit: usize,
     budget: usize,
     read_deadline: Duration,
+    request_deadline: Duration,
 ) -> Router {
     let limits = BodyLimits {
         limit,
@@ -633,6 +647,30 @@ pub fn limit_request_bodies(
             enforce_body_limit,
         ))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            request_deadline,
+            answer_within_deadline,
+        ))
+}
+
+async fn answer_within_deadline(
+    State(deadline): State<Duration>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path().to_string();
+    match tokio::time::timeout(deadline, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(%path, "request not answered within {deadline:?}; answering 503");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                "not answered in time, retry shortly\n",
+            )
+                .into_response()
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -1391,6 +1429,7 @@ mod tests {
             1000,
             1500,
             BODY_READ_DEADLINE,
+            REQUEST_DEADLINE,
         );
         let request = |path: &str, len: usize| {
             axum::http::Request::post(path)
@@ -1449,6 +1488,7 @@ mod tests {
             1000,
             1500,
             deadline,
+            REQUEST_DEADLINE,
         );
         let slow = || {
             let trickle = futures::stream::once(async {
@@ -1489,6 +1529,39 @@ mod tests {
         assert_eq!(
             app.oneshot(review()).await.unwrap().status(),
             StatusCode::OK
+        );
+    }
+
+    #[tokio::test]
+    async fn webhook_answers_a_stuck_request_503_at_the_request_deadline() {
+        use tower::ServiceExt;
+        let app = limit_request_bodies(
+            Router::new().route(
+                "/stuck",
+                post(|| async {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    "never"
+                }),
+            ),
+            1000,
+            1500,
+            BODY_READ_DEADLINE,
+            Duration::from_millis(200),
+        );
+        let started = std::time::Instant::now();
+        let answer = app
+            .oneshot(
+                axum::http::Request::post("/stuck")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
         );
     }
 

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::wiring::DirtyNamespaces;
+use super::wiring::ChangedObjects;
 use crate::api::{ContainerizedWorkload, HealthScope};
 
 /// The label EndpointSlices carry naming their Service.
@@ -149,7 +149,7 @@ struct DynamicCaches {
     index: DependencyIndex,
     trigger: Trigger,
     /// Marks the namespace of every cache event for the wiring loop.
-    on_change: Option<DirtyNamespaces>,
+    on_change: Option<ChangedObjects>,
     shutdown: CancellationToken,
     /// The kinds without a built-in cache an operator allows to be watched.
     allowed: ExtraKinds,
@@ -234,7 +234,7 @@ impl WorkloadCaches {
         namespace: Option<String>,
         index: DependencyIndex,
         trigger: Trigger,
-        on_change: Option<DirtyNamespaces>,
+        on_change: Option<ChangedObjects>,
         allowed: ExtraKinds,
         shutdown: CancellationToken,
     ) -> Self {
@@ -311,7 +311,7 @@ impl WorkloadCaches {
 struct WatchCtx {
     index: DependencyIndex,
     trigger: Trigger,
-    on_change: Option<DirtyNamespaces>,
+    on_change: Option<ChangedObjects>,
     shutdown: CancellationToken,
 }
 
@@ -405,7 +405,7 @@ async fn forward<K>(
     dt: K::DynamicType,
     index: DependencyIndex,
     trigger: Trigger,
-    on_change: Option<DirtyNamespaces>,
+    on_change: Option<ChangedObjects>,
     shutdown: CancellationToken,
 ) where
     K: Resource + Send,
@@ -419,8 +419,8 @@ async fn forward<K>(
                         let _ = trigger.send(scope);
                     }
                 }
-                if let Some(dirty) = &on_change {
-                    dirty.mark(obj.meta().namespace.as_deref().unwrap_or_default());
+                if let Some(changed) = &on_change {
+                    changed.mark(&obj, &dt);
                 }
             }
             Err(error) => {

@@ -136,7 +136,7 @@ pub fn start(
 ) -> Result<ControllerHandle, crate::probe::ProbeError> {
     let (trigger, mut triggered) = mpsc::unbounded_channel::<ObjectRef<HealthScope>>();
     let index = DependencyIndex::default();
-    let dirty = wiring::DirtyNamespaces::default();
+    let dirty = wiring::ChangedObjects::default();
     let wiring_on = config.wiring_resync.is_some();
     let caches = WorkloadCaches::spawn(
         client.clone(),

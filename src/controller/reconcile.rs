@@ -17,7 +17,7 @@ use super::cache::{DependencyIndex, WorkloadCaches};
 use super::evaluate::{self, CacheLookup, Evaluated};
 use super::probes::{ProbePlan, Probes};
 use super::status;
-use super::wiring::DirtyNamespaces;
+use super::wiring::ChangedObjects;
 use crate::admission::healthscope::{ProbeSettings, effective_probe_settings};
 use crate::api::{Health, HealthScope, HealthScopeStatus, WorkloadReference};
 use crate::health::{ProbeResult, ScopeStatusInput, scope_status};
@@ -75,7 +75,7 @@ pub struct Context {
     pub stats: Arc<Stats>,
     pub metrics: Option<Metrics>,
     /// Pinged when a scope is new or its spec changed, so the wiring loop plans its namespace.
-    pub scope_changed: Option<DirtyNamespaces>,
+    pub scope_changed: Option<ChangedObjects>,
     /// The generation each scope had when last seen.
     generations: Mutex<HashMap<ObjectRef<HealthScope>, Option<i64>>>,
     /// The last status written per scope, with the resourceVersion it was based on, so a write
@@ -98,7 +98,7 @@ impl Context {
         probe_methods: Vec<String>,
         stats: Arc<Stats>,
         metrics: Option<Metrics>,
-        scope_changed: Option<DirtyNamespaces>,
+        scope_changed: Option<ChangedObjects>,
     ) -> Self {
         Self {
             client,
@@ -201,7 +201,7 @@ async fn evaluate_and_write(scope: &HealthScope, ctx: &Context) -> Result<Action
     let key = ObjectRef::from_obj(scope);
     let settings = probe_settings(scope, ctx.min_probe_interval);
     let interval = settings.interval;
-    notice_spec_change(ctx, &key, scope.meta().generation);
+    notice_spec_change(ctx, &key, scope);
     // Standbys keep their caches warm but neither probe nor write.
     if !ctx.leader.is_leader() {
         ctx.probes.ensure(&key, None);
@@ -255,15 +255,16 @@ async fn evaluate_and_write(scope: &HealthScope, ctx: &Context) -> Result<Action
     Ok(Action::requeue(interval))
 }
 
-/// Marks the scope's namespace for the wiring loop when a scope appears or its spec changes.
-fn notice_spec_change(ctx: &Context, key: &ObjectRef<HealthScope>, generation: Option<i64>) {
+/// Marks the scope for the wiring loop when it appears or its spec changes.
+fn notice_spec_change(ctx: &Context, key: &ObjectRef<HealthScope>, scope: &HealthScope) {
+    let generation = scope.meta().generation;
     let changed = ctx
         .generations
         .lock()
         .map(|mut seen| seen.insert(key.clone(), generation) != Some(generation))
         .unwrap_or(false);
-    if changed && let Some(dirty) = &ctx.scope_changed {
-        dirty.mark(key.namespace.as_deref().unwrap_or_default());
+    if changed && let Some(wiring) = &ctx.scope_changed {
+        wiring.mark(scope, &());
     }
 }
 

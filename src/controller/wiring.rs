@@ -18,13 +18,14 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::{WorkloadCaches, store_ready};
+use crate::api::oam;
 use crate::api::{
     ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope, WorkloadReference,
 };
@@ -197,95 +198,138 @@ fn key(r: &WorkloadReference) -> (String, String, String) {
     (r.api_version.clone(), r.kind.clone(), r.name.clone())
 }
 
+/// What the wiring decisions read about one namespace: its ApplicationConfigurations,
+/// Components and ContainerizedWorkloads (by name) and its HealthScopes.
+pub trait NamespaceView: WorkloadLookup {
+    fn namespace(&self) -> &str;
+    fn scopes(&self) -> Vec<Arc<HealthScope>>;
+}
+
+impl NamespaceView for NamespaceSnapshot {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+    fn scopes(&self) -> Vec<Arc<HealthScope>> {
+        self.scopes.values().cloned().collect()
+    }
+}
+
 /// Every write needed to make one namespace right; empty when it already is.
 pub fn plan(snapshot: &NamespaceSnapshot) -> Vec<Action> {
-    let ns = snapshot.namespace.as_str();
     let mut actions = Vec::new();
-    // Which (manager → scopes) the existing ApplicationConfigurations keep, whether or not
-    // their workloads resolve yet: those are never given up here.
-    let mut kept: HashMap<String, BTreeSet<String>> = HashMap::new();
+    let mut managers: BTreeSet<String> = BTreeSet::new();
     for (name, app) in &snapshot.apps {
-        // Being deleted (the OAM runtime's finalizer is removing its refs): it wants nothing,
-        // and its manager gives up what it owns below.
-        if app.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
         let manager = field_manager(name);
-        let desired = desired_memberships(app, snapshot);
-        let referenced = membership::referenced_scopes(app);
-        kept.insert(manager.clone(), referenced.clone());
-        let by_scope = refs_by_scope(&desired.members);
-        for (scope_name, refs) in by_scope {
-            // Never create a scope by applying to it: only scopes that exist get refs.
-            let Some(scope) = snapshot.scopes.get(&scope_name) else {
-                continue;
-            };
-            let owned = owned_refs(
-                scope.meta().managed_fields.as_deref().unwrap_or_default(),
-                &manager,
-            );
-            let wanted: BTreeSet<_> = refs.iter().map(key).collect();
-            let present = || {
-                scope
-                    .spec
-                    .workload_refs
-                    .iter()
-                    .map(key)
-                    .collect::<BTreeSet<_>>()
-            };
-            if owned == wanted && wanted.is_subset(&present()) {
-                continue;
-            }
-            actions.push(Action::ApplyRefs {
-                namespace: ns.to_string(),
-                scope: scope_name,
-                manager: manager.clone(),
-                refs,
-                basis: scope.meta().resource_version.clone(),
-            });
-        }
+        actions.extend(plan_manager(snapshot, &manager, Some(app), None));
+        managers.insert(manager);
     }
-    // Managers whose ApplicationConfiguration no longer names the scope, is being deleted, or is
-    // gone. Refs are only ever written for AppConfigs in the cache (admission writes nothing),
-    // so a manager without one has nothing left to keep.
-    for (scope_name, scope) in &snapshot.scopes {
-        for manager in ref_managers(scope.meta()) {
-            let release = kept
-                .get(&manager)
-                .is_none_or(|scopes| !scopes.contains(scope_name));
-            if release {
-                actions.push(Action::ApplyRefs {
-                    namespace: ns.to_string(),
-                    scope: scope_name.clone(),
-                    manager,
-                    refs: Vec::new(),
-                    basis: scope.meta().resource_version.clone(),
-                });
-            }
-        }
+    // Managers whose ApplicationConfiguration is gone give up what they own.
+    let orphans: BTreeSet<String> = snapshot
+        .scopes
+        .values()
+        .flat_map(|scope| ref_managers(scope.meta()))
+        .filter(|manager| !managers.contains(manager))
+        .collect();
+    for manager in orphans {
+        actions.extend(plan_manager(snapshot, &manager, None, None));
     }
     for (api_version, kind, meta) in &snapshot.workloads {
-        let WorkloadScopes::Scopes(scopes) =
-            membership::workload_scopes(api_version, kind, meta, snapshot)
-        else {
-            continue;
-        };
-        let labels = meta.labels.clone().unwrap_or_default();
-        let changes = scope_label_changes(&labels, &scopes);
-        if changes.is_empty() {
+        actions.extend(plan_labels(snapshot, api_version, kind, meta));
+    }
+    actions
+}
+
+/// The refs writes of one ApplicationConfiguration, by name (absent: it is gone).
+pub fn plan_app(view: &dyn NamespaceView, name: &str) -> Vec<Action> {
+    let app = view.app_configuration(name);
+    plan_manager(view, &field_manager(name), app.as_ref(), None)
+}
+
+/// The refs writes of one membership field manager, whose ApplicationConfiguration is `app`
+/// (`None`: gone). In every scope that exists: the refs the AppConfig's workloads make, when
+/// they differ from what the manager owns; none where it no longer names the scope, or when it
+/// is gone or being deleted (the OAM runtime's finalizer is removing it). A named scope whose
+/// workloads do not resolve yet keeps what the manager owns. A scope that does not exist is
+/// never written (an apply would create it).
+pub fn plan_manager(
+    view: &dyn NamespaceView,
+    manager: &str,
+    app: Option<&Arc<ApplicationConfiguration>>,
+    only_scope: Option<&str>,
+) -> Vec<Action> {
+    let live = app.filter(|a| a.metadata.deletion_timestamp.is_none());
+    let (mut wanted, referenced) = match live {
+        Some(app) => (
+            refs_by_scope(&desired_memberships(app, view).members),
+            membership::referenced_scopes(app),
+        ),
+        None => Default::default(),
+    };
+    let mut actions = Vec::new();
+    for scope in view.scopes() {
+        let scope_name = scope.name_any();
+        if only_scope.is_some_and(|only| only != scope_name) {
             continue;
         }
-        actions.push(Action::Label {
-            namespace: ns.to_string(),
-            api_version: api_version.clone(),
-            kind: kind.clone(),
-            name: meta.name.clone().unwrap_or_default(),
-            resource_version: meta.resource_version.clone(),
-            add: changes.add,
-            remove: changes.remove,
+        let owned = owned_refs(
+            scope.meta().managed_fields.as_deref().unwrap_or_default(),
+            manager,
+        );
+        let refs = match wanted.remove(&scope_name) {
+            Some(refs) => {
+                let keys: BTreeSet<_> = refs.iter().map(key).collect();
+                let present = || {
+                    scope
+                        .spec
+                        .workload_refs
+                        .iter()
+                        .map(key)
+                        .collect::<BTreeSet<_>>()
+                };
+                if owned == keys && keys.is_subset(&present()) {
+                    continue;
+                }
+                refs
+            }
+            None if !owned.is_empty() && !referenced.contains(&scope_name) => Vec::new(),
+            None => continue,
+        };
+        actions.push(Action::ApplyRefs {
+            namespace: view.namespace().to_string(),
+            scope: scope_name,
+            manager: manager.to_string(),
+            refs,
+            basis: scope.meta().resource_version.clone(),
         });
     }
     actions
+}
+
+/// The label write one workload needs, if any.
+pub fn plan_labels(
+    view: &dyn NamespaceView,
+    api_version: &str,
+    kind: &str,
+    meta: &ObjectMeta,
+) -> Option<Action> {
+    let WorkloadScopes::Scopes(scopes) = membership::workload_scopes(api_version, kind, meta, view)
+    else {
+        return None;
+    };
+    let labels = meta.labels.clone().unwrap_or_default();
+    let changes = scope_label_changes(&labels, &scopes);
+    if changes.is_empty() {
+        return None;
+    }
+    Some(Action::Label {
+        namespace: view.namespace().to_string(),
+        api_version: api_version.to_string(),
+        kind: kind.to_string(),
+        name: meta.name.clone().unwrap_or_default(),
+        resource_version: meta.resource_version.clone(),
+        add: changes.add,
+        remove: changes.remove,
+    })
 }
 
 /// The merge patch for a label action: set `add`, delete `remove`, guarded by resourceVersion.
@@ -308,36 +352,62 @@ pub fn label_patch(
     serde_json::json!({ "metadata": metadata })
 }
 
-/// Namespaces whose wiring may be out of date, and the wake-up of the loop that makes them
-/// right. Every watch event marks its object's namespace; cheap to clone.
+/// An object whose change may change the wiring: its apiVersion, kind, namespace and name.
+/// An empty kind stands for the whole namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChangedObject {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// The objects changed since the wiring loop last planned, and its wake-up. Every watch event
+/// of an AppConfig, Component, HealthScope, ContainerizedWorkload or workload is marked here;
+/// cheap to clone.
 #[derive(Clone, Default)]
-pub struct DirtyNamespaces {
-    inner: Arc<DirtyInner>,
+pub struct ChangedObjects {
+    inner: Arc<ChangedInner>,
 }
 
 #[derive(Default)]
-struct DirtyInner {
-    namespaces: std::sync::Mutex<HashSet<String>>,
+struct ChangedInner {
+    objects: std::sync::Mutex<HashSet<ChangedObject>>,
     wake: Notify,
 }
 
-impl DirtyNamespaces {
-    /// Marks one namespace for the next pass.
-    pub fn mark(&self, namespace: &str) {
-        if let Ok(mut dirty) = self.inner.namespaces.lock()
-            && !dirty.contains(namespace)
-        {
-            dirty.insert(namespace.to_string());
+impl ChangedObjects {
+    /// Marks one object for the next plan.
+    pub fn mark<K: Resource>(&self, obj: &K, dt: &K::DynamicType) {
+        let changed = ChangedObject {
+            api_version: K::api_version(dt).into_owned(),
+            kind: K::kind(dt).into_owned(),
+            namespace: obj.meta().namespace.clone().unwrap_or_default(),
+            name: obj.meta().name.clone().unwrap_or_default(),
+        };
+        if let Ok(mut objects) = self.inner.objects.lock() {
+            objects.insert(changed);
         }
         // A permit is kept when the loop is busy, so no mark is ever missed.
         self.inner.wake.notify_one();
     }
 
-    fn take(&self) -> HashSet<String> {
+    /// Marks a whole namespace to be planned again (after a failed write).
+    pub fn mark_namespace(&self, namespace: &str) {
+        if let Ok(mut objects) = self.inner.objects.lock() {
+            objects.insert(ChangedObject {
+                namespace: namespace.to_string(),
+                ..Default::default()
+            });
+        }
+        self.inner.wake.notify_one();
+    }
+
+    fn take(&self) -> HashSet<ChangedObject> {
         self.inner
-            .namespaces
+            .objects
             .lock()
-            .map(|mut dirty| std::mem::take(&mut *dirty))
+            .map(|mut objects| std::mem::take(&mut *objects))
             .unwrap_or_default()
     }
 
@@ -346,36 +416,43 @@ impl DirtyNamespaces {
     }
 }
 
-/// Writes in flight at once: scopes and workloads in parallel, one scope's applies in order
-/// (applies to one object at the same moment only conflict and retry inside the API server).
+/// Writes in flight at once. Scopes and workloads are written in parallel; one object's
+/// writes go one after another (applies to one object at the same moment only conflict and
+/// retry inside the API server).
 const WRITE_CONCURRENCY: usize = 16;
-/// A failed write is retried (its namespace re-planned) after this long.
+/// A failed write's namespace is planned again after this long, doubling while its writes
+/// keep failing.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How long a write that succeeded is not repeated while the cache still shows the object as
 /// it was planned from (the watch event of the write itself is a moment behind).
 const WRITTEN_MEMORY: Duration = Duration::from_secs(10);
 
-/// The running wiring loop: the AppConfig and Component watches, plus the controller's scope
-/// and workload caches.
+/// How long after the `failures`-th failed write in a row in a namespace it is planned again:
+/// [`RETRY_AFTER`], doubling, at most `ceiling`.
+fn retry_delay(failures: u32, ceiling: Duration) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (RETRY_AFTER * 2u32.pow(doublings)).min(ceiling.max(RETRY_AFTER))
+}
+
+/// The running wiring loop: the AppConfig and Component watches (with an index of what each
+/// AppConfig names), plus the controller's scope and workload caches; its writes go through a
+/// [`Writer`].
 pub struct Wiring {
-    client: Client,
     apps: Store<ApplicationConfiguration>,
     components: Store<Component>,
     scopes: Store<HealthScope>,
     caches: WorkloadCaches,
+    index: AppIndex,
     leader: LeaderState,
-    dirty: DirtyNamespaces,
+    changed: ChangedObjects,
     resync: Duration,
     repair_labels: bool,
-    metrics: Option<Metrics>,
-    /// Writes that succeeded, by what they wrote and the object version they were planned
-    /// from, so a pass planned before their watch event arrives does not send them again.
-    written: std::sync::Mutex<HashMap<Action, Instant>>,
+    writer: Arc<Writer>,
 }
 
 impl Wiring {
-    /// Starts the ApplicationConfiguration and Component watches (marking `dirty`) and returns
-    /// the loop; call [`Wiring::run`] to drive it.
+    /// Starts the ApplicationConfiguration and Component watches (marking `changed`) and
+    /// returns the loop; call [`Wiring::run`] to drive it.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
@@ -383,31 +460,40 @@ impl Wiring {
         scopes: Store<HealthScope>,
         caches: WorkloadCaches,
         leader: LeaderState,
-        dirty: DirtyNamespaces,
+        changed: ChangedObjects,
         resync: Duration,
         repair_labels: bool,
         metrics: Option<Metrics>,
         shutdown: &CancellationToken,
     ) -> Self {
-        let apps = watch_all::<ApplicationConfiguration>(&client, &namespace, &dirty, shutdown);
-        let components = watch_all::<Component>(&client, &namespace, &dirty, shutdown);
-        Self {
+        let index = AppIndex::default();
+        let apps = watch_apps(&client, &namespace, &changed, &index, shutdown);
+        let components = watch_all::<Component>(&client, &namespace, &changed, shutdown);
+        let writer = Arc::new(Writer {
             client,
+            metrics,
+            changed: changed.clone(),
+            retry_ceiling: resync,
+            slots: Arc::new(tokio::sync::Semaphore::new(WRITE_CONCURRENCY)),
+            state: Default::default(),
+        });
+        Self {
             apps,
             components,
             scopes,
             caches,
+            index,
             leader,
-            dirty,
+            changed,
             resync,
             repair_labels,
-            metrics,
-            written: Default::default(),
+            writer,
         }
     }
 
-    /// While leading: a pass over the marked namespaces on every change (changes within
-    /// [`DEBOUNCE`] share a pass), over every namespace each `resync`; until shutdown.
+    /// While leading: plans what the changed objects affect (changes within [`DEBOUNCE`] share
+    /// a plan), every namespace each `resync` and on gaining leadership, and hands the writes to
+    /// the writer without waiting for them; until shutdown.
     pub async fn run(self, shutdown: CancellationToken) {
         let synced = async {
             store_ready(&self.apps).await;
@@ -420,31 +506,33 @@ impl Wiring {
             _ = synced => {}
         }
         let mut everything = true;
-        let mut retry: HashSet<String> = HashSet::new();
+        let mut was_leader = false;
         let mut next_resync = Instant::now() + self.resync;
         loop {
-            let marked = self.dirty.take();
-            if self.leader.is_leader() {
-                let only = (!everything).then_some(&marked);
-                retry = self.pass(only).await;
+            let changed = self.changed.take();
+            let leading = self.leader.is_leader();
+            if leading {
+                self.writer.forget_old();
+                let actions = if everything || !was_leader {
+                    self.snapshots(None).iter().flat_map(plan).collect()
+                } else {
+                    self.plan_changes(changed)
+                };
+                for action in actions {
+                    if self.repair_labels || !matches!(action, Action::Label { .. }) {
+                        self.writer.submit(action);
+                    }
+                }
             }
+            was_leader = leading;
             everything = false;
-            let retry_in = if retry.is_empty() {
-                self.resync
-            } else {
-                RETRY_AFTER
-            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = self.dirty.marked() => {}
+                _ = self.changed.marked() => {}
                 _ = tokio::time::sleep_until(next_resync.into()) => {
                     everything = true;
                     next_resync = Instant::now() + self.resync;
                 }
-                _ = tokio::time::sleep(retry_in) => {}
-            }
-            for namespace in retry.drain() {
-                self.dirty.mark(&namespace);
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -453,66 +541,160 @@ impl Wiring {
         }
     }
 
-    /// One pass over `only` these namespaces (every namespace when `None`). Returns the
-    /// namespaces where a write failed, to be planned again.
-    pub async fn pass(&self, only: Option<&HashSet<String>>) -> HashSet<String> {
-        let actions: Vec<Action> = self
-            .snapshots(only)
-            .iter()
-            .flat_map(plan)
-            .filter(|action| self.repair_labels || !matches!(action, Action::Label { .. }))
-            .filter(|action| !self.recently_written(action))
-            .collect();
-        // One queue per object: a scope's applies go one after another.
-        let mut queues: BTreeMap<(String, String), Vec<Action>> = BTreeMap::new();
-        for action in actions {
-            queues.entry(action.target()).or_default().push(action);
+    /// The writes the changed objects call for, planning only what they affect: a changed
+    /// AppConfig's refs in every scope and its workloads' labels; the AppConfigs naming a changed
+    /// Component; the AppConfigs naming a changed scope, and the managers owning refs in it, in
+    /// that scope only; a changed ContainerizedWorkload's children and a changed workload's
+    /// labels. A namespace marked whole is planned whole.
+    fn plan_changes(&self, changed: HashSet<ChangedObject>) -> Vec<Action> {
+        let mut by_ns: BTreeMap<String, Vec<ChangedObject>> = BTreeMap::new();
+        for object in changed {
+            by_ns
+                .entry(object.namespace.clone())
+                .or_default()
+                .push(object);
         }
-        let outcomes: Vec<(Action, Result<(), kube::Error>)> =
-            futures::stream::iter(queues.into_values())
-                .map(|queue| async move {
-                    let mut outcomes = Vec::with_capacity(queue.len());
-                    for action in queue {
-                        let result = self.execute(&action).await;
-                        outcomes.push((action, result));
-                    }
-                    futures::stream::iter(outcomes)
-                })
-                .buffer_unordered(WRITE_CONCURRENCY)
-                .flatten()
-                .collect()
-                .await;
-        let mut failed = HashSet::new();
-        let now = Instant::now();
-        if let Ok(mut written) = self.written.lock() {
-            written.retain(|_, at| now.duration_since(*at) < WRITTEN_MEMORY);
-            for (action, result) in outcomes {
-                if let Some(metrics) = &self.metrics {
-                    metrics.wiring_write(action.metric_target(), result.is_ok());
-                }
-                match result {
-                    Ok(()) => {
-                        written.insert(action, now);
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "{}; retrying in {}s", action.describe(), RETRY_AFTER.as_secs());
-                        failed.insert(action.namespace().to_string());
-                    }
-                }
+        let whole: HashSet<String> = by_ns
+            .iter()
+            .filter(|(_, objects)| objects.iter().any(|o| o.kind.is_empty()))
+            .map(|(ns, _)| ns.clone())
+            .collect();
+        let mut actions: Vec<Action> = if whole.is_empty() {
+            Vec::new()
+        } else {
+            self.snapshots(Some(&whole)).iter().flat_map(plan).collect()
+        };
+        let mut scopes_by_ns: HashMap<String, Vec<Arc<HealthScope>>> = HashMap::new();
+        for scope in self.scopes.state() {
+            let ns = scope.namespace().unwrap_or_default();
+            if by_ns.contains_key(&ns) && !whole.contains(&ns) {
+                scopes_by_ns.entry(ns).or_default().push(scope);
             }
         }
-        failed
+        for (ns, objects) in by_ns {
+            if whole.contains(&ns) {
+                continue;
+            }
+            let view = StoreView {
+                namespace: ns.clone(),
+                apps: &self.apps,
+                components: &self.components,
+                containerized: &self.caches.containerized,
+                scopes: scopes_by_ns.remove(&ns).unwrap_or_default(),
+            };
+            actions.extend(self.plan_namespace_changes(&view, objects));
+        }
+        actions
     }
 
-    fn recently_written(&self, action: &Action) -> bool {
-        self.written
-            .lock()
-            .map(|written| {
-                written
-                    .get(action)
-                    .is_some_and(|at| at.elapsed() < WRITTEN_MEMORY)
+    fn plan_namespace_changes(&self, view: &StoreView, objects: Vec<ChangedObject>) -> Vec<Action> {
+        let ns = view.namespace.as_str();
+        let mut apps: BTreeSet<String> = BTreeSet::new();
+        let mut in_scope: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut containerized: BTreeSet<String> = BTreeSet::new();
+        let mut workloads: Vec<ChangedObject> = Vec::new();
+        for object in objects {
+            let group = object.api_version.rsplit_once('/').map_or("", |(g, _)| g);
+            match (group, object.kind.as_str()) {
+                (oam::GROUP, "ApplicationConfiguration") => {
+                    apps.insert(object.name);
+                }
+                (oam::GROUP, "Component") => {
+                    apps.extend(self.index.naming_component(ns, &object.name));
+                }
+                (oam::GROUP, "HealthScope") => {
+                    let managers = in_scope.entry(object.name.clone()).or_default();
+                    managers.extend(
+                        self.index
+                            .naming_scope(ns, &object.name)
+                            .iter()
+                            .map(|app| field_manager(app)),
+                    );
+                    if let Some(scope) = view.scopes.iter().find(|s| s.name_any() == object.name) {
+                        managers.extend(ref_managers(scope.meta()));
+                    }
+                }
+                (oam::GROUP, "ContainerizedWorkload") => {
+                    containerized.insert(object.name);
+                }
+                _ => workloads.push(object),
+            }
+        }
+        let mut actions = Vec::new();
+        for app in &apps {
+            actions.extend(plan_app(view, app));
+        }
+        let planned: HashSet<String> = apps.iter().map(|app| field_manager(app)).collect();
+        for (scope, managers) in in_scope {
+            for manager in &managers {
+                if planned.contains(manager) {
+                    continue;
+                }
+                let app = self
+                    .index
+                    .app_of_manager(ns, manager)
+                    .and_then(|name| view.app_configuration(&name));
+                actions.extend(plan_manager(view, manager, app.as_ref(), Some(&scope)));
+            }
+        }
+        // Labels: the workloads rendered from a changed AppConfig or ContainerizedWorkload,
+        // and the changed workloads themselves.
+        let related = |meta: &ObjectMeta| {
+            membership::owning_app(meta).is_some_and(|app| apps.contains(&app))
+                || membership::owning_containerized_workload(meta).is_some_and(|cw| {
+                    containerized.contains(cw)
+                        || view
+                            .containerized_workload(cw)
+                            .and_then(|cw| membership::owning_app(&cw.metadata))
+                            .is_some_and(|app| apps.contains(&app))
+                })
+        };
+        let changed = |api_version: &str, kind: &str, meta: &ObjectMeta| {
+            workloads.iter().any(|w| {
+                w.kind == kind
+                    && w.api_version == api_version
+                    && meta.name.as_deref() == Some(w.name.as_str())
             })
-            .unwrap_or(false)
+        };
+        let whole_workload_scan = !apps.is_empty() || !containerized.is_empty();
+        if whole_workload_scan || !workloads.is_empty() {
+            self.for_each_workload(ns, |api_version, kind, meta| {
+                if (whole_workload_scan && related(meta)) || changed(api_version, kind, meta) {
+                    actions.extend(plan_labels(view, api_version, kind, meta));
+                }
+            });
+        }
+        actions
+    }
+
+    /// Calls `f` with every cached workload of the namespace that may carry scope labels.
+    fn for_each_workload(&self, ns: &str, mut f: impl FnMut(&str, &str, &ObjectMeta)) {
+        let here = |meta: &ObjectMeta| meta.namespace.as_deref() == Some(ns);
+        for d in self.caches.deployments.state() {
+            if here(&d.metadata) {
+                f("apps/v1", "Deployment", &d.metadata);
+            }
+        }
+        for s in self.caches.statefulsets.state() {
+            if here(&s.metadata) {
+                f("apps/v1", "StatefulSet", &s.metadata);
+            }
+        }
+        for d in self.caches.daemonsets.state() {
+            if here(&d.metadata) {
+                f("apps/v1", "DaemonSet", &d.metadata);
+            }
+        }
+        for r in self.caches.replicasets.state() {
+            if here(&r.metadata) {
+                f("apps/v1", "ReplicaSet", &r.metadata);
+            }
+        }
+        for s in self.caches.services.state() {
+            if here(&s.metadata) {
+                f("v1", "Service", &s.metadata);
+            }
+        }
     }
 
     fn snapshots(&self, only: Option<&HashSet<String>>) -> Vec<NamespaceSnapshot> {
@@ -573,56 +755,332 @@ impl Wiring {
         }
         by_ns.into_values().collect()
     }
+}
 
-    async fn execute(&self, action: &Action) -> Result<(), kube::Error> {
-        match action {
-            Action::ApplyRefs {
-                namespace,
-                scope,
-                manager,
-                refs,
-                ..
-            } => {
-                let api: Api<HealthScope> = Api::namespaced(self.client.clone(), namespace);
-                let body = workload_refs_apply(namespace, scope, refs);
-                api.patch(
-                    scope,
-                    &PatchParams::apply(manager).force(),
-                    &Patch::Apply(&body),
-                )
-                .await?;
-            }
-            Action::Label {
-                namespace,
-                api_version,
-                kind,
-                name,
-                resource_version,
-                add,
-                remove,
-            } => {
-                let (group, version) = match api_version.split_once('/') {
-                    Some((g, v)) => (g, v),
-                    None => ("", api_version.as_str()),
-                };
-                let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
-                let resource = ApiResource::from_gvk(&gvk);
-                let api: Api<DynamicObject> =
-                    Api::namespaced_with(self.client.clone(), namespace, &resource);
-                let patch = label_patch(resource_version.as_deref(), add, remove);
-                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await?;
+/// One namespace read straight from the caches, for planning what changed.
+struct StoreView<'a> {
+    namespace: String,
+    apps: &'a Store<ApplicationConfiguration>,
+    components: &'a Store<Component>,
+    containerized: &'a Store<ContainerizedWorkload>,
+    scopes: Vec<Arc<HealthScope>>,
+}
+
+impl StoreView<'_> {
+    fn key<K: Resource<DynamicType = ()>>(&self, name: &str) -> ObjectRef<K> {
+        ObjectRef::new(name).within(&self.namespace)
+    }
+}
+
+impl ComponentLookup for StoreView<'_> {
+    fn component(&self, name: &str) -> Option<Component> {
+        self.components.get(&self.key(name)).map(|c| (*c).clone())
+    }
+}
+
+impl WorkloadLookup for StoreView<'_> {
+    fn app_configuration(&self, name: &str) -> Option<Arc<ApplicationConfiguration>> {
+        self.apps.get(&self.key(name))
+    }
+    fn containerized_workload(&self, name: &str) -> Option<Arc<ContainerizedWorkload>> {
+        self.containerized.get(&self.key(name))
+    }
+}
+
+impl NamespaceView for StoreView<'_> {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+    fn scopes(&self) -> Vec<Arc<HealthScope>> {
+        self.scopes.clone()
+    }
+}
+
+/// What each stored ApplicationConfiguration names, by namespace: its scopes, its Components
+/// and its field manager, so a changed scope or Component finds the AppConfigs it affects
+/// without reading them all. Kept by the AppConfig watch; cheap to clone.
+#[derive(Clone, Default)]
+struct AppIndex {
+    namespaces: Arc<std::sync::Mutex<HashMap<String, NamespaceIndex>>>,
+}
+
+#[derive(Default)]
+struct NamespaceIndex {
+    /// AppConfig → (scopes, components) it names.
+    names: HashMap<String, (BTreeSet<String>, BTreeSet<String>)>,
+    naming_scope: HashMap<String, BTreeSet<String>>,
+    naming_component: HashMap<String, BTreeSet<String>>,
+    by_manager: HashMap<String, String>,
+}
+
+impl AppIndex {
+    fn apply(&self, app: &ApplicationConfiguration) {
+        let name = app.name_any();
+        let scopes = membership::referenced_scopes(app);
+        let components: BTreeSet<String> = app
+            .spec
+            .components
+            .iter()
+            .filter_map(|c| c.component_name.clone())
+            .collect();
+        let Ok(mut namespaces) = self.namespaces.lock() else {
+            return;
+        };
+        let index = namespaces
+            .entry(app.namespace().unwrap_or_default())
+            .or_default();
+        index.forget(&name);
+        for scope in &scopes {
+            index
+                .naming_scope
+                .entry(scope.clone())
+                .or_default()
+                .insert(name.clone());
+        }
+        for component in &components {
+            index
+                .naming_component
+                .entry(component.clone())
+                .or_default()
+                .insert(name.clone());
+        }
+        index.by_manager.insert(field_manager(&name), name.clone());
+        index.names.insert(name, (scopes, components));
+    }
+
+    fn delete(&self, app: &ApplicationConfiguration) {
+        if let Ok(mut namespaces) = self.namespaces.lock()
+            && let Some(index) = namespaces.get_mut(&app.namespace().unwrap_or_default())
+        {
+            index.forget(&app.name_any());
+        }
+    }
+
+    fn naming_scope(&self, ns: &str, scope: &str) -> BTreeSet<String> {
+        self.read(ns, |index| index.naming_scope.get(scope).cloned())
+    }
+
+    fn naming_component(&self, ns: &str, component: &str) -> BTreeSet<String> {
+        self.read(ns, |index| index.naming_component.get(component).cloned())
+    }
+
+    fn app_of_manager(&self, ns: &str, manager: &str) -> Option<String> {
+        self.read(ns, |index| Some(index.by_manager.get(manager).cloned()))
+    }
+
+    fn read<T: Default>(&self, ns: &str, f: impl FnOnce(&NamespaceIndex) -> Option<T>) -> T {
+        self.namespaces
+            .lock()
+            .ok()
+            .and_then(|namespaces| f(namespaces.get(ns)?))
+            .unwrap_or_default()
+    }
+}
+
+impl NamespaceIndex {
+    fn forget(&mut self, app: &str) {
+        let Some((scopes, components)) = self.names.remove(app) else {
+            return;
+        };
+        for scope in scopes {
+            if let Some(apps) = self.naming_scope.get_mut(&scope) {
+                apps.remove(app);
+                if apps.is_empty() {
+                    self.naming_scope.remove(&scope);
+                }
             }
         }
-        tracing::info!("{}", action.describe());
-        Ok(())
+        for component in components {
+            if let Some(apps) = self.naming_component.get_mut(&component) {
+                apps.remove(app);
+                if apps.is_empty() {
+                    self.naming_component.remove(&component);
+                }
+            }
+        }
+        self.by_manager.retain(|_, name| name != app);
     }
+}
+
+/// Performs the wiring loop's writes in the background: each once (an action already in flight,
+/// or written moments ago from the same object version, is not sent again), at most
+/// [`WRITE_CONCURRENCY`] at once, one object's in order; a namespace whose write failed is
+/// marked again after [`retry_delay`].
+struct Writer {
+    client: Client,
+    metrics: Option<Metrics>,
+    changed: ChangedObjects,
+    retry_ceiling: Duration,
+    slots: Arc<tokio::sync::Semaphore>,
+    state: std::sync::Mutex<WriterState>,
+}
+
+#[derive(Default)]
+struct WriterState {
+    in_flight: HashSet<Action>,
+    /// Writes that succeeded, by what they wrote and the object version they were planned from.
+    written: HashMap<Action, Instant>,
+    /// One queue per object written: holding its lock is a turn to write.
+    queues: HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
+    /// Failed writes in a row, per namespace.
+    failures: HashMap<String, u32>,
+}
+
+impl Writer {
+    fn submit(self: &Arc<Self>, action: Action) {
+        let queue = {
+            let Ok(mut state) = self.state.lock() else {
+                return;
+            };
+            let recent = state
+                .written
+                .get(&action)
+                .is_some_and(|at| at.elapsed() < WRITTEN_MEMORY);
+            if recent || !state.in_flight.insert(action.clone()) {
+                return;
+            }
+            state.queues.entry(action.target()).or_default().clone()
+        };
+        let writer = self.clone();
+        tokio::spawn(async move {
+            let _turn = queue.lock().await;
+            let Ok(_slot) = writer.slots.acquire().await else {
+                return;
+            };
+            let result = execute(&writer.client, &action).await;
+            writer.finish(action, result);
+        });
+    }
+
+    fn finish(&self, action: Action, result: Result<(), kube::Error>) {
+        if let Some(metrics) = &self.metrics {
+            metrics.wiring_write(action.metric_target(), result.is_ok());
+        }
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        state.in_flight.remove(&action);
+        let namespace = action.namespace().to_string();
+        match result {
+            Ok(()) => {
+                tracing::info!("{}", action.describe());
+                state.failures.remove(&namespace);
+                state.written.insert(action, Instant::now());
+            }
+            Err(error) => {
+                let failures = state.failures.entry(namespace.clone()).or_default();
+                *failures = failures.saturating_add(1);
+                let delay = retry_delay(*failures, self.retry_ceiling);
+                tracing::warn!(%error, "{} failed; planning namespace {namespace} again in {delay:?}", action.describe());
+                let changed = self.changed.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    changed.mark_namespace(&namespace);
+                });
+            }
+        }
+    }
+
+    /// Drops what no longer matters: writes older than [`WRITTEN_MEMORY`], idle queues.
+    fn forget_old(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.written.retain(|_, at| at.elapsed() < WRITTEN_MEMORY);
+            state.queues.retain(|_, queue| Arc::strong_count(queue) > 1);
+        }
+    }
+}
+
+async fn execute(client: &Client, action: &Action) -> Result<(), kube::Error> {
+    match action {
+        Action::ApplyRefs {
+            namespace,
+            scope,
+            manager,
+            refs,
+            ..
+        } => {
+            let api: Api<HealthScope> = Api::namespaced(client.clone(), namespace);
+            let body = workload_refs_apply(namespace, scope, refs);
+            api.patch(
+                scope,
+                &PatchParams::apply(manager).force(),
+                &Patch::Apply(&body),
+            )
+            .await?;
+        }
+        Action::Label {
+            namespace,
+            api_version,
+            kind,
+            name,
+            resource_version,
+            add,
+            remove,
+        } => {
+            let (group, version) = match api_version.split_once('/') {
+                Some((g, v)) => (g, v),
+                None => ("", api_version.as_str()),
+            };
+            let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
+            let resource = ApiResource::from_gvk(&gvk);
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), namespace, &resource);
+            let patch = label_patch(resource_version.as_deref(), add, remove);
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+    }
+    tracing::info!("{}", action.describe());
+    Ok(())
+}
+
+/// The AppConfig watch: its store, kept in `index`, each change marked in `changed`.
+fn watch_apps(
+    client: &Client,
+    namespace: &Option<String>,
+    changed: &ChangedObjects,
+    index: &AppIndex,
+    shutdown: &CancellationToken,
+) -> Store<ApplicationConfiguration> {
+    let api: Api<ApplicationConfiguration> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let writer = reflector::store::Writer::new(());
+    let store = writer.as_reader();
+    let events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|o: &mut ApplicationConfiguration| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .take_until(shutdown.clone().cancelled_owned());
+    let changed = changed.clone();
+    let index = index.clone();
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Apply(app) | watcher::Event::InitApply(app)) => {
+                    index.apply(&app);
+                    changed.mark(&app, &());
+                }
+                Ok(watcher::Event::Delete(app)) => {
+                    index.delete(&app);
+                    changed.mark(&app, &());
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+                Err(error) => {
+                    tracing::warn!(kind = "ApplicationConfiguration", %error, "watch error; retrying with backoff")
+                }
+            }
+        }
+    });
+    store
 }
 
 fn watch_all<K>(
     client: &Client,
     namespace: &Option<String>,
-    dirty: &DirtyNamespaces,
+    dirty: &ChangedObjects,
     shutdown: &CancellationToken,
 ) -> Store<K>
 where
@@ -651,7 +1109,7 @@ where
         let mut events = std::pin::pin!(events);
         while let Some(event) = events.next().await {
             match event {
-                Ok(obj) => dirty.mark(obj.meta().namespace.as_deref().unwrap_or_default()),
+                Ok(obj) => dirty.mark(&obj, &()),
                 Err(error) => {
                     tracing::warn!(kind = %K::kind(&()), %error, "watch error; retrying with backoff")
                 }
@@ -751,6 +1209,14 @@ mod tests {
             components: [("web".to_string(), component("web"))].into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn failed_writes_are_retried_after_a_doubling_delay() {
+        let ceiling = Duration::from_secs(30);
+        let delays: Vec<u64> = (1..=7).map(|n| retry_delay(n, ceiling).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(retry_delay(u32::MAX, ceiling), ceiling);
     }
 
     #[test]
@@ -874,6 +1340,45 @@ mod tests {
                 .iter()
                 .all(|a| !matches!(a, Action::ApplyRefs { .. }))
         );
+    }
+
+    #[test]
+    fn a_changed_scope_is_planned_for_its_appconfigs_in_that_scope_only() {
+        let mut s = snapshot();
+        s.apps
+            .insert("shop".into(), appconfig("shop", "web-1", &["a", "b"]));
+        s.scopes.insert("a".into(), scope("a", &[], vec![]));
+        s.scopes.insert("b".into(), scope("b", &[], vec![]));
+        let manager = field_manager("shop");
+        let app = s.apps.get("shop").cloned();
+        let only_b = plan_manager(&s, &manager, app.as_ref(), Some("b"));
+        assert_eq!(only_b.len(), 1, "{only_b:?}");
+        assert!(matches!(&only_b[0], Action::ApplyRefs { scope, .. } if scope == "b"));
+        assert_eq!(plan_manager(&s, &manager, app.as_ref(), None).len(), 2);
+    }
+
+    #[test]
+    fn the_app_index_finds_appconfigs_by_scope_component_and_manager() {
+        let index = AppIndex::default();
+        let shop = appconfig("shop", "web-1", &["a", "b"]);
+        let blog = appconfig("blog", "web-2", &["b"]);
+        index.apply(&shop);
+        index.apply(&blog);
+        let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(index.naming_scope("ns", "a"), set(&["shop"]));
+        assert_eq!(index.naming_scope("ns", "b"), set(&["blog", "shop"]));
+        assert_eq!(index.naming_component("ns", "web"), set(&["blog", "shop"]));
+        assert_eq!(
+            index.app_of_manager("ns", &field_manager("blog")),
+            Some("blog".to_string())
+        );
+        assert!(index.naming_scope("other", "b").is_empty());
+        // An update that drops a scope, and a delete, are forgotten.
+        index.apply(&appconfig("shop", "web-1", &["b"]));
+        assert!(index.naming_scope("ns", "a").is_empty());
+        index.delete(&blog);
+        assert_eq!(index.naming_scope("ns", "b"), set(&["shop"]));
+        assert_eq!(index.app_of_manager("ns", &field_manager("blog")), None);
     }
 
     #[test]

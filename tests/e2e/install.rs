@@ -789,6 +789,28 @@ fn install_rbac_is_least_privilege() {
     // The plain manifests carry exactly the same rules.
     let plain = objects(&std::fs::read_to_string(repo().join("manifests/install.yaml")).unwrap());
     assert_eq!(rbac_rules(&plain), (cluster, leases));
+
+    // Without label repair, no workload kind can be patched, and healthscope is told so.
+    let no_repair = objects(&helm_template(
+        "healthscope",
+        "healthscope-system",
+        &["--set", "wiring.repairLabels=false"],
+    ));
+    let (cluster, _) = rbac_rules(&no_repair);
+    for (group, resource) in [
+        ("apps", "deployments"),
+        ("apps", "statefulsets"),
+        ("apps", "daemonsets"),
+        ("apps", "replicasets"),
+        ("", "services"),
+    ] {
+        assert!(grants(&cluster, group, resource, "watch"));
+        assert!(
+            !grants(&cluster, group, resource, "patch"),
+            "patch on {group}/{resource} without label repair"
+        );
+    }
+    assert!(container_args(&no_repair).contains(&"--repair-labels=false".to_string()));
 }
 
 #[test]
