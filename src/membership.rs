@@ -4,8 +4,8 @@
 //! An ApplicationConfiguration names scopes per component (`spec.components[].scopes[]`). Every
 //! reference to a `core.oam.dev` `HealthScope` makes the workload rendered from that component a
 //! member of the scope. [`desired_memberships`] computes those memberships; [`refs_by_scope`] and
-//! [`workload_refs_apply`] turn them into the server-side apply bodies that own this
-//! ApplicationConfiguration's `spec.workloadRefs` entries, under [`field_manager`]. Workloads are
+//! [`workload_refs_apply`] turn them into the server-side apply body that owns a scope's
+//! `spec.workloadRefs` entries, under [`WIRING_FIELD_MANAGER`]. Workloads are
 //! marked with one label per scope ([`scope_label_key`]); [`workload_scopes`] finds the scopes of
 //! a workload object and [`scope_label_changes`] the label edits that make it right.
 
@@ -50,7 +50,17 @@ pub fn scope_label_key(scope: &str) -> String {
     format!("{SCOPE_LABEL_PREFIX}{}", shorten(scope, LABEL_NAME_MAX))
 }
 
-/// The server-side apply field manager that owns one ApplicationConfiguration's entries in
+/// The server-side apply field manager that owns the `spec.workloadRefs` entries healthscope
+/// wires into a scope, from every ApplicationConfiguration naming it.
+pub const WIRING_FIELD_MANAGER: &str = "healthscope/wiring";
+
+/// Whether a field manager is one of earlier versions, which owned each ApplicationConfiguration's
+/// entries under a manager of its own ([`field_manager`]); their entries are given up.
+pub fn is_per_appconfig_manager(manager: &str) -> bool {
+    manager.starts_with(FIELD_MANAGER_PREFIX)
+}
+
+/// The field manager earlier versions used for one ApplicationConfiguration's entries in
 /// `spec.workloadRefs`: `healthscope/appconfig/<name>`. Names that would make it longer than the
 /// API server's 128 characters are shortened as in [`scope_label_key`].
 pub fn field_manager(appconfig: &str) -> String {

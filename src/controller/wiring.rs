@@ -1,15 +1,16 @@
 //! The wiring loop: from the ApplicationConfigurations the API server stored, make every
 //! HealthScope's `workloadRefs` and every workload's scope labels what membership says. It is
 //! the only writer of refs (admission writes nothing). It is event-driven: every change to an
-//! AppConfig, Component, ContainerizedWorkload, scope or workload marks its namespace, and the
-//! marked namespaces are planned again moments later; every namespace is also planned
+//! AppConfig, Component, ContainerizedWorkload, scope or workload marks that object, and what
+//! the marked objects affect is planned moments later; every namespace is also planned whole
 //! periodically, so nothing a missed event left behind stays wrong.
 //!
-//! It calls the pure functions of [`crate::membership`]: refs per (ApplicationConfiguration,
-//! scope) by server-side apply, one field manager per AppConfig; an empty list for a manager
-//! whose ApplicationConfiguration is gone, being deleted or no longer names the scope (read from
-//! the cached scope's managedFields); labels by merge patch on the exact object. [`plan`] is
-//! pure and decides everything from a snapshot of one namespace; [`Wiring`] only executes.
+//! It calls the pure functions of [`crate::membership`]. A scope's refs are the workloads of
+//! every AppConfig naming it, written by server-side apply under one field manager
+//! ([`WIRING_FIELD_MANAGER`]), so the entries of an AppConfig that is gone, being deleted or no
+//! longer names the scope drop out of the next apply; labels are set by merge patch on the exact
+//! object. [`plan`], [`plan_scope`] and [`plan_labels`] are pure; [`Wiring`] only executes, and
+//! under load one write per scope carries every change made since the last.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -31,8 +32,8 @@ use crate::api::{
 };
 use crate::leader::LeaderState;
 use crate::membership::{
-    self, ComponentLookup, WorkloadLookup, WorkloadScopes, desired_memberships, field_manager,
-    refs_by_scope, scope_label_changes, workload_refs_apply,
+    self, ComponentLookup, WIRING_FIELD_MANAGER, WorkloadLookup, WorkloadScopes,
+    desired_memberships, refs_by_scope, scope_label_changes, workload_refs_apply,
 };
 use crate::metrics::Metrics;
 
@@ -103,13 +104,19 @@ impl Action {
                 manager,
                 refs,
                 ..
-            } => {
-                let appconfig = manager.strip_prefix(&manager_prefix()).unwrap_or(manager);
-                format!(
-                    "workloadRefs of ApplicationConfiguration {namespace}/{appconfig} in HealthScope {namespace}/{scope}: {} ref(s)",
-                    refs.len()
-                )
-            }
+            } if manager == WIRING_FIELD_MANAGER => format!(
+                "workloadRefs of HealthScope {namespace}/{scope}: {} ref(s)",
+                refs.len()
+            ),
+            Action::ApplyRefs {
+                namespace,
+                scope,
+                manager,
+                ..
+            } => format!(
+                "workloadRefs of HealthScope {namespace}/{scope}: the entries of an earlier \
+                 version's field manager {manager} given up"
+            ),
             Action::Label {
                 namespace,
                 kind,
@@ -124,11 +131,6 @@ impl Action {
             ),
         }
     }
-}
-
-/// The prefix of every membership field manager (`healthscope/appconfig/`).
-fn manager_prefix() -> String {
-    field_manager("")
 }
 
 /// The workloadRefs keys (apiVersion, kind, name) a field manager owns, read from managedFields.
@@ -155,14 +157,14 @@ pub fn owned_refs(
         .collect()
 }
 
-/// Membership managers that own at least one entry of the scope's workloadRefs.
-fn ref_managers(meta: &ObjectMeta) -> BTreeSet<String> {
-    let prefix = manager_prefix();
+/// Field managers of earlier versions (one per ApplicationConfiguration) that still own an
+/// entry of the scope's workloadRefs.
+fn per_appconfig_managers(meta: &ObjectMeta) -> BTreeSet<String> {
     let managed = meta.managed_fields.as_deref().unwrap_or_default();
     managed
         .iter()
         .filter_map(|m| m.manager.clone())
-        .filter(|m| m.starts_with(&prefix))
+        .filter(|m| membership::is_per_appconfig_manager(m))
         .filter(|m| !owned_refs(managed, m).is_empty())
         .collect()
 }
@@ -203,6 +205,8 @@ fn key(r: &WorkloadReference) -> (String, String, String) {
 pub trait NamespaceView: WorkloadLookup {
     fn namespace(&self) -> &str;
     fn scopes(&self) -> Vec<Arc<HealthScope>>;
+    /// The ApplicationConfigurations that name `scope`.
+    fn apps_naming(&self, scope: &str) -> Vec<Arc<ApplicationConfiguration>>;
 }
 
 impl NamespaceView for NamespaceSnapshot {
@@ -212,26 +216,27 @@ impl NamespaceView for NamespaceSnapshot {
     fn scopes(&self) -> Vec<Arc<HealthScope>> {
         self.scopes.values().cloned().collect()
     }
+    fn apps_naming(&self, scope: &str) -> Vec<Arc<ApplicationConfiguration>> {
+        self.apps
+            .values()
+            .filter(|app| membership::referenced_scopes(app).contains(scope))
+            .cloned()
+            .collect()
+    }
 }
 
 /// Every write needed to make one namespace right; empty when it already is.
 pub fn plan(snapshot: &NamespaceSnapshot) -> Vec<Action> {
-    let mut actions = Vec::new();
-    let mut managers: BTreeSet<String> = BTreeSet::new();
-    for (name, app) in &snapshot.apps {
-        let manager = field_manager(name);
-        actions.extend(plan_manager(snapshot, &manager, Some(app), None));
-        managers.insert(manager);
+    let mut by_scope: BTreeMap<String, Vec<Arc<ApplicationConfiguration>>> = BTreeMap::new();
+    for app in snapshot.apps.values() {
+        for scope in membership::referenced_scopes(app) {
+            by_scope.entry(scope).or_default().push(app.clone());
+        }
     }
-    // Managers whose ApplicationConfiguration is gone give up what they own.
-    let orphans: BTreeSet<String> = snapshot
-        .scopes
-        .values()
-        .flat_map(|scope| ref_managers(scope.meta()))
-        .filter(|manager| !managers.contains(manager))
-        .collect();
-    for manager in orphans {
-        actions.extend(plan_manager(snapshot, &manager, None, None));
+    let mut actions = Vec::new();
+    for (name, scope) in &snapshot.scopes {
+        let apps = by_scope.remove(name).unwrap_or_default();
+        actions.extend(plan_scope(snapshot, scope, &apps));
     }
     for (api_version, kind, meta) in &snapshot.workloads {
         actions.extend(plan_labels(snapshot, api_version, kind, meta));
@@ -239,67 +244,48 @@ pub fn plan(snapshot: &NamespaceSnapshot) -> Vec<Action> {
     actions
 }
 
-/// The refs writes of one ApplicationConfiguration, by name (absent: it is gone).
-pub fn plan_app(view: &dyn NamespaceView, name: &str) -> Vec<Action> {
-    let app = view.app_configuration(name);
-    plan_manager(view, &field_manager(name), app.as_ref(), None)
-}
-
-/// The refs writes of one membership field manager, whose ApplicationConfiguration is `app`
-/// (`None`: gone). In every scope that exists: the refs the AppConfig's workloads make, when
-/// they differ from what the manager owns; none where it no longer names the scope, or when it
-/// is gone or being deleted (the OAM runtime's finalizer is removing it). A named scope whose
-/// workloads do not resolve yet keeps what the manager owns. A scope that does not exist is
-/// never written (an apply would create it).
-pub fn plan_manager(
-    view: &dyn NamespaceView,
-    manager: &str,
-    app: Option<&Arc<ApplicationConfiguration>>,
-    only_scope: Option<&str>,
+/// The refs writes of one scope, given the ApplicationConfigurations that name it: the
+/// workloads they render (or will, by the names predicted from their spec), owned by
+/// [`WIRING_FIELD_MANAGER`], written when that differs from what it owns or an entry is
+/// missing; an AppConfig being deleted (the OAM runtime's finalizer is removing it) contributes
+/// nothing. Entries of earlier versions' per-AppConfig managers are given up.
+pub fn plan_scope(
+    view: &dyn WorkloadLookup,
+    scope: &HealthScope,
+    apps: &[Arc<ApplicationConfiguration>],
 ) -> Vec<Action> {
-    let live = app.filter(|a| a.metadata.deletion_timestamp.is_none());
-    let (mut wanted, referenced) = match live {
-        Some(app) => (
-            refs_by_scope(&desired_memberships(app, view).members),
-            membership::referenced_scopes(app),
-        ),
-        None => Default::default(),
-    };
-    let mut actions = Vec::new();
-    for scope in view.scopes() {
-        let scope_name = scope.name_any();
-        if only_scope.is_some_and(|only| only != scope_name) {
+    let scope_name = scope.name_any();
+    let namespace = scope.namespace().unwrap_or_default();
+    let mut wanted: BTreeSet<WorkloadReference> = BTreeSet::new();
+    for app in apps {
+        if app.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let owned = owned_refs(
-            scope.meta().managed_fields.as_deref().unwrap_or_default(),
-            manager,
-        );
-        let refs = match wanted.remove(&scope_name) {
-            Some(refs) => {
-                let keys: BTreeSet<_> = refs.iter().map(key).collect();
-                let present = || {
-                    scope
-                        .spec
-                        .workload_refs
-                        .iter()
-                        .map(key)
-                        .collect::<BTreeSet<_>>()
-                };
-                if owned == keys && keys.is_subset(&present()) {
-                    continue;
-                }
-                refs
-            }
-            None if !owned.is_empty() && !referenced.contains(&scope_name) => Vec::new(),
-            None => continue,
-        };
+        let mut by_scope = refs_by_scope(&desired_memberships(app, view).members);
+        wanted.extend(by_scope.remove(&scope_name).unwrap_or_default());
+    }
+    let managed = scope.meta().managed_fields.as_deref().unwrap_or_default();
+    let owned = owned_refs(managed, WIRING_FIELD_MANAGER);
+    let keys: BTreeSet<_> = wanted.iter().map(key).collect();
+    let present: BTreeSet<_> = scope.spec.workload_refs.iter().map(key).collect();
+    let basis = scope.meta().resource_version.clone();
+    let mut actions = Vec::new();
+    if owned != keys || !keys.is_subset(&present) {
         actions.push(Action::ApplyRefs {
-            namespace: view.namespace().to_string(),
-            scope: scope_name,
-            manager: manager.to_string(),
-            refs,
-            basis: scope.meta().resource_version.clone(),
+            namespace: namespace.clone(),
+            scope: scope_name.clone(),
+            manager: WIRING_FIELD_MANAGER.to_string(),
+            refs: wanted.into_iter().collect(),
+            basis: basis.clone(),
+        });
+    }
+    for manager in per_appconfig_managers(scope.meta()) {
+        actions.push(Action::ApplyRefs {
+            namespace: namespace.clone(),
+            scope: scope_name.clone(),
+            manager,
+            refs: Vec::new(),
+            basis: basis.clone(),
         });
     }
     actions
@@ -416,9 +402,9 @@ impl ChangedObjects {
     }
 }
 
-/// Writes in flight at once. Scopes and workloads are written in parallel; one object's
-/// writes go one after another (applies to one object at the same moment only conflict and
-/// retry inside the API server).
+/// Writes in flight at once. Objects are written in parallel; one object's writes go one after
+/// another (applies to one object at the same moment only conflict and retry inside the API
+/// server).
 const WRITE_CONCURRENCY: usize = 16;
 /// A failed write's namespace is planned again after this long, doubling while its writes
 /// keep failing.
@@ -577,6 +563,7 @@ impl Wiring {
             }
             let view = StoreView {
                 namespace: ns.clone(),
+                index: &self.index,
                 apps: &self.apps,
                 components: &self.components,
                 containerized: &self.caches.containerized,
@@ -590,29 +577,25 @@ impl Wiring {
     fn plan_namespace_changes(&self, view: &StoreView, objects: Vec<ChangedObject>) -> Vec<Action> {
         let ns = view.namespace.as_str();
         let mut apps: BTreeSet<String> = BTreeSet::new();
-        let mut in_scope: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut scopes: BTreeSet<String> = BTreeSet::new();
         let mut containerized: BTreeSet<String> = BTreeSet::new();
         let mut workloads: Vec<ChangedObject> = Vec::new();
         for object in objects {
             let group = object.api_version.rsplit_once('/').map_or("", |(g, _)| g);
             match (group, object.kind.as_str()) {
                 (oam::GROUP, "ApplicationConfiguration") => {
+                    // The scopes it names now; those it named before were marked by its watch.
+                    scopes.extend(self.index.scopes_of(ns, &object.name));
                     apps.insert(object.name);
                 }
                 (oam::GROUP, "Component") => {
-                    apps.extend(self.index.naming_component(ns, &object.name));
+                    for app in self.index.naming_component(ns, &object.name) {
+                        scopes.extend(self.index.scopes_of(ns, &app));
+                        apps.insert(app);
+                    }
                 }
                 (oam::GROUP, "HealthScope") => {
-                    let managers = in_scope.entry(object.name.clone()).or_default();
-                    managers.extend(
-                        self.index
-                            .naming_scope(ns, &object.name)
-                            .iter()
-                            .map(|app| field_manager(app)),
-                    );
-                    if let Some(scope) = view.scopes.iter().find(|s| s.name_any() == object.name) {
-                        managers.extend(ref_managers(scope.meta()));
-                    }
+                    scopes.insert(object.name);
                 }
                 (oam::GROUP, "ContainerizedWorkload") => {
                     containerized.insert(object.name);
@@ -621,21 +604,16 @@ impl Wiring {
             }
         }
         let mut actions = Vec::new();
-        for app in &apps {
-            actions.extend(plan_app(view, app));
-        }
-        let planned: HashSet<String> = apps.iter().map(|app| field_manager(app)).collect();
-        for (scope, managers) in in_scope {
-            for manager in &managers {
-                if planned.contains(manager) {
-                    continue;
-                }
-                let app = self
-                    .index
-                    .app_of_manager(ns, manager)
-                    .and_then(|name| view.app_configuration(&name));
-                actions.extend(plan_manager(view, manager, app.as_ref(), Some(&scope)));
-            }
+        for scope in view
+            .scopes
+            .iter()
+            .filter(|s| scopes.contains(&s.name_any()))
+        {
+            actions.extend(plan_scope(
+                view,
+                scope,
+                &view.apps_naming(&scope.name_any()),
+            ));
         }
         // Labels: the workloads rendered from a changed AppConfig or ContainerizedWorkload,
         // and the changed workloads themselves.
@@ -760,6 +738,7 @@ impl Wiring {
 /// One namespace read straight from the caches, for planning what changed.
 struct StoreView<'a> {
     namespace: String,
+    index: &'a AppIndex,
     apps: &'a Store<ApplicationConfiguration>,
     components: &'a Store<Component>,
     containerized: &'a Store<ContainerizedWorkload>,
@@ -794,6 +773,13 @@ impl NamespaceView for StoreView<'_> {
     fn scopes(&self) -> Vec<Arc<HealthScope>> {
         self.scopes.clone()
     }
+    fn apps_naming(&self, scope: &str) -> Vec<Arc<ApplicationConfiguration>> {
+        self.index
+            .naming_scope(&self.namespace, scope)
+            .iter()
+            .filter_map(|app| self.app_configuration(app))
+            .collect()
+    }
 }
 
 /// What each stored ApplicationConfiguration names, by namespace: its scopes, its Components
@@ -810,11 +796,11 @@ struct NamespaceIndex {
     names: HashMap<String, (BTreeSet<String>, BTreeSet<String>)>,
     naming_scope: HashMap<String, BTreeSet<String>>,
     naming_component: HashMap<String, BTreeSet<String>>,
-    by_manager: HashMap<String, String>,
 }
 
 impl AppIndex {
-    fn apply(&self, app: &ApplicationConfiguration) {
+    /// Records what `app` names; returns the scopes it named before and names no more.
+    fn apply(&self, app: &ApplicationConfiguration) -> BTreeSet<String> {
         let name = app.name_any();
         let scopes = membership::referenced_scopes(app);
         let components: BTreeSet<String> = app
@@ -824,12 +810,13 @@ impl AppIndex {
             .filter_map(|c| c.component_name.clone())
             .collect();
         let Ok(mut namespaces) = self.namespaces.lock() else {
-            return;
+            return BTreeSet::new();
         };
         let index = namespaces
             .entry(app.namespace().unwrap_or_default())
             .or_default();
-        index.forget(&name);
+        let before = index.forget(&name);
+        let dropped = before.difference(&scopes).cloned().collect();
         for scope in &scopes {
             index
                 .naming_scope
@@ -844,16 +831,25 @@ impl AppIndex {
                 .or_default()
                 .insert(name.clone());
         }
-        index.by_manager.insert(field_manager(&name), name.clone());
         index.names.insert(name, (scopes, components));
+        dropped
     }
 
-    fn delete(&self, app: &ApplicationConfiguration) {
-        if let Ok(mut namespaces) = self.namespaces.lock()
-            && let Some(index) = namespaces.get_mut(&app.namespace().unwrap_or_default())
-        {
-            index.forget(&app.name_any());
-        }
+    /// Forgets `app`; returns the scopes it named.
+    fn delete(&self, app: &ApplicationConfiguration) -> BTreeSet<String> {
+        let Ok(mut namespaces) = self.namespaces.lock() else {
+            return BTreeSet::new();
+        };
+        namespaces
+            .get_mut(&app.namespace().unwrap_or_default())
+            .map(|index| index.forget(&app.name_any()))
+            .unwrap_or_default()
+    }
+
+    fn scopes_of(&self, ns: &str, app: &str) -> BTreeSet<String> {
+        self.read(ns, |index| {
+            index.names.get(app).map(|(scopes, _)| scopes.clone())
+        })
     }
 
     fn naming_scope(&self, ns: &str, scope: &str) -> BTreeSet<String> {
@@ -862,10 +858,6 @@ impl AppIndex {
 
     fn naming_component(&self, ns: &str, component: &str) -> BTreeSet<String> {
         self.read(ns, |index| index.naming_component.get(component).cloned())
-    }
-
-    fn app_of_manager(&self, ns: &str, manager: &str) -> Option<String> {
-        self.read(ns, |index| Some(index.by_manager.get(manager).cloned()))
     }
 
     fn read<T: Default>(&self, ns: &str, f: impl FnOnce(&NamespaceIndex) -> Option<T>) -> T {
@@ -878,15 +870,16 @@ impl AppIndex {
 }
 
 impl NamespaceIndex {
-    fn forget(&mut self, app: &str) {
+    /// Forgets `app`; returns the scopes it named.
+    fn forget(&mut self, app: &str) -> BTreeSet<String> {
         let Some((scopes, components)) = self.names.remove(app) else {
-            return;
+            return BTreeSet::new();
         };
-        for scope in scopes {
-            if let Some(apps) = self.naming_scope.get_mut(&scope) {
+        for scope in &scopes {
+            if let Some(apps) = self.naming_scope.get_mut(scope) {
                 apps.remove(app);
                 if apps.is_empty() {
-                    self.naming_scope.remove(&scope);
+                    self.naming_scope.remove(scope);
                 }
             }
         }
@@ -898,13 +891,15 @@ impl NamespaceIndex {
                 }
             }
         }
-        self.by_manager.retain(|_, name| name != app);
+        scopes
     }
 }
 
-/// Performs the wiring loop's writes in the background: each once (an action already in flight,
-/// or written moments ago from the same object version, is not sent again), at most
-/// [`WRITE_CONCURRENCY`] at once, one object's in order; a namespace whose write failed is
+/// Performs the wiring loop's writes in the background, one worker per object written: each
+/// object's writes in order, and while one is in flight only the latest plan for that object
+/// waits (a scope changed by many AppConfigs at once gets one write with all of them). A write
+/// that succeeded is not sent again while the cache still shows the version it was planned
+/// from. At most [`WRITE_CONCURRENCY`] writes at once; a namespace whose write failed is
 /// marked again after [`retry_delay`].
 struct Writer {
     client: Client,
@@ -915,20 +910,36 @@ struct Writer {
     state: std::sync::Mutex<WriterState>,
 }
 
+/// An object written: its kind (with namespace) and name.
+type Target = (String, String);
+
 #[derive(Default)]
 struct WriterState {
-    in_flight: HashSet<Action>,
+    /// The next write per object, waiting for the one in flight.
+    pending: HashMap<(Target, String), Action>,
+    /// The write in flight per object (and manager: one object's managers are independent).
+    in_flight: HashMap<(Target, String), Action>,
     /// Writes that succeeded, by what they wrote and the object version they were planned from.
     written: HashMap<Action, Instant>,
-    /// One queue per object written: holding its lock is a turn to write.
-    queues: HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
     /// Failed writes in a row, per namespace.
     failures: HashMap<String, u32>,
 }
 
+impl Action {
+    /// What a write replaces: the same object, under the same field manager.
+    fn slot(&self) -> (Target, String) {
+        let manager = match self {
+            Action::ApplyRefs { manager, .. } => manager.clone(),
+            Action::Label { .. } => String::new(),
+        };
+        (self.target(), manager)
+    }
+}
+
 impl Writer {
     fn submit(self: &Arc<Self>, action: Action) {
-        let queue = {
+        let slot = action.slot();
+        {
             let Ok(mut state) = self.state.lock() else {
                 return;
             };
@@ -936,36 +947,70 @@ impl Writer {
                 .written
                 .get(&action)
                 .is_some_and(|at| at.elapsed() < WRITTEN_MEMORY);
-            if recent || !state.in_flight.insert(action.clone()) {
+            if recent || state.in_flight.get(&slot) == Some(&action) {
+                // Already written or being written; a stale pending plan is dropped.
+                state.pending.remove(&slot);
                 return;
             }
-            state.queues.entry(action.target()).or_default().clone()
-        };
-        let writer = self.clone();
-        tokio::spawn(async move {
-            let _turn = queue.lock().await;
-            let Ok(_slot) = writer.slots.acquire().await else {
+            let idle = !state.in_flight.contains_key(&slot);
+            state.pending.insert(slot.clone(), action);
+            if !idle {
+                return;
+            }
+            // Claim the object for a worker before it starts, so only one runs per object.
+            let Some(first) = state.pending.remove(&slot) else {
                 return;
             };
-            let result = execute(&writer.client, &action).await;
-            writer.finish(action, result);
-        });
+            state.in_flight.insert(slot.clone(), first);
+        }
+        let writer = self.clone();
+        tokio::spawn(async move { writer.work(slot).await });
     }
 
-    fn finish(&self, action: Action, result: Result<(), kube::Error>) {
+    /// Writes the object's in-flight action, then whatever was planned for it meanwhile.
+    async fn work(self: Arc<Self>, slot: (Target, String)) {
+        loop {
+            let Some(action) = self
+                .state
+                .lock()
+                .ok()
+                .and_then(|state| state.in_flight.get(&slot).cloned())
+            else {
+                return;
+            };
+            let result = match self.slots.acquire().await {
+                Ok(_permit) => execute(&self.client, &action).await,
+                Err(_) => return,
+            };
+            self.finish(&action, result);
+            let Ok(mut state) = self.state.lock() else {
+                return;
+            };
+            match state.pending.remove(&slot) {
+                Some(next) => {
+                    state.in_flight.insert(slot.clone(), next);
+                }
+                None => {
+                    state.in_flight.remove(&slot);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn finish(&self, action: &Action, result: Result<(), kube::Error>) {
         if let Some(metrics) = &self.metrics {
             metrics.wiring_write(action.metric_target(), result.is_ok());
         }
         let Ok(mut state) = self.state.lock() else {
             return;
         };
-        state.in_flight.remove(&action);
         let namespace = action.namespace().to_string();
         match result {
             Ok(()) => {
                 tracing::info!("{}", action.describe());
                 state.failures.remove(&namespace);
-                state.written.insert(action, Instant::now());
+                state.written.insert(action.clone(), Instant::now());
             }
             Err(error) => {
                 let failures = state.failures.entry(namespace.clone()).or_default();
@@ -981,11 +1026,10 @@ impl Writer {
         }
     }
 
-    /// Drops what no longer matters: writes older than [`WRITTEN_MEMORY`], idle queues.
+    /// Drops writes older than [`WRITTEN_MEMORY`].
     fn forget_old(&self) {
         if let Ok(mut state) = self.state.lock() {
             state.written.retain(|_, at| at.elapsed() < WRITTEN_MEMORY);
-            state.queues.retain(|_, queue| Arc::strong_count(queue) > 1);
         }
     }
 }
@@ -1060,12 +1104,14 @@ fn watch_apps(
         while let Some(event) = events.next().await {
             match event {
                 Ok(watcher::Event::Apply(app) | watcher::Event::InitApply(app)) => {
-                    index.apply(&app);
+                    let dropped = index.apply(&app);
                     changed.mark(&app, &());
+                    mark_scopes(&changed, &app, dropped);
                 }
                 Ok(watcher::Event::Delete(app)) => {
-                    index.delete(&app);
+                    let named = index.delete(&app);
                     changed.mark(&app, &());
+                    mark_scopes(&changed, &app, named);
                 }
                 Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
                 Err(error) => {
@@ -1075,6 +1121,15 @@ fn watch_apps(
         }
     });
     store
+}
+
+/// Marks `scopes` of the AppConfig's namespace as changed (scopes it no longer names).
+fn mark_scopes(changed: &ChangedObjects, app: &ApplicationConfiguration, scopes: BTreeSet<String>) {
+    for scope in scopes {
+        let mut marker = HealthScope::new(&scope, Default::default());
+        marker.metadata.namespace = app.namespace();
+        changed.mark(&marker, &());
+    }
 }
 
 fn watch_all<K>(
@@ -1219,28 +1274,39 @@ mod tests {
         assert_eq!(retry_delay(u32::MAX, ceiling), ceiling);
     }
 
-    #[test]
-    fn refs_of_a_gone_appconfig_are_given_up_at_once() {
-        let manager = field_manager("gone");
-        let mut s = snapshot();
-        s.scopes.insert(
-            "health".into(),
-            scope("health", &["web-1"], vec![owned_by(&manager, &["web-1"])]),
-        );
-        assert_eq!(
-            plan(&s),
-            vec![Action::ApplyRefs {
-                namespace: "ns".into(),
-                scope: "health".into(),
-                manager,
-                refs: vec![],
-                basis: Some("3".into()),
-            }]
-        );
+    fn refs(names: &[&str]) -> Vec<WorkloadReference> {
+        names
+            .iter()
+            .map(|n| WorkloadReference::new("apps/v1", "Deployment", *n))
+            .collect()
+    }
+
+    fn apply(scope: &str, names: &[&str]) -> Action {
+        Action::ApplyRefs {
+            namespace: "ns".into(),
+            scope: scope.into(),
+            manager: WIRING_FIELD_MANAGER.into(),
+            refs: refs(names),
+            basis: Some("3".into()),
+        }
     }
 
     #[test]
-    fn missing_refs_and_labels_are_planned_with_the_appconfig_field_manager() {
+    fn refs_of_a_gone_appconfig_are_given_up_at_once() {
+        let mut s = snapshot();
+        s.scopes.insert(
+            "health".into(),
+            scope(
+                "health",
+                &["web-1"],
+                vec![owned_by(WIRING_FIELD_MANAGER, &["web-1"])],
+            ),
+        );
+        assert_eq!(plan(&s), vec![apply("health", &[])]);
+    }
+
+    #[test]
+    fn missing_refs_and_labels_are_planned() {
         let mut s = snapshot();
         s.apps
             .insert("shop".into(), appconfig("shop", "web-1", &["health"]));
@@ -1248,16 +1314,7 @@ mod tests {
             .insert("health".into(), scope("health", &[], vec![]));
         s.workloads.push(deployment("web-1", "shop", &[]));
         let actions = plan(&s);
-        assert_eq!(
-            actions[0],
-            Action::ApplyRefs {
-                namespace: "ns".into(),
-                scope: "health".into(),
-                manager: field_manager("shop"),
-                refs: vec![WorkloadReference::new("apps/v1", "Deployment", "web-1")],
-                basis: Some("3".into()),
-            }
-        );
+        assert_eq!(actions[0], apply("health", &["web-1"]));
         let Action::Label {
             name,
             add,
@@ -1279,6 +1336,33 @@ mod tests {
     }
 
     #[test]
+    fn one_write_per_scope_carries_every_appconfig_naming_it() {
+        let mut s = snapshot();
+        s.apps
+            .insert("shop".into(), appconfig("shop", "web-1", &["health"]));
+        s.apps.insert(
+            "blog".into(),
+            appconfig("blog", "web-2", &["health", "blog"]),
+        );
+        s.scopes.insert(
+            "health".into(),
+            scope(
+                "health",
+                &["web-1"],
+                vec![owned_by(WIRING_FIELD_MANAGER, &["web-1"])],
+            ),
+        );
+        s.scopes.insert("blog".into(), scope("blog", &[], vec![]));
+        assert_eq!(
+            plan(&s),
+            vec![
+                apply("blog", &["web-2"]),
+                apply("health", &["web-1", "web-2"])
+            ]
+        );
+    }
+
+    #[test]
     fn a_terminating_appconfig_wants_nothing_and_gives_up_its_refs() {
         let mut s = snapshot();
         let mut app = (*appconfig("shop", "web-1", &["health"])).clone();
@@ -1287,22 +1371,16 @@ mod tests {
                 k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
             ));
         s.apps.insert("shop".into(), Arc::new(app));
-        // Its refs are still there (its finalizer is pending), owned by its manager.
-        let manager = field_manager("shop");
+        // Its refs are still there (its finalizer is pending).
         s.scopes.insert(
             "health".into(),
-            scope("health", &["web-1"], vec![owned_by(&manager, &["web-1"])]),
+            scope(
+                "health",
+                &["web-1"],
+                vec![owned_by(WIRING_FIELD_MANAGER, &["web-1"])],
+            ),
         );
-        assert_eq!(
-            plan(&s),
-            vec![Action::ApplyRefs {
-                namespace: "ns".into(),
-                scope: "health".into(),
-                manager,
-                refs: vec![],
-                basis: Some("3".into()),
-            }]
-        );
+        assert_eq!(plan(&s), vec![apply("health", &[])]);
         // Once given up (the runtime removed the entry too), nothing is re-added.
         s.scopes
             .insert("health".into(), scope("health", &[], vec![]));
@@ -1319,7 +1397,7 @@ mod tests {
             scope(
                 "health",
                 &["web-1"],
-                vec![owned_by(&field_manager("shop"), &["web-1"])],
+                vec![owned_by(WIRING_FIELD_MANAGER, &["web-1"])],
             ),
         );
         s.workloads.push(deployment(
@@ -1343,22 +1421,32 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_scope_is_planned_for_its_appconfigs_in_that_scope_only() {
+    fn entries_of_earlier_per_appconfig_managers_are_given_up() {
         let mut s = snapshot();
         s.apps
-            .insert("shop".into(), appconfig("shop", "web-1", &["a", "b"]));
-        s.scopes.insert("a".into(), scope("a", &[], vec![]));
-        s.scopes.insert("b".into(), scope("b", &[], vec![]));
-        let manager = field_manager("shop");
-        let app = s.apps.get("shop").cloned();
-        let only_b = plan_manager(&s, &manager, app.as_ref(), Some("b"));
-        assert_eq!(only_b.len(), 1, "{only_b:?}");
-        assert!(matches!(&only_b[0], Action::ApplyRefs { scope, .. } if scope == "b"));
-        assert_eq!(plan_manager(&s, &manager, app.as_ref(), None).len(), 2);
+            .insert("shop".into(), appconfig("shop", "web-1", &["health"]));
+        let old = crate::membership::field_manager("shop");
+        s.scopes.insert(
+            "health".into(),
+            scope("health", &["web-1"], vec![owned_by(&old, &["web-1"])]),
+        );
+        assert_eq!(
+            plan(&s),
+            vec![
+                apply("health", &["web-1"]),
+                Action::ApplyRefs {
+                    namespace: "ns".into(),
+                    scope: "health".into(),
+                    manager: old,
+                    refs: vec![],
+                    basis: Some("3".into()),
+                },
+            ]
+        );
     }
 
     #[test]
-    fn the_app_index_finds_appconfigs_by_scope_component_and_manager() {
+    fn the_app_index_finds_appconfigs_by_scope_and_component() {
         let index = AppIndex::default();
         let shop = appconfig("shop", "web-1", &["a", "b"]);
         let blog = appconfig("blog", "web-2", &["b"]);
@@ -1368,24 +1456,22 @@ mod tests {
         assert_eq!(index.naming_scope("ns", "a"), set(&["shop"]));
         assert_eq!(index.naming_scope("ns", "b"), set(&["blog", "shop"]));
         assert_eq!(index.naming_component("ns", "web"), set(&["blog", "shop"]));
-        assert_eq!(
-            index.app_of_manager("ns", &field_manager("blog")),
-            Some("blog".to_string())
-        );
+        assert_eq!(index.scopes_of("ns", "shop"), set(&["a", "b"]));
         assert!(index.naming_scope("other", "b").is_empty());
-        // An update that drops a scope, and a delete, are forgotten.
-        index.apply(&appconfig("shop", "web-1", &["b"]));
+        // An update that drops a scope says so, and forgets it; so does a delete.
+        let dropped = index.apply(&appconfig("shop", "web-1", &["b"]));
+        assert_eq!(dropped, set(&["a"]));
         assert!(index.naming_scope("ns", "a").is_empty());
-        index.delete(&blog);
+        assert_eq!(index.delete(&blog), set(&["b"]));
         assert_eq!(index.naming_scope("ns", "b"), set(&["shop"]));
-        assert_eq!(index.app_of_manager("ns", &field_manager("blog")), None);
+        assert!(index.scopes_of("ns", "blog").is_empty());
     }
 
     #[test]
     fn a_dropped_scope_loses_exactly_that_appconfigs_refs_and_labels() {
         let mut s = snapshot();
-        // shop now names only "other"; its manager still owns web-1 in "health", next to
-        // another AppConfig's entry that must stay.
+        // shop now names only "other"; web-1 is still in "health", next to another
+        // AppConfig's entry that must stay.
         s.apps
             .insert("shop".into(), appconfig("shop", "web-1", &["other"]));
         s.apps
@@ -1395,10 +1481,7 @@ mod tests {
             scope(
                 "health",
                 &["web-1", "web-2"],
-                vec![
-                    owned_by(&field_manager("shop"), &["web-1"]),
-                    owned_by(&field_manager("blog"), &["web-2"]),
-                ],
+                vec![owned_by(WIRING_FIELD_MANAGER, &["web-1", "web-2"])],
             ),
         );
         s.scopes.insert(
@@ -1406,7 +1489,7 @@ mod tests {
             scope(
                 "other",
                 &["web-1"],
-                vec![owned_by(&field_manager("shop"), &["web-1"])],
+                vec![owned_by(WIRING_FIELD_MANAGER, &["web-1"])],
             ),
         );
         s.workloads.push(deployment(
@@ -1426,13 +1509,7 @@ mod tests {
         assert_eq!(
             actions,
             vec![
-                Action::ApplyRefs {
-                    namespace: "ns".into(),
-                    scope: "health".into(),
-                    manager: field_manager("shop"),
-                    refs: vec![],
-                    basis: Some("3".into()),
-                },
+                apply("health", &["web-2"]),
                 Action::Label {
                     namespace: "ns".into(),
                     api_version: "apps/v1".into(),
@@ -1443,29 +1520,6 @@ mod tests {
                     remove: ["healthscope.core.oam.dev/health".to_string()].into(),
                 },
             ]
-        );
-    }
-
-    #[test]
-    fn a_deleted_appconfig_gives_up_its_refs() {
-        let mut s = snapshot();
-        s.scopes.insert(
-            "health".into(),
-            scope(
-                "health",
-                &["web-1"],
-                vec![owned_by(&field_manager("gone"), &["web-1"])],
-            ),
-        );
-        assert_eq!(
-            plan(&s),
-            vec![Action::ApplyRefs {
-                namespace: "ns".into(),
-                scope: "health".into(),
-                manager: field_manager("gone"),
-                refs: vec![],
-                basis: Some("3".into()),
-            }]
         );
     }
 
