@@ -176,11 +176,14 @@ apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
   name: helloworld-python-v1-demo
-  labels: {kubernetes.io/service-name: helloworld-python-v1}
+  labels:
+    kubernetes.io/service-name: helloworld-python-v1
+    endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io
 addressType: IPv4
 endpoints:
   - addresses: ["$app_ip"]
     conditions: {ready: true}
+    targetRef: {kind: Pod, namespace: default, name: helloworld-python-v1-demo}
 ports: [{name: "$port_name", port: 9999, protocol: TCP}]
 EOF
 # What the Deployment controller would report.
