@@ -16,6 +16,54 @@ use crate::admission::Snapshot;
 use crate::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
 use crate::membership::{ComponentLookup, WorkloadLookup};
 
+/// How long a failed watch waits before it starts again: 0.5 s, doubling to at most 5 s, and
+/// back to 0.5 s after an event arrives. kube's default climbs to 30 s and resets only after an
+/// event or 2 quiet minutes, so a watch the network cuts while idle (no event to reset it)
+/// soon waits 30 s between starts and the cache goes stale for that long.
+#[derive(Clone, Debug)]
+pub struct WatchBackoff {
+    next: Duration,
+}
+
+/// First and longest wait of [`WatchBackoff`].
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(500);
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self {
+            next: WATCH_BACKOFF_MIN,
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let wait = self.next;
+        self.next = (wait * 2).min(WATCH_BACKOFF_MAX);
+        Some(wait)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = WATCH_BACKOFF_MIN;
+    }
+}
+
+/// Logs a watch error: an expired watch (410, "too old resource version") is routine — the
+/// watch lists again — so it is a debug line; anything else is a warning.
+pub fn log_watch_error(kind: &str, error: &watcher::Error) {
+    let expired = matches!(error, watcher::Error::WatchError(status) if status.code == 410);
+    if expired {
+        tracing::debug!(kind, %error, "watch expired; listing again");
+    } else {
+        tracing::warn!(kind, %error, "watch error; retrying with backoff");
+    }
+}
+
 /// The caches did not finish their first list in time.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -119,12 +167,12 @@ where
     let kind = K::kind(&Default::default()).to_string();
     let task = tokio::spawn(async move {
         let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-            .default_backoff()
+            .backoff(WatchBackoff::default())
             .applied_objects();
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
             if let Err(e) = event {
-                tracing::warn!(kind = %kind, error = %e, "watch failed; retrying");
+                log_watch_error(&kind, &e);
             }
         }
     });
@@ -201,6 +249,18 @@ const STORE_READY_POLL: std::time::Duration = std::time::Duration::from_millis(5
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use super::WatchBackoff;
+
+    #[test]
+    fn watch_backoff_doubles_to_five_seconds_and_resets() {
+        use kube::runtime::utils::Backoff;
+        let mut backoff = WatchBackoff::default();
+        let waits: Vec<u128> = backoff.by_ref().take(6).map(|d| d.as_millis()).collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 5000, 5000]);
+        backoff.reset();
+        assert_eq!(backoff.next(), Some(Duration::from_millis(500)));
+    }
 
     use kube::runtime::reflector::store;
     use kube::runtime::watcher::Event;

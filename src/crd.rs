@@ -154,7 +154,9 @@ pub async fn keep(
 ) {
     let api = Api::<CustomResourceDefinition>::all(client.clone());
     let config = watcher::Config::default().fields(&format!("metadata.name={HEALTHSCOPE_CRD}"));
-    let mut events = watcher(api, config).default_backoff().boxed();
+    let mut events = watcher(api, config)
+        .backoff(crate::cache::WatchBackoff::default())
+        .boxed();
     let mut served: Option<CustomResourceDefinition> = None;
     let mut listed = false;
     let mut compatible: Option<bool> = None;

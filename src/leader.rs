@@ -380,7 +380,7 @@ impl LeaderElector {
         {
             Ok(updated) => {
                 if !ours {
-                    tracing::info!(identity = %self.config.identity, previous = ?holder, "acquired the lease");
+                    tracing::info!(identity = %self.config.identity, previous = holder.as_deref().unwrap_or("none"), "acquired the lease");
                 }
                 self.observe(&updated);
                 Ok(Round::Held)

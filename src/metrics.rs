@@ -87,7 +87,7 @@ struct ResultLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProbeScopeLabels {
-    scope_namespace: String,
+    namespace: String,
     scope: String,
 }
 
@@ -111,10 +111,9 @@ struct BuildLabels {
 /// How one reconcile of a HealthScope ended (`healthscope_reconcile_total{result}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReconcileResult {
+    /// Evaluated (and the status written when it changed).
     Success,
     Error,
-    Requeue,
-    RequeueAfter,
 }
 
 impl ReconcileResult {
@@ -122,8 +121,6 @@ impl ReconcileResult {
         match self {
             ReconcileResult::Success => "success",
             ReconcileResult::Error => "error",
-            ReconcileResult::Requeue => "requeue",
-            ReconcileResult::RequeueAfter => "requeue_after",
         }
     }
 }
@@ -270,7 +267,7 @@ impl Metrics {
         let reconcile = Family::<ResultLabels, Counter>::default();
         registry.register(
             "reconcile",
-            "HealthScope reconciles, by result (success, error, requeue, requeue_after)",
+            "HealthScope reconciles, by result (success, error)",
             reconcile.clone(),
         );
         let reconcile_duration = Histogram::new(RECONCILE_DURATION_BUCKETS);
@@ -280,12 +277,7 @@ impl Metrics {
             Unit::Seconds,
             reconcile_duration.clone(),
         );
-        for result in [
-            ReconcileResult::Success,
-            ReconcileResult::Error,
-            ReconcileResult::Requeue,
-            ReconcileResult::RequeueAfter,
-        ] {
+        for result in [ReconcileResult::Success, ReconcileResult::Error] {
             // Present from the start, so rate() works before the first error.
             let _ = reconcile.get_or_create_owned(&ResultLabels {
                 result: result.as_str(),
@@ -482,11 +474,11 @@ impl Metrics {
     }
 
     /// Records whether every probe of the scope's last cycle succeeded.
-    pub fn set_probe_success(&self, scope_namespace: &str, scope: &str, success: bool) {
+    pub fn set_probe_success(&self, namespace: &str, scope: &str, success: bool) {
         self.inner
             .probe_success
             .get_or_create(&ProbeScopeLabels {
-                scope_namespace: scope_namespace.to_string(),
+                namespace: namespace.to_string(),
                 scope: scope.to_string(),
             })
             .set(i64::from(success));
@@ -531,7 +523,7 @@ impl Metrics {
             });
         }
         self.inner.probe_success.remove(&ProbeScopeLabels {
-            scope_namespace: namespace.to_string(),
+            namespace: namespace.to_string(),
             scope: scope.to_string(),
         });
         let mut scopes = self
@@ -655,7 +647,7 @@ mod tests {
     #[test]
     fn result_counters_start_at_zero_for_every_result() {
         let text = Metrics::new().encode();
-        for result in ["success", "error", "requeue", "requeue_after"] {
+        for result in ["success", "error"] {
             let series = format!("healthscope_reconcile_total{{result=\"{result}\"}}");
             assert_eq!(sample(&text, &series), Some(0.0), "{series}");
         }

@@ -37,6 +37,13 @@ use tokio::sync::watch;
 /// The largest request body accepted: an AdmissionReview carries the old and the new object (up
 /// to 3 MiB each, the API server's own limit) plus overhead. The same figure controller-runtime uses.
 pub const DEFAULT_BODY_LIMIT: usize = 7 * 1024 * 1024;
+/// A Unix time as an RFC 3339 date for the log (the number itself when out of range).
+fn unix_to_date(seconds: i64) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(seconds)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| seconds.to_string())
+}
+
 /// How often the certificate files are checked for changes.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 /// The most request-body bytes held in memory at once, across all requests. Beyond it new
@@ -395,7 +402,7 @@ impl ServingCertificate {
         tracing::info!(
             cert_file = %cert_file.display(),
             serial = %info.serial_hex,
-            not_after = info.not_after_unix,
+            not_after = %unix_to_date(info.not_after_unix),
             "serving certificate loaded"
         );
         Ok(Self {

@@ -208,7 +208,9 @@ pub struct HealthScopeStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health_conditions: Vec<WorkloadHealthCondition>,
 
-    /// Standard conditions; `Ready` is true once the scope has been evaluated.
+    /// Standard conditions: `Ready` is `True` only while the scope is healthy (`False` while
+    /// unhealthy, `Unknown` while unknown), with the health as its reason and why as its
+    /// message, so `kubectl wait --for=condition=Ready` waits for a healthy scope.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

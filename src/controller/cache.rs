@@ -113,6 +113,14 @@ impl DependencyIndex {
         self.set(scope, BTreeSet::new());
     }
 
+    /// Every scope with a recorded dependency.
+    pub fn all_scopes(&self) -> Vec<ObjectRef<HealthScope>> {
+        self.inner
+            .read()
+            .map(|inner| inner.by_scope.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub fn scopes_for(&self, key: &DependencyKey) -> Vec<ObjectRef<HealthScope>> {
         self.inner
             .read()
@@ -384,10 +392,9 @@ where
     let writer = reflector::store::Writer::new(dt.clone());
     let store = writer.as_reader();
     let events = watcher(api, watcher::Config::default().page_size(100))
-        .default_backoff()
+        .backoff(crate::cache::WatchBackoff::default())
         .modify(|obj: &mut K| obj.trim_for_cache())
-        .reflect(writer)
-        .touched_objects();
+        .reflect(writer);
     tokio::spawn(forward(
         events,
         dt,
@@ -399,9 +406,11 @@ where
     store
 }
 
-/// Drives one watch and maps each touched object to the scopes that depend on it.
+/// Drives one watch and maps each touched object to the scopes that depend on it. A relist
+/// (after the watch expired) does not say which objects were deleted meanwhile, so its end
+/// re-evaluates every scope and marks everything for the wiring loop.
 async fn forward<K>(
-    events: impl Stream<Item = Result<K, watcher::Error>> + Send,
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
     dt: K::DynamicType,
     index: DependencyIndex,
     trigger: Trigger,
@@ -413,7 +422,20 @@ async fn forward<K>(
     let mut events = std::pin::pin!(events.take_until(shutdown.cancelled_owned()));
     while let Some(event) = events.next().await {
         match event {
-            Ok(obj) => {
+            Ok(watcher::Event::InitDone) => {
+                for scope in index.all_scopes() {
+                    let _ = trigger.send(scope);
+                }
+                if let Some(changed) = &on_change {
+                    changed.mark_everything();
+                }
+            }
+            Ok(watcher::Event::Init) => {}
+            Ok(
+                watcher::Event::Apply(obj)
+                | watcher::Event::InitApply(obj)
+                | watcher::Event::Delete(obj),
+            ) => {
                 for key in keys_touched(&obj, &dt) {
                     for scope in index.scopes_for(&key) {
                         let _ = trigger.send(scope);
@@ -423,9 +445,7 @@ async fn forward<K>(
                     changed.mark(&obj, &dt);
                 }
             }
-            Err(error) => {
-                tracing::warn!(kind = %K::kind(&dt), %error, "watch error; retrying with backoff")
-            }
+            Err(error) => crate::cache::log_watch_error(&K::kind(&dt), &error),
         }
     }
 }
@@ -535,7 +555,7 @@ impl DynamicCaches {
         let store = writer.as_reader();
         let types = resource.clone();
         let events = watcher(api, watcher::Config::default().page_size(100))
-            .default_backoff()
+            .backoff(crate::cache::WatchBackoff::default())
             .modify(move |obj: &mut DynamicObject| {
                 obj.managed_fields_mut().clear();
                 // List items may come without apiVersion/kind; the rules read them.
@@ -546,8 +566,7 @@ impl DynamicCaches {
                     });
                 }
             })
-            .reflect(writer)
-            .touched_objects();
+            .reflect(writer);
         tokio::spawn(forward(
             events,
             resource,

@@ -81,6 +81,9 @@ pub struct Context {
     /// The last status written per scope, with the resourceVersion it was based on, so a write
     /// is not repeated while the cache has not caught up with it.
     written: Mutex<HashMap<ObjectRef<HealthScope>, Written>>,
+    /// The health a scope had before a status write that failed, so a write that landed
+    /// although its answer was lost still gets its HealthChanged event.
+    unconfirmed: Mutex<HashMap<ObjectRef<HealthScope>, Option<Health>>>,
     failures: Mutex<HashMap<ObjectRef<HealthScope>, u32>>,
 }
 
@@ -115,6 +118,7 @@ impl Context {
             scope_changed,
             generations: Default::default(),
             written: Default::default(),
+            unconfirmed: Default::default(),
             failures: Default::default(),
         }
     }
@@ -158,6 +162,9 @@ impl Context {
             if let Ok(mut generations) = self.generations.lock() {
                 generations.remove(&key);
             }
+            if let Ok(mut unconfirmed) = self.unconfirmed.lock() {
+                unconfirmed.remove(&key);
+            }
             if let Ok(mut written) = self.written.lock() {
                 written.remove(&key);
             }
@@ -185,7 +192,9 @@ pub async fn reconcile(
     let result = evaluate_and_write(&scope, &ctx).await;
     if let Some(metrics) = &ctx.metrics {
         let outcome = match &result {
-            Ok(_) => ReconcileResult::RequeueAfter,
+            // Every reconcile that evaluated and wrote asks to come back at the probe interval:
+            // counted as what it is, a success.
+            Ok(_) => ReconcileResult::Success,
             Err(_) => ReconcileResult::Error,
         };
         metrics.observe_reconcile(outcome, started.elapsed());
@@ -324,6 +333,21 @@ async fn write_if_changed(
     desired: HealthScopeStatus,
 ) -> Result<(), ReconcileError> {
     let current = scope.status.as_ref();
+    let name = scope.name_any();
+    let namespace = scope.namespace().unwrap_or_default();
+    let scope_name = format!("{namespace}/{name}");
+    // A write whose answer was lost may have landed: announce its transition first.
+    if let Some(current) = current {
+        let pending = ctx
+            .unconfirmed
+            .lock()
+            .ok()
+            .and_then(|mut unconfirmed| unconfirmed.remove(key))
+            .filter(|from| *from != current.health);
+        if let Some(from) = pending {
+            announce(ctx, scope, &scope_name, from, current).await;
+        }
+    }
     if current == Some(&desired) {
         return Ok(());
     }
@@ -338,8 +362,6 @@ async fn write_if_changed(
         }
     };
 
-    let name = scope.name_any();
-    let namespace = scope.namespace().unwrap_or_default();
     let api: Api<HealthScope> = Api::namespaced(ctx.client.clone(), &namespace);
     let body = serde_json::json!({
         "apiVersion": "core.oam.dev/v1alpha2",
@@ -348,7 +370,6 @@ async fn write_if_changed(
         "status": desired,
     });
     let params = PatchParams::apply(STATUS_FIELD_MANAGER).force();
-    let scope_name = format!("{namespace}/{name}");
     let outcome = tokio::time::timeout(
         STATUS_WRITE_TIMEOUT,
         api.patch_status(&name, &params, &Patch::Apply(&body)),
@@ -362,61 +383,82 @@ async fn write_if_changed(
             Ok(Ok(_)) => PatchResult::Success,
         });
     }
-    match outcome {
-        Err(_) => {
-            return Err(ReconcileError::WriteTimeout {
-                scope: scope_name,
-                timeout: STATUS_WRITE_TIMEOUT,
-            });
+    let failure = match outcome {
+        Err(_) => Some(ReconcileError::WriteTimeout {
+            scope: scope_name.clone(),
+            timeout: STATUS_WRITE_TIMEOUT,
+        }),
+        Ok(Err(source)) => Some(ReconcileError::WriteStatus {
+            scope: scope_name.clone(),
+            source,
+        }),
+        Ok(Ok(_)) => None,
+    };
+    if let Some(failure) = failure {
+        // The write may still have landed; remember the health before it.
+        if let Ok(mut unconfirmed) = ctx.unconfirmed.lock() {
+            unconfirmed.entry(key.clone()).or_insert(previous_health);
         }
-        Ok(Err(source)) => {
-            return Err(ReconcileError::WriteStatus {
-                scope: scope_name,
-                source,
-            });
-        }
-        Ok(Ok(_)) => {}
+        return Err(failure);
     }
     ctx.stats
         .status_writes
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(scope = %scope_name, health = ?desired.health, total = ?desired.healthy_of_total, "status written");
+    tracing::info!(
+        scope = %scope_name,
+        health = %desired.health.unwrap_or_default(),
+        healthy = desired.healthy_of_total.as_deref().unwrap_or_default(),
+        "status written"
+    );
     if let Ok(mut written) = ctx.written.lock() {
         written.insert(key.clone(), (version, desired.clone()));
     }
+    if let Ok(mut unconfirmed) = ctx.unconfirmed.lock() {
+        unconfirmed.remove(key);
+    }
+    announce(ctx, scope, &scope_name, previous_health, &desired).await;
+    Ok(())
+}
 
-    if let Some(from) = previous_health
-        && let Some(note) = status::transition_note(from, &desired)
+/// Records the HealthChanged event for a transition from `from` to the written status (none
+/// when the health did not change).
+async fn announce(
+    ctx: &Context,
+    scope: &HealthScope,
+    scope_name: &str,
+    from: Option<Health>,
+    desired: &HealthScopeStatus,
+) {
+    let Some(note) = from.and_then(|from| status::transition_note(from, desired)) else {
+        return;
+    };
+    let event = Event {
+        type_: if desired.health == Some(Health::Healthy) {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: HEALTH_CHANGED.to_string(),
+        action: status::transition_action(desired.health.unwrap_or_default(), &note),
+        note: Some(note),
+        secondary: None,
+    };
+    // An event is best effort: failing to record it must not fail the status.
+    let reference = scope.object_ref(&());
+    let publish = tokio::time::timeout(EVENT_TIMEOUT, ctx.recorder.publish(&event, &reference));
+    match publish
+        .await
+        .unwrap_or_else(|_| Err(kube::Error::Service("timed out".into())))
     {
-        let event = Event {
-            type_: if desired.health == Some(Health::Healthy) {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            },
-            reason: HEALTH_CHANGED.to_string(),
-            action: status::transition_action(desired.health.unwrap_or_default(), &note),
-            note: Some(note),
-            secondary: None,
-        };
-        // An event is best effort: failing to record it must not fail the status.
-        let reference = scope.object_ref(&());
-        let publish = tokio::time::timeout(EVENT_TIMEOUT, ctx.recorder.publish(&event, &reference));
-        match publish
-            .await
-            .unwrap_or_else(|_| Err(kube::Error::Service("timed out".into())))
-        {
-            Ok(()) => {
-                ctx.stats
-                    .events
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            Err(error) => {
-                tracing::warn!(scope = %scope_name, %error, "could not record the health event")
-            }
+        Ok(()) => {
+            ctx.stats
+                .events
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Err(error) => {
+            tracing::warn!(scope = %scope_name, %error, "could not record the health event")
         }
     }
-    Ok(())
 }
 
 /// Retries a failed scope with exponential backoff (5 ms doubling to 5 min), so API errors

@@ -44,7 +44,11 @@ pub fn init_tracing(format: LogFormat, filter: &str) -> Result<(), RunError> {
             filter: filter.to_string(),
             reason: e.to_string(),
         })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(env_filter);
+    // Colour codes only on a terminal: in a file or a log collector they are noise.
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_ansi(std::io::stdout().is_terminal());
     // A subscriber set earlier (e.g. by a test) stays; that is not an error.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -83,7 +87,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .await
         .map_err(RunError::Client)?;
     let identity = leader::default_identity();
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), %identity, namespace = ?args.namespace, "starting healthscope");
+    let watched = args.namespace.as_deref().unwrap_or("all namespaces");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), %identity, namespace = watched, "starting healthscope");
 
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();

@@ -359,6 +359,8 @@ pub struct ChangedObjects {
 #[derive(Default)]
 struct ChangedInner {
     objects: std::sync::Mutex<HashSet<ChangedObject>>,
+    /// Set when a watch relisted: it cannot say what was deleted meanwhile.
+    everything: std::sync::atomic::AtomicBool,
     wake: Notify,
 }
 
@@ -387,6 +389,20 @@ impl ChangedObjects {
             });
         }
         self.inner.wake.notify_one();
+    }
+
+    /// Marks everything to be planned again (a watch relisted).
+    pub fn mark_everything(&self) {
+        self.inner
+            .everything
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.inner.wake.notify_one();
+    }
+
+    fn take_everything(&self) -> bool {
+        self.inner
+            .everything
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     fn take(&self) -> HashSet<ChangedObject> {
@@ -496,6 +512,7 @@ impl Wiring {
         let mut next_resync = Instant::now() + self.resync;
         loop {
             let changed = self.changed.take();
+            everything |= self.changed.take_everything();
             let leading = self.leader.is_leader();
             if leading {
                 self.writer.forget_old();
@@ -846,6 +863,23 @@ impl AppIndex {
             .unwrap_or_default()
     }
 
+    /// Keeps only the AppConfigs `keep(namespace, name)` says still exist (after a relist).
+    fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
+        if let Ok(mut namespaces) = self.namespaces.lock() {
+            for (ns, index) in namespaces.iter_mut() {
+                let gone: Vec<String> = index
+                    .names
+                    .keys()
+                    .filter(|name| !keep(ns, name))
+                    .cloned()
+                    .collect();
+                for name in gone {
+                    index.forget(&name);
+                }
+            }
+        }
+    }
+
     fn scopes_of(&self, ns: &str, app: &str) -> BTreeSet<String> {
         self.read(ns, |index| {
             index.names.get(app).map(|(scopes, _)| scopes.clone())
@@ -1093,13 +1127,15 @@ fn watch_apps(
     let writer = reflector::store::Writer::new(());
     let store = writer.as_reader();
     let events = watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(crate::cache::WatchBackoff::default())
         .modify(|o: &mut ApplicationConfiguration| o.managed_fields_mut().clear())
         .reflect(writer)
         .take_until(shutdown.clone().cancelled_owned());
     let changed = changed.clone();
     let index = index.clone();
+    let store_here = store.clone();
     tokio::spawn(async move {
+        let store = store_here;
         let mut events = std::pin::pin!(events);
         while let Some(event) = events.next().await {
             match event {
@@ -1113,10 +1149,12 @@ fn watch_apps(
                     changed.mark(&app, &());
                     mark_scopes(&changed, &app, named);
                 }
-                Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
-                Err(error) => {
-                    tracing::warn!(kind = "ApplicationConfiguration", %error, "watch error; retrying with backoff")
+                Ok(watcher::Event::InitDone) => {
+                    index.retain(|ns, name| store.get(&ObjectRef::new(name).within(ns)).is_some());
+                    changed.mark_everything();
                 }
+                Ok(watcher::Event::Init) => {}
+                Err(error) => crate::cache::log_watch_error("ApplicationConfiguration", &error),
             }
         }
     });
@@ -1154,20 +1192,24 @@ where
     let writer = reflector::store::Writer::new(());
     let store = writer.as_reader();
     let events = watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(crate::cache::WatchBackoff::default())
         .modify(|o: &mut K| o.managed_fields_mut().clear())
         .reflect(writer)
-        .touched_objects()
         .take_until(shutdown.clone().cancelled_owned());
     let dirty = dirty.clone();
     tokio::spawn(async move {
         let mut events = std::pin::pin!(events);
         while let Some(event) = events.next().await {
             match event {
-                Ok(obj) => dirty.mark(&obj, &()),
-                Err(error) => {
-                    tracing::warn!(kind = %K::kind(&()), %error, "watch error; retrying with backoff")
-                }
+                Ok(
+                    watcher::Event::Apply(obj)
+                    | watcher::Event::InitApply(obj)
+                    | watcher::Event::Delete(obj),
+                ) => dirty.mark(&obj, &()),
+                // A relist cannot say what was deleted meanwhile.
+                Ok(watcher::Event::InitDone) => dirty.mark_everything(),
+                Ok(watcher::Event::Init) => {}
+                Err(error) => crate::cache::log_watch_error(&K::kind(&()), &error),
             }
         }
     });

@@ -62,8 +62,67 @@ pub struct ScopeStatusInput<'a> {
     pub now: Time,
 }
 
-/// The type of the standard condition set on every evaluated scope.
+/// The type of the standard condition set on every evaluated scope: `True` only while the scope
+/// is healthy (so `kubectl wait --for=condition=Ready` waits for health, as kstatus tools read
+/// it), `False` while unhealthy, `Unknown` while unknown; the reason is the health and the
+/// message says why.
 pub const READY_CONDITION: &str = "Ready";
+/// Longest `Ready` message; the status lists every workload anyway.
+const READY_MESSAGE_MAX: usize = 300;
+
+/// The `Ready` condition's status, reason and message for a scope's health.
+fn ready_condition(
+    health: Health,
+    scope: &ScopeHealthCondition,
+    workloads: &[WorkloadHealthCondition],
+) -> (&'static str, &'static str, String) {
+    let first = |wanted: HealthStatus| {
+        workloads
+            .iter()
+            .find(|w| w.health_status == wanted)
+            .map(|w| {
+                let t = &w.target_workload;
+                format!("{} {}: {}", t.kind, t.name, w.diagnosis)
+            })
+            .unwrap_or_default()
+    };
+    let (status, reason, mut message) = match health {
+        Health::Healthy => (
+            "True",
+            "Healthy",
+            format!("{} workloads healthy", healthy_of_total(scope)),
+        ),
+        Health::Unhealthy => (
+            "False",
+            "Unhealthy",
+            format!(
+                "{} of {} workloads unhealthy, first {}",
+                scope.unhealthy_workloads,
+                scope.total,
+                first(HealthStatus::Unhealthy)
+            ),
+        ),
+        Health::Unknown => (
+            "Unknown",
+            "Unknown",
+            format!(
+                "{} of {} workloads unknown, first {}",
+                scope.unknown_workloads,
+                scope.total,
+                first(HealthStatus::Unknown)
+            ),
+        ),
+    };
+    if message.len() > READY_MESSAGE_MAX {
+        let mut cut = READY_MESSAGE_MAX - 3;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("...");
+    }
+    (status, reason, message)
+}
 
 /// Builds the whole status. Equal inputs give an equal status (sorted workloads, transition times
 /// kept), so the caller can skip the write when it equals the current one.
@@ -82,21 +141,16 @@ pub fn scope_status(input: ScopeStatusInput<'_>) -> HealthScopeStatus {
     let previous_ready = input
         .previous
         .and_then(|p| p.conditions.iter().find(|c| c.type_ == READY_CONDITION));
-    let status = "True".to_string();
+    let (status, reason, message) = ready_condition(health, &scope, &workloads);
     let last_transition_time = match previous_ready {
         Some(c) if c.status == status => c.last_transition_time.clone(),
         _ => input.now,
     };
     let ready = Condition {
         type_: READY_CONDITION.to_string(),
-        status,
-        reason: match health {
-            Health::Healthy => "Healthy",
-            Health::Unhealthy => "Unhealthy",
-            Health::Unknown => "Unknown",
-        }
-        .to_string(),
-        message: format!("{healthy_of_total} workloads healthy"),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
         last_transition_time,
         observed_generation: input.generation,
     };
@@ -394,9 +448,15 @@ pub(crate) mod tests {
                 ready.status.as_str(),
                 ready.reason.as_str()
             ),
-            ("Ready", "True", "Unhealthy")
+            ("Ready", "False", "Unhealthy")
         );
-        assert_eq!(ready.message, "2/3 workloads healthy");
+        assert!(
+            ready
+                .message
+                .starts_with("1 of 3 workloads unhealthy, first "),
+            "{}",
+            ready.message
+        );
 
         // Re-evaluated later with the same inputs: identical status, so nothing to write.
         let mut reversed = workloads;

@@ -250,6 +250,7 @@ async fn controller_scope_follows_deployment_status_within_two_seconds() {
         (ready.status.as_str(), ready.reason.as_str()),
         ("True", "Healthy")
     );
+    assert_eq!(ready.message, "2/2 workloads healthy");
     assert_eq!(
         status.health_conditions[0].component_name.as_deref(),
         Some("web")
@@ -316,6 +317,79 @@ async fn controller_scope_follows_deployment_status_within_two_seconds() {
         transitions
             .iter()
             .any(|n| n.starts_with("unhealthy → healthy"))
+    );
+
+    shutdown.cancel();
+    handle.join().await;
+}
+
+/// `kubectl wait --for=condition=Ready` returns only once the scope is healthy: while it is
+/// unhealthy the condition is False, with the reason and the first unhealthy workload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_kubectl_wait_for_ready_waits_for_a_healthy_scope() {
+    let ctx = TestContext::new("controller-wait").await;
+    support::install_crds(&ctx.client, &healthscope::api::crds()).await;
+    let shutdown = CancellationToken::new();
+    let mut handle = start_controller(&ctx, LeaderState::always(), &shutdown);
+    handle.wait_ready().await;
+    create_deployment(&ctx, "web", 2).await;
+    set_ready(&ctx, "web", 1).await;
+    create_scope(
+        &ctx,
+        "app",
+        vec![deployment_ref("web")],
+        HealthScopeSpec::default(),
+    )
+    .await;
+    let scope = wait_scope(&ctx, "app", Duration::from_secs(10), "unhealthy", |s| {
+        health(s) == Some(Health::Unhealthy)
+    })
+    .await;
+    let ready = scope
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "Unhealthy")
+    );
+    assert!(
+        ready
+            .message
+            .starts_with("1 of 1 workloads unhealthy, first Deployment web: "),
+        "{}",
+        ready.message
+    );
+
+    let wait = |timeout: &str| {
+        let mut command = support::oam::kubectl(&support::env().kubeconfig);
+        command.args([
+            "wait",
+            "--for=condition=Ready",
+            "healthscope/app",
+            "-n",
+            &ctx.namespace,
+        ]);
+        command.arg(format!("--timeout={timeout}"));
+        command
+    };
+    // Unhealthy: the wait runs out.
+    let timed_out = tokio::task::block_in_place(|| wait("3s").output()).unwrap();
+    assert!(!timed_out.status.success(), "{timed_out:?}");
+    assert!(
+        String::from_utf8_lossy(&timed_out.stderr).contains("timed out"),
+        "{timed_out:?}"
+    );
+    // Healthy: the same wait returns.
+    set_ready(&ctx, "web", 2).await;
+    let met = tokio::task::block_in_place(|| wait("30s").output()).unwrap();
+    assert!(met.status.success(), "{met:?}");
+    assert!(
+        String::from_utf8_lossy(&met.stdout).contains("condition met"),
+        "{met:?}"
     );
 
     shutdown.cancel();
@@ -1011,6 +1085,73 @@ async fn controller_run_command_serves_scopes_and_releases_its_lease_on_sigterm(
         .await
         .unwrap();
     assert_eq!(lease.spec.unwrap().holder_identity, None, "lease released");
+
+    // JSON logs: one object per line, plain values (no Rust debug forms), dates as dates.
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert!(
+        !text.contains("Some(") && !text.contains("\"None\""),
+        "{text}"
+    );
+    let field = |message: &str, name: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == message)
+            .map(|l| l[name].clone())
+            .unwrap_or_else(|| panic!("no {message:?} line: {text}"))
+    };
+    assert_eq!(
+        field("starting healthscope", "namespace"),
+        ctx.namespace.as_str()
+    );
+    assert_eq!(field("status written", "health"), "healthy");
+    assert_eq!(field("status written", "healthy"), "1/1");
+    let not_after = field("serving certificate loaded", "not_after");
+    assert!(
+        not_after
+            .as_str()
+            .is_some_and(|d| d.ends_with('Z') && d.contains('T')),
+        "{not_after}"
+    );
+}
+
+/// Text logs written to a file (not a terminal) carry no colour codes and no Rust debug forms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_text_logs_in_a_file_are_plain() {
+    let ctx = TestContext::new("controller-text-log").await;
+    support::install_crds(&ctx.client, &healthscope::api::crds()).await;
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_healthscope"))
+        .args([
+            "run",
+            "--namespace",
+            &ctx.namespace,
+            "--leader-election=false",
+        ])
+        .args(["--admin-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"])
+        .args(["--log-format", "text"])
+        .env("KUBECONFIG", &support::env().kubeconfig)
+        .env_remove("RUST_LOG")
+        .stdout(log.reopen().unwrap())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let _running = Running(child);
+    let text = support::eventually(Duration::from_secs(20), "caches synced logged", || {
+        let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+        async move { text.contains("caches synced").then_some(text) }
+    })
+    .await;
+    assert!(!text.contains('\u{1b}'), "colour codes in a file: {text:?}");
+    assert!(!text.contains("Some(") && !text.contains("=None"), "{text}");
+    assert!(
+        text.contains(&format!("namespace=\"{}\"", ctx.namespace))
+            || text.contains(&format!("namespace={}", ctx.namespace)),
+        "{text}"
+    );
 }
 
 // --- kinds without a built-in cache ---------------------------------------------------------------

@@ -5,6 +5,7 @@
 mod support;
 
 mod controller;
+mod fault_proxy;
 mod faults;
 mod health;
 mod install;

@@ -291,6 +291,7 @@ pub async fn apiserver_counter(
         .sum()
 }
 
+pub mod fault_proxy;
 pub mod netns;
 pub mod oam;
 pub mod rbac;
