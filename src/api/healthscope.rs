@@ -27,6 +27,7 @@ pub const DEFAULT_PROBE_METHOD: &str = "GET";
     status = "HealthScopeStatus",
     derive = "Default",
     derive = "PartialEq",
+    doc = "A group of workloads whose health is reported together: healthscope fills spec.workloadRefs from the ApplicationConfigurations that name the scope, and writes their health into status (HEALTH: healthy, unhealthy or unknown; the Ready condition is True only while healthy).",
     printcolumn(name = "HEALTH", type_ = "string", json_path = ".status.health"),
     printcolumn(
         name = "HEALTHY",
@@ -39,40 +40,51 @@ pub const DEFAULT_PROBE_METHOD: &str = "GET";
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.probe__dash__timeout) || !has(self.probe__dash__interval) || self.probe__dash__timeout <= self.probe__dash__interval",
+    "message": "probe-timeout may not exceed probe-interval: one probe round must end before the next is due"
+}]))]
 pub struct HealthScopeSpec {
-    /// HTTP method of the probe sent to every ready endpoint of the Services in the scope.
-    /// Defaults to GET.
+    /// HTTP method of the probe sent to every ready Pod endpoint of the Services in the scope:
+    /// GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS, in upper case. Defaults to GET. The
+    /// controller sends only the methods its operator enabled (GET and HEAD by default).
     #[serde(
         rename = "probe-method",
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(extend("enum" = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]))]
     pub probe_method: Option<String>,
 
-    /// Path probed on every ready endpoint of the Services in the scope, such as `/health`.
-    /// A path only: no scheme, host or port. Without it, no HTTP probe is sent.
+    /// Path (and optional query) probed on every ready Pod endpoint of the Services in the
+    /// scope, such as `/health`: it starts with a single `/` and has no scheme, host, port,
+    /// whitespace, `\` or `#`; at most 1024 characters. Without it, no HTTP probe is sent.
     #[serde(
         rename = "probe-endpoint",
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(length(max = 1024), regex(pattern = r"^/([^/\s#\\][^\s#\\]*)?$"))]
     pub probe_endpoint: Option<String>,
 
-    /// Seconds one probe may take. Defaults to 10 (or the interval, when that is shorter); may
-    /// not exceed the interval.
+    /// Seconds one probe may take, 1 to 300; at most probe-interval. Defaults to 10, or to
+    /// probe-interval when that is shorter.
     #[serde(
         rename = "probe-timeout",
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(range(min = 1, max = 300))]
     pub probe_timeout: Option<i32>,
 
-    /// Seconds between probe cycles. Defaults to 10.
+    /// Seconds between probe cycles, 2 to 3600. Defaults to 10, or to probe-timeout when that
+    /// is longer. The controller may raise it to its floor (--min-probe-interval).
     #[serde(
         rename = "probe-interval",
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(range(min = 2, max = 3600))]
     pub probe_interval: Option<i32>,
 
     /// The workloads in this scope, kept by healthscope from the ApplicationConfigurations that

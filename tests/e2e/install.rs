@@ -1379,3 +1379,92 @@ async fn install_rbac_grants_what_healthscope_does_and_nothing_else() {
             .await
     ));
 }
+
+/// The CRD schema checks the probe settings by itself, so they hold with no webhook running,
+/// and `kubectl explain` shows every field with its range and default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_crd_schema_checks_probe_settings_without_the_webhook() {
+    let ctx = TestContext::new("install-schema").await;
+    support::install_crds(&ctx.client, &healthscope::api::crds()).await;
+    let scopes = ctx.api::<HealthScope>();
+    let pp = PostParams::default();
+    let scope = |name: &str, spec: serde_json::Value| -> HealthScope {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap()
+    };
+    let refused = [
+        (
+            serde_json::json!({"probe-timeout": 0}),
+            "spec.probe-timeout",
+        ),
+        (
+            serde_json::json!({"probe-timeout": 301}),
+            "spec.probe-timeout",
+        ),
+        (
+            serde_json::json!({"probe-interval": 1}),
+            "spec.probe-interval",
+        ),
+        (
+            serde_json::json!({"probe-interval": 3601}),
+            "spec.probe-interval",
+        ),
+        (
+            serde_json::json!({"probe-method": "get"}),
+            "spec.probe-method",
+        ),
+        (
+            serde_json::json!({"probe-endpoint": "health"}),
+            "spec.probe-endpoint",
+        ),
+        (
+            serde_json::json!({"probe-endpoint": "//elsewhere/x"}),
+            "spec.probe-endpoint",
+        ),
+        (
+            serde_json::json!({"probe-timeout": 20, "probe-interval": 10}),
+            "probe-timeout may not exceed probe-interval",
+        ),
+    ];
+    for (i, (spec, field)) in refused.into_iter().enumerate() {
+        let err = scopes
+            .create(&pp, &scope(&format!("bad-{i}"), spec.clone()))
+            .await
+            .expect_err("refused by the schema");
+        assert!(err.to_string().contains(field), "{spec}: {err}");
+    }
+    scopes
+        .create(
+            &pp,
+            &scope(
+                "good",
+                serde_json::json!({"probe-method": "HEAD", "probe-endpoint": "/healthz?deep=1",
+                    "probe-timeout": 5, "probe-interval": 5}),
+            ),
+        )
+        .await
+        .expect("the OAM spec's own example settings are accepted");
+
+    let explain = |field: &str| {
+        let out = support::oam::kubectl(&support::env().kubeconfig)
+            .args(["explain", field])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        // Explain wraps long descriptions; compare the words.
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let top = tokio::task::block_in_place(|| explain("healthscope"));
+    assert!(!top.contains("Auto-generated"), "{top}");
+    assert!(top.contains("reported together"), "{top}");
+    let spec = tokio::task::block_in_place(|| explain("healthscope.spec"));
+    for words in ["1 to 300", "2 to 3600", "Defaults to GET", "Defaults to 10"] {
+        assert!(spec.contains(words), "{words}: {spec}");
+    }
+}
