@@ -37,7 +37,7 @@ test: testenv oam-runtime tools ## Run every test: unit, and integration against
 lint: ## Check formatting and run clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	cd tests/apiserver && gofmt -l . | (! grep .) && echo "go vet tests/apiserver (a minute or two on a cold cache)" && go vet .
+	cd tests/apiserver && gofmt -l . | (! grep .) && echo "go vet tests/apiserver: about 10 min on a cold vet cache (it compiles Kubernetes once more), seconds warm" && go vet .
 
 .PHONY: fmt
 fmt: ## Format the Rust and Go sources
@@ -51,6 +51,7 @@ testenv: $(TESTENV_BIN) ## Build the test control plane (kube-apiserver + etcd),
 
 $(TESTENV_BIN): tests/apiserver/go.mod tests/apiserver/go.sum $(wildcard tests/apiserver/*.go)
 	@mkdir -p $(TESTENV_DIR)
+	@echo "go build kube-testenv (kube-apiserver + etcd, Kubernetes $(K8S_VERSION)): 6-10 min on a cold Go cache, seconds warm"
 	cd tests/apiserver && go build -trimpath -ldflags '$(GO_LDFLAGS)' -o $(CURDIR)/$(TESTENV_BIN) .
 
 .PHONY: testenv-up
@@ -116,7 +117,7 @@ manifests: tools ## Regenerate the HealthScope CRD (from the Rust types) and man
 	  done; \
 	done; \
 	$(HELM) template healthscope charts/healthscope --namespace $(INSTALL_NS) --include-crds \
-	  -f manifests/install-values.yaml >manifests/install.yaml; \
+	  --skip-tests -f manifests/install-values.yaml >manifests/install.yaml; \
 	echo "wrote $(CRD_DIRS) and manifests/install.yaml"
 
 .PHONY: helm-lint
@@ -126,12 +127,23 @@ helm-lint: tools ## Lint and render the Helm chart
 
 CERTS_DIR    ?= certs
 CERTS_ARGS   ?=
+# The Helm release the certificate is for, and its namespace. The chart names the webhook
+# Service after the release (<release>-healthscope when the name does not contain healthscope).
+RELEASE      ?= healthscope
+RELEASE_NS   ?= $(INSTALL_NS)
+SERVICE      := $(if $(findstring healthscope,$(RELEASE)),$(RELEASE),$(RELEASE)-healthscope)
 
 .PHONY: certs
-certs: build ## CA and serving certificate for the webhook Service into certs/ (an existing CA is reused)
-	target/debug/healthscope certs --service healthscope --namespace $(INSTALL_NS) --out-dir $(CERTS_DIR) $(CERTS_ARGS)
-	@echo "install with: helm install healthscope ./charts/healthscope -n $(INSTALL_NS) --create-namespace \\"
-	@echo "  --set-file certificate.caBundle=$(CERTS_DIR)/ca.crt --set-file certificate.tlsCrt=$(CERTS_DIR)/tls.crt --set-file certificate.tlsKey=$(CERTS_DIR)/tls.key"
+certs: build ## CA and serving certificate for Helm release RELEASE (default healthscope) in RELEASE_NS into certs/ (an existing CA is reused; CERTS_ARGS=--force replaces the certificate)
+	@target/debug/healthscope certs --service $(SERVICE) --namespace $(RELEASE_NS) --out-dir $(CERTS_DIR) $(CERTS_ARGS) \
+	  || { echo "to replace the serving certificate (keeping the CA): make certs CERTS_ARGS=--force RELEASE=$(RELEASE) RELEASE_NS=$(RELEASE_NS)"; exit 1; }
+	@if [ -n "$(findstring --force,$(CERTS_ARGS))" ]; then \
+	  echo "roll it out with: helm upgrade $(RELEASE) ./charts/healthscope -n $(RELEASE_NS) --reuse-values \\"; \
+	  echo "  --set-file certificate.tlsCrt=$(CERTS_DIR)/tls.crt --set-file certificate.tlsKey=$(CERTS_DIR)/tls.key"; \
+	else \
+	  echo "install with: helm install $(RELEASE) ./charts/healthscope -n $(RELEASE_NS) --create-namespace \\"; \
+	  echo "  --set-file certificate.caBundle=$(CERTS_DIR)/ca.crt --set-file certificate.tlsCrt=$(CERTS_DIR)/tls.crt --set-file certificate.tlsKey=$(CERTS_DIR)/tls.key"; \
+	fi
 
 .PHONY: demo
 demo: build testenv oam-runtime tools ## Run healthscope end to end on a local control plane, then clean up (needs root)

@@ -182,12 +182,16 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 
 /// Options of `healthscope certs`.
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  \
-    healthscope certs --service healthscope-webhook --namespace healthscope-system --out-dir certs/out\n  \
+#[command(
+    after_help = "The chart names the webhook Service after the Helm release: healthscope for a release named \
+    healthscope, <release>-healthscope otherwise (`make certs RELEASE=<release>` works it out).\n\n\
+    Examples:\n  \
+    healthscope certs --service healthscope --namespace healthscope-system --out-dir certs\n  \
     # rotate the serving certificate, keeping the CA (and so the caBundle):\n  \
-    healthscope certs --service healthscope-webhook --namespace healthscope-system --out-dir certs/out --force\n  \
+    healthscope certs --service healthscope --namespace healthscope-system --out-dir certs --force\n  \
     # the caBundle value for the webhook configurations:\n  \
-    healthscope certs --service healthscope-webhook --namespace healthscope-system --out-dir certs/out --print-ca-bundle")]
+    healthscope certs --service healthscope --namespace healthscope-system --out-dir certs --print-ca-bundle"
+)]
 pub struct CertsArgs {
     /// Name of the Service in front of the webhook.
     #[arg(long, value_name = "NAME")]

@@ -105,6 +105,8 @@ pub struct Desired {
     /// exist, or its workload has no apiVersion/kind): the scope gets no member for them until
     /// the Component is there. Reported as warnings, never as rejections.
     pub unresolved: Vec<String>,
+    /// The same, per scope that misses a member for it: `Component "x" not found`.
+    pub unresolved_by_scope: BTreeMap<String, Vec<String>>,
 }
 
 /// Components of one namespace.
@@ -368,6 +370,13 @@ pub fn desired_memberships(
                  joins {} once it exists",
                 join(&scopes)
             ));
+            for scope in &scopes {
+                desired
+                    .unresolved_by_scope
+                    .entry(scope.clone())
+                    .or_default()
+                    .push(format!("Component {component_name:?} not found"));
+            }
             continue;
         };
         let rendered = workload_in_status(app, component_name)
@@ -383,9 +392,18 @@ pub fn desired_memberships(
                     });
                 }
             }
-            Err(why) => desired
-                .unresolved
-                .push(format!("spec.components[{index}]: {why}")),
+            Err(why) => {
+                for scope in &scopes {
+                    desired
+                        .unresolved_by_scope
+                        .entry(scope.clone())
+                        .or_default()
+                        .push(format!("Component {component_name:?}: {why}"));
+                }
+                desired
+                    .unresolved
+                    .push(format!("spec.components[{index}]: {why}"))
+            }
         }
     }
     desired.members.sort();

@@ -164,6 +164,7 @@ fuzz_target!(|data: &[u8]| {
             probes: &[],
             previous: None,
             now: Time(Default::default()),
+            unresolved: &[],
         })
     };
     assert_eq!(build(conditions.clone()), build(conditions));

@@ -38,6 +38,27 @@ pub const DEFAULT_PROBE_METHOD: &str = "GET";
         name = "AGE",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "UNKNOWN",
+        type_ = "integer",
+        json_path = ".status.scopeHealthCondition.unknownWorkloads",
+        description = "Workloads whose health could not be told",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "CHANGED",
+        type_ = "date",
+        json_path = ".status.conditions[0].lastTransitionTime",
+        description = "When the Ready condition (healthy or not) last changed",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "PROBE",
+        type_ = "string",
+        json_path = ".spec.probe-endpoint",
+        description = "The path probed on the scope's Service endpoints",
+        priority = "1"
     )
 )]
 #[schemars(extend("x-kubernetes-validations" = [{

@@ -158,7 +158,13 @@ pub fn start(
         .clone()
         .map(|m| Arc::new(ProbeMetrics(m)) as Arc<dyn ProbeObserver>);
     let prober = Prober::new(config.probe_concurrency.max(1), observer)?;
-    let probes = Probes::new(prober, trigger, config.metrics.clone(), shutdown.clone());
+    let probes = Probes::new(
+        prober,
+        trigger.clone(),
+        config.metrics.clone(),
+        shutdown.clone(),
+    );
+    let unresolved = wiring::UnresolvedMembers::default();
     let stats = Arc::new(Stats::default());
     let recorder = Recorder::new(
         client.clone(),
@@ -180,6 +186,7 @@ pub fn start(
         stats.clone(),
         config.metrics.clone(),
         wiring_on.then(|| dirty.clone()),
+        unresolved.clone(),
     ));
 
     if let Some(resync) = config.wiring_resync {
@@ -193,6 +200,8 @@ pub fn start(
             resync,
             config.repair_labels,
             config.metrics.clone(),
+            unresolved,
+            trigger,
             &shutdown,
         );
         tokio::spawn(wiring.run(shutdown.clone()));

@@ -17,7 +17,7 @@ use super::cache::{DependencyIndex, WorkloadCaches};
 use super::evaluate::{self, CacheLookup, Evaluated};
 use super::probes::{ProbePlan, Probes};
 use super::status;
-use super::wiring::ChangedObjects;
+use super::wiring::{ChangedObjects, UnresolvedMembers};
 use crate::admission::healthscope::{ProbeSettings, effective_probe_settings};
 use crate::api::{Health, HealthScope, HealthScopeStatus, WorkloadReference};
 use crate::health::{ProbeResult, ScopeStatusInput, scope_status};
@@ -76,6 +76,8 @@ pub struct Context {
     pub metrics: Option<Metrics>,
     /// Pinged when a scope is new or its spec changed, so the wiring loop plans its namespace.
     pub scope_changed: Option<ChangedObjects>,
+    /// Why AppConfigs naming a scope add no member, as the wiring loop found.
+    pub unresolved: UnresolvedMembers,
     /// The generation each scope had when last seen.
     generations: Mutex<HashMap<ObjectRef<HealthScope>, Option<i64>>>,
     /// The last status written per scope, with the resourceVersion it was based on, so a write
@@ -102,6 +104,7 @@ impl Context {
         stats: Arc<Stats>,
         metrics: Option<Metrics>,
         scope_changed: Option<ChangedObjects>,
+        unresolved: UnresolvedMembers,
     ) -> Self {
         Self {
             client,
@@ -116,6 +119,7 @@ impl Context {
             stats,
             metrics,
             scope_changed,
+            unresolved,
             generations: Default::default(),
             written: Default::default(),
             unconfirmed: Default::default(),
@@ -249,6 +253,7 @@ async fn evaluate_and_write(scope: &HealthScope, ctx: &Context) -> Result<Action
         probes: &probes,
         previous: scope.status.as_ref(),
         now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+        unresolved: &ctx.unresolved.get(&key),
     });
     if let (Some(metrics), Some(health), Some(counts)) = (
         &ctx.metrics,
@@ -352,15 +357,25 @@ async fn write_if_changed(
         return Ok(());
     }
     let version = scope.resource_version();
-    let previous_health = {
+    let previous = {
         let written = ctx.written.lock().ok();
         match written.as_ref().and_then(|w| w.get(key)) {
             // Our last write has not reached the cache yet: it already says this.
             Some((based_on, status)) if *based_on == version && *status == desired => return Ok(()),
-            Some((based_on, status)) if *based_on == version => status.health,
-            _ => current.and_then(|s| s.health),
+            Some((based_on, status)) if *based_on == version => Some(status.clone()),
+            _ => current.cloned(),
         }
     };
+    // A scope that was never evaluated with members (new, or only momentarily empty) has no
+    // health to change from: its first real verdict is no transition.
+    let previous_health = previous
+        .as_ref()
+        .filter(|s| {
+            s.scope_health_condition
+                .as_ref()
+                .is_some_and(|c| c.total > 0)
+        })
+        .and_then(|s| s.health);
 
     let api: Api<HealthScope> = Api::namespaced(ctx.client.clone(), &namespace);
     let body = serde_json::json!({

@@ -56,14 +56,28 @@ pub fn transition_note(from: Health, status: &HealthScopeStatus) -> Option<Strin
     Some(note)
 }
 
+/// Workloads an event note names before it says how many more there are, so a note stays
+/// short and complete for a scope of any size.
+const NOTE_WORKLOADS: usize = 3;
+
 fn listing(status: &HealthScopeStatus, wanted: HealthStatus) -> String {
-    status
+    let matching: Vec<_> = status
         .health_conditions
         .iter()
         .filter(|c| c.health_status == wanted)
-        .map(|c| format!("{}: {}", c.target_workload, c.diagnosis))
-        .collect::<Vec<_>>()
-        .join("; ")
+        .collect();
+    let mut listed: Vec<String> = matching
+        .iter()
+        .take(NOTE_WORKLOADS)
+        .map(|c| {
+            let t = &c.target_workload;
+            format!("{} {}: {}", t.kind, t.name, c.diagnosis)
+        })
+        .collect();
+    if matching.len() > NOTE_WORKLOADS {
+        listed.push(format!("and {} more", matching.len() - NOTE_WORKLOADS));
+    }
+    listed.join("; ")
 }
 
 #[cfg(test)]
@@ -90,6 +104,7 @@ mod tests {
             probes: &[],
             previous: None,
             now: Time(k8s_openapi::jiff::Timestamp::now()),
+            unresolved: &[],
         })
     }
 
@@ -115,7 +130,7 @@ mod tests {
         let note = transition_note(Health::Healthy, &s).unwrap();
         assert_eq!(
             note,
-            "healthy → unhealthy: 1 of 2 workloads unhealthy (apps/v1/Deployment b: b is Unhealthy)"
+            "healthy → unhealthy: 1 of 2 workloads unhealthy (Deployment b: b is Unhealthy)"
         );
         assert!(transition_note(Health::Unhealthy, &s).is_none());
     }
@@ -136,11 +151,24 @@ mod tests {
     }
 
     #[test]
-    fn long_notes_are_cut_to_the_event_limit() {
-        let many = (0..100)
-            .map(|i| cond(&format!("workload-{i}"), HealthStatus::Unhealthy))
+    fn notes_of_big_scopes_name_three_workloads_and_count_the_rest() {
+        let many = (0..500)
+            .map(|i| cond(&format!("workload-{i:03}"), HealthStatus::Unhealthy))
             .collect();
         let note = transition_note(Health::Healthy, &status(many)).unwrap();
+        assert_eq!(
+            note,
+            "healthy → unhealthy: 500 of 500 workloads unhealthy (Deployment workload-000: \
+             workload-000 is Unhealthy; Deployment workload-001: workload-001 is Unhealthy; \
+             Deployment workload-002: workload-002 is Unhealthy; and 497 more)"
+        );
+    }
+
+    #[test]
+    fn long_notes_are_cut_to_the_event_limit() {
+        let mut long = cond("a", HealthStatus::Unhealthy);
+        long.diagnosis = "x".repeat(2000);
+        let note = transition_note(Health::Healthy, &status(vec![long])).unwrap();
         assert!(note.len() <= 1000);
         assert!(note.ends_with("..."));
     }

@@ -418,6 +418,71 @@ impl ChangedObjects {
     }
 }
 
+/// Why the ApplicationConfigurations naming a scope add no member for some component (a
+/// Component that does not exist), per scope, as the wiring loop last planned it; the
+/// controller reports a scope with no workloads but such reasons as unknown. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct UnresolvedMembers {
+    scopes: Arc<std::sync::Mutex<HashMap<ObjectRef<HealthScope>, Vec<String>>>>,
+}
+
+impl UnresolvedMembers {
+    pub fn get(&self, scope: &ObjectRef<HealthScope>) -> Vec<String> {
+        self.scopes
+            .lock()
+            .ok()
+            .and_then(|scopes| scopes.get(scope).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Records the reasons for one scope; true when they changed.
+    fn set(&self, scope: ObjectRef<HealthScope>, reasons: Vec<String>) -> bool {
+        let Ok(mut scopes) = self.scopes.lock() else {
+            return false;
+        };
+        let before = if reasons.is_empty() {
+            scopes.remove(&scope)
+        } else {
+            scopes.insert(scope, reasons.clone())
+        };
+        before.unwrap_or_default() != reasons
+    }
+
+    /// Forgets the scopes `keep` says are gone.
+    fn retain(&self, keep: impl Fn(&ObjectRef<HealthScope>) -> bool) {
+        if let Ok(mut scopes) = self.scopes.lock() {
+            scopes.retain(|scope, _| keep(scope));
+        }
+    }
+}
+
+/// Why `apps` add no member to `scope` for some of their components.
+pub fn unresolved_members(
+    view: &dyn WorkloadLookup,
+    scope: &str,
+    apps: &[Arc<ApplicationConfiguration>],
+) -> Vec<String> {
+    let mut reasons = Vec::new();
+    for app in apps {
+        if app.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let mut desired = desired_memberships(app, view);
+        for why in desired
+            .unresolved_by_scope
+            .remove(scope)
+            .unwrap_or_default()
+        {
+            reasons.push(format!(
+                "ApplicationConfiguration {}: {why}",
+                app.name_any()
+            ));
+        }
+    }
+    reasons.sort();
+    reasons
+}
+
 /// Writes in flight at once. Objects are written in parallel; one object's writes go one after
 /// another (applies to one object at the same moment only conflict and retry inside the API
 /// server).
@@ -450,6 +515,9 @@ pub struct Wiring {
     resync: Duration,
     repair_labels: bool,
     writer: Arc<Writer>,
+    unresolved: UnresolvedMembers,
+    /// Scopes whose unresolved members changed are re-evaluated through here.
+    trigger: super::cache::Trigger,
 }
 
 impl Wiring {
@@ -466,6 +534,8 @@ impl Wiring {
         resync: Duration,
         repair_labels: bool,
         metrics: Option<Metrics>,
+        unresolved: UnresolvedMembers,
+        trigger: super::cache::Trigger,
         shutdown: &CancellationToken,
     ) -> Self {
         let index = AppIndex::default();
@@ -490,6 +560,8 @@ impl Wiring {
             resync,
             repair_labels,
             writer,
+            unresolved,
+            trigger,
         }
     }
 
@@ -517,7 +589,7 @@ impl Wiring {
             if leading {
                 self.writer.forget_old();
                 let actions = if everything || !was_leader {
-                    self.snapshots(None).iter().flat_map(plan).collect()
+                    self.plan_everything()
                 } else {
                     self.plan_changes(changed)
                 };
@@ -541,6 +613,36 @@ impl Wiring {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(DEBOUNCE) => {}
             }
+        }
+    }
+
+    /// Every write every namespace needs, and every scope's unresolved members.
+    fn plan_everything(&self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut seen = HashSet::new();
+        for snapshot in self.snapshots(None) {
+            actions.extend(plan(&snapshot));
+            for scope in snapshot.scopes.values() {
+                let apps = snapshot.apps_naming(&scope.name_any());
+                self.note_unresolved(&snapshot, scope, &apps);
+                seen.insert(ObjectRef::from_obj(&**scope));
+            }
+        }
+        self.unresolved.retain(|scope| seen.contains(scope));
+        actions
+    }
+
+    /// Records why the scope misses members; a change re-evaluates the scope.
+    fn note_unresolved(
+        &self,
+        view: &dyn WorkloadLookup,
+        scope: &HealthScope,
+        apps: &[Arc<ApplicationConfiguration>],
+    ) {
+        let key = ObjectRef::from_obj(scope);
+        let reasons = unresolved_members(view, &scope.name_any(), apps);
+        if self.unresolved.set(key.clone(), reasons) {
+            let _ = self.trigger.send(key);
         }
     }
 
@@ -626,11 +728,9 @@ impl Wiring {
             .iter()
             .filter(|s| scopes.contains(&s.name_any()))
         {
-            actions.extend(plan_scope(
-                view,
-                scope,
-                &view.apps_naming(&scope.name_any()),
-            ));
+            let apps = view.apps_naming(&scope.name_any());
+            actions.extend(plan_scope(view, scope, &apps));
+            self.note_unresolved(view, scope, &apps);
         }
         // Labels: the workloads rendered from a changed AppConfig or ContainerizedWorkload,
         // and the changed workloads themselves.

@@ -60,6 +60,9 @@ pub struct ScopeStatusInput<'a> {
     pub previous: Option<&'a HealthScopeStatus>,
     /// The time to stamp on a condition that changes.
     pub now: Time,
+    /// Why ApplicationConfigurations naming the scope add no member (a Component that does
+    /// not exist): a scope with no workloads but such reasons is unknown, not healthy.
+    pub unresolved: &'a [String],
 }
 
 /// The type of the standard condition set on every evaluated scope: `True` only while the scope
@@ -135,13 +138,33 @@ pub fn scope_status(input: ScopeStatusInput<'_>) -> HealthScopeStatus {
         }
     }
     workloads.sort_by(|a, b| a.target_workload.key().cmp(&b.target_workload.key()));
-    let (health, scope) = aggregate(&workloads);
+    let (mut health, scope) = aggregate(&workloads);
+    let unresolved_only = workloads.is_empty() && !input.unresolved.is_empty();
+    if unresolved_only {
+        health = Health::Unknown;
+    }
     let healthy_of_total = healthy_of_total(&scope);
 
     let previous_ready = input
         .previous
         .and_then(|p| p.conditions.iter().find(|c| c.type_ == READY_CONDITION));
-    let (status, reason, message) = ready_condition(health, &scope, &workloads);
+    let (status, reason, message) = if unresolved_only {
+        let more = match input.unresolved.len() {
+            1 => String::new(),
+            n => format!(" (and {} more)", n - 1),
+        };
+        (
+            "Unknown",
+            "Unresolved",
+            format!(
+                "no workload yet: the ApplicationConfigurations naming this scope name what does \
+                 not exist: {}{more}",
+                input.unresolved[0]
+            ),
+        )
+    } else {
+        ready_condition(health, &scope, &workloads)
+    };
     let last_transition_time = match previous_ready {
         Some(c) if c.status == status => c.last_transition_time.clone(),
         _ => input.now,
@@ -418,6 +441,7 @@ pub(crate) mod tests {
             probes: &probes,
             previous: None,
             now: time("2026-01-01T00:00:00Z"),
+            unresolved: &[],
         });
         assert_eq!(first.health, Some(Health::Unhealthy));
         assert_eq!(first.healthy_of_total.as_deref(), Some("2/3"));
@@ -467,6 +491,7 @@ pub(crate) mod tests {
             probes: &probes,
             previous: Some(&first),
             now: time("2026-01-01T00:05:00Z"),
+            unresolved: &[],
         });
         assert_eq!(again, first);
     }
@@ -479,9 +504,50 @@ pub(crate) mod tests {
             probes: &[],
             previous: None,
             now: time("2026-01-01T00:00:00Z"),
+            unresolved: &[],
         });
         assert_eq!(status.health, Some(Health::Healthy));
         assert_eq!(status.healthy_of_total.as_deref(), Some("0/0"));
         assert!(status.health_conditions.is_empty());
+    }
+
+    #[test]
+    fn an_empty_scope_whose_appconfigs_name_missing_components_is_unknown() {
+        let unresolved = vec![
+            "Component \"ghost\" not found".to_string(),
+            "Component \"gone\" not found".to_string(),
+        ];
+        let status = scope_status(ScopeStatusInput {
+            generation: Some(1),
+            workloads: vec![],
+            probes: &[],
+            previous: None,
+            now: time("2026-01-01T00:00:00Z"),
+            unresolved: &unresolved,
+        });
+        assert_eq!(status.health, Some(Health::Unknown));
+        assert_eq!(status.healthy_of_total.as_deref(), Some("0/0"));
+        let ready = &status.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("Unknown", "Unresolved")
+        );
+        assert!(
+            ready
+                .message
+                .contains("Component \"ghost\" not found (and 1 more)"),
+            "{}",
+            ready.message
+        );
+        // Without reasons an empty scope is healthy 0/0, as before.
+        let empty = scope_status(ScopeStatusInput {
+            generation: Some(1),
+            workloads: vec![],
+            probes: &[],
+            previous: None,
+            now: time("2026-01-01T00:00:00Z"),
+            unresolved: &[],
+        });
+        assert_eq!(empty.health, Some(Health::Healthy));
     }
 }

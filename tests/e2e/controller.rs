@@ -334,13 +334,23 @@ async fn controller_kubectl_wait_for_ready_waits_for_a_healthy_scope() {
     handle.wait_ready().await;
     create_deployment(&ctx, "web", 2).await;
     set_ready(&ctx, "web", 1).await;
-    create_scope(
-        &ctx,
-        "app",
-        vec![deployment_ref("web")],
-        HealthScopeSpec::default(),
-    )
+    // Created empty (healthy 0/0) a moment before its workload arrives, as wiring does it.
+    create_scope(&ctx, "app", vec![], HealthScopeSpec::default()).await;
+    wait_scope(&ctx, "app", Duration::from_secs(10), "healthy 0/0", |s| {
+        health(s) == Some(Health::Healthy)
+    })
     .await;
+    ctx.api::<HealthScope>()
+        .patch(
+            "app",
+            &PatchParams::apply("controller-test"),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope",
+                "spec": {"workloadRefs": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}]},
+            })),
+        )
+        .await
+        .unwrap();
     let scope = wait_scope(&ctx, "app", Duration::from_secs(10), "unhealthy", |s| {
         health(s) == Some(Health::Unhealthy)
     })
@@ -391,6 +401,28 @@ async fn controller_kubectl_wait_for_ready_waits_for_a_healthy_scope() {
         String::from_utf8_lossy(&met.stdout).contains("condition met"),
         "{met:?}"
     );
+
+    // The first verdict with members was no transition (the empty scope had no health to
+    // change from); the change to healthy was.
+    let events: Api<k8s_openapi::api::events::v1::Event> = ctx.api();
+    let notes = support::eventually(Duration::from_secs(5), "a HealthChanged event", || {
+        let events = events.clone();
+        async move {
+            let notes: Vec<String> = events
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some(controller::HEALTH_CHANGED))
+                .filter_map(|e| e.note)
+                .collect();
+            (!notes.is_empty()).then_some(notes)
+        }
+    })
+    .await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].starts_with("unhealthy → healthy"), "{notes:?}");
 
     shutdown.cancel();
     handle.join().await;

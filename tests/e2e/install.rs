@@ -306,7 +306,12 @@ fn install_plain_manifests_are_the_rendered_chart() {
     let rendered = helm_template(
         "healthscope",
         "healthscope-system",
-        &["--include-crds", "-f", "manifests/install-values.yaml"],
+        &[
+            "--include-crds",
+            "--skip-tests",
+            "-f",
+            "manifests/install-values.yaml",
+        ],
     );
     let committed = std::fs::read_to_string(repo().join("manifests/install.yaml")).unwrap();
     assert!(
@@ -569,8 +574,27 @@ fn install_chart_crd_and_status_protection_values() {
     assert!(find(&off, "ValidatingAdmissionPolicy").is_empty());
     assert!(find(&off, "ValidatingAdmissionPolicyBinding").is_empty());
 
-    // Misspelt keys are refused rather than ignored.
-    for set in ["crds.mange=false", "statusProtection.enable=false"] {
+    // `helm test`: a hook pod checks /readyz and the webhook's TLS answer against the caBundle.
+    let test_pod = find(&plain, "Pod");
+    assert_eq!(test_pod.len(), 1);
+    assert_eq!(
+        test_pod[0]["metadata"]["annotations"]["helm.sh/hook"],
+        "test"
+    );
+    let script = test_pod[0]["spec"]["containers"][0]["command"][2]
+        .as_str()
+        .unwrap();
+    assert!(script.contains("/readyz") && script.contains("/validate/healthscope"));
+    assert!(script.contains("--cacert /etc/healthscope/ca/ca.crt"));
+
+    // Misspelt keys are refused rather than ignored, at every level.
+    for set in [
+        "crds.mange=false",
+        "statusProtection.enable=false",
+        "replicaCont=3",
+        "webhook.timeoutSecond=3",
+        "certificate.certManager.duraton=1h",
+    ] {
         let error = run_failing(
             helm()
                 .args(["template", "healthscope", "charts/healthscope"])
@@ -1074,6 +1098,18 @@ async fn install_examples_apply_and_show_health_in_kubectl_get() {
         .unwrap();
     let rows = get_healthscopes(&ctx.namespace);
     assert_eq!(rows[1][..3], ["example-health-scope", "healthy", "1/1"]);
+    // -o wide adds the unknown count, when health last changed, and the probed path.
+    let wide: Vec<Vec<String>> =
+        run(kubectl().args(["get", "healthscope", "-n", &ctx.namespace, "-o", "wide"]))
+            .lines()
+            .map(|line| line.split_whitespace().map(str::to_string).collect())
+            .collect();
+    assert_eq!(
+        wide[0],
+        [
+            "NAME", "HEALTH", "HEALTHY", "AGE", "UNKNOWN", "CHANGED", "PROBE"
+        ]
+    );
 
     // Re-applying the examples leaves what healthscope wrote alone.
     let refs = serde_json::json!({ "spec": { "workloadRefs": [

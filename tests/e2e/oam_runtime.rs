@@ -599,7 +599,7 @@ async fn oam_runtime_spec_example_probe_timeout_equal_to_interval_is_accepted() 
     );
     let scope = wait_health(&rc, "example-health-scope", Health::Healthy).await;
     assert_eq!(scope.spec.probe_timeout, Some(5));
-    // Above the interval is still refused, with the reason.
+    // Above the interval is still refused, with the reason (by the CRD schema itself).
     let (ok, out) = try_run(
         rc.kubectl().args(["apply", "-f", "-"]),
         Some(
@@ -608,7 +608,7 @@ async fn oam_runtime_spec_example_probe_timeout_equal_to_interval_is_accepted() 
         ),
     );
     assert!(
-        !ok && out.contains("must not exceed probe-interval"),
+        !ok && out.contains("probe-timeout may not exceed probe-interval"),
         "{out}"
     );
 }

@@ -546,6 +546,61 @@ async fn webhook_warns_about_a_missing_scope_and_it_is_wired_once_created() {
     webhook.stop().await;
 }
 
+/// A scope whose only ApplicationConfiguration names a Component that does not exist has no
+/// workloads, and says so: unknown, not "healthy 0/0". Once the Component exists it is wired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiring_reports_a_scope_whose_components_do_not_exist_as_unknown() {
+    let ctx = TestContext::new("wiring-unresolved").await;
+    let webhook = WebhookUnderTest::start(&ctx).await;
+    let (shutdown, controller) = start_wiring(&ctx);
+    let pp = PostParams::default();
+    let scopes: Api<HealthScope> = ctx.api();
+    scopes
+        .create(&pp, &health_scope("s", json!({})))
+        .await
+        .unwrap();
+    ctx.api::<ApplicationConfiguration>()
+        .create(&pp, &appconfig("shop", "ghost", "web-1", &["s"]))
+        .await
+        .unwrap();
+    let ready = |scope: &HealthScope| {
+        scope
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned())
+    };
+    let unknown = eventually(Duration::from_secs(15), "the scope unknown", || async {
+        let scope = scopes.get("s").await.ok()?;
+        let health = scope.status.as_ref().and_then(|s| s.health);
+        (health == Some(healthscope::api::Health::Unknown)).then_some(scope)
+    })
+    .await;
+    let condition = ready(&unknown).unwrap();
+    assert_eq!(condition.reason, "Unresolved");
+    assert!(
+        condition
+            .message
+            .contains("ApplicationConfiguration shop: Component \"ghost\" not found"),
+        "{}",
+        condition.message
+    );
+    // The Component appears: the workload is wired and the reason goes.
+    ctx.api::<Component>()
+        .create(&pp, &component("ghost", "apps/v1", "Deployment"))
+        .await
+        .unwrap();
+    wait_refs(&scopes, "s", &[deployment_ref("web-1")]).await;
+    eventually(Duration::from_secs(15), "the reason gone", || async {
+        let scope = scopes.get("s").await.ok()?;
+        (ready(&scope)?.reason != "Unresolved").then_some(())
+    })
+    .await;
+
+    shutdown.cancel();
+    controller.join().await;
+    webhook.stop().await;
+}
+
 /// An ApplicationConfiguration naming 2,000 Components that do not exist: the webhook reads at
 /// most a few live, answers within its budget (well inside the API server's timeout) with a
 /// warning saying it could not read them all, counts it, and the AppConfig is stored.
