@@ -124,7 +124,8 @@ spec:
     c.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
     policy = sh(os.path.join(TOOLS, "helm"), "template", "healthscope",
                 os.path.join(ROOT, "charts/healthscope"), "--namespace", "healthscope-system",
-                "--show-only", "templates/status-protection.yaml")
+                "--show-only", "templates/status-protection.yaml",
+                "--set", "certificate.allowMissingCaBundle=true")
     c.kubectl("apply", "-f", "-", input=policy)
     c.start("oam-runtime", [os.path.join(OAM, "oam-kubernetes-runtime"), "--metrics-addr=0"],
             "oam-runtime")

@@ -259,6 +259,8 @@ pub fn apply_status_protection(admin: &Path) {
             "healthscope-system",
             "--show-only",
             "templates/status-protection.yaml",
+            "--set",
+            "certificate.allowMissingCaBundle=true",
         ]));
     run_with_input(kubectl(admin).args(["apply", "-f", "-"]), Some(&policy));
 }
