@@ -186,16 +186,22 @@ endpoints:
     targetRef: {kind: Pod, namespace: default, name: helloworld-python-v1-demo}
 ports: [{name: "$port_name", port: 9999, protocol: TCP}]
 EOF
-# What the Deployment controller would report.
-generation=$(k get deployment helloworld-python-v1 -o jsonpath='{.metadata.generation}')
-replicas=$(k get deployment helloworld-python-v1 -o jsonpath='{.spec.replicas}')
-replicas=${replicas:-1}
-k patch deployment helloworld-python-v1 --subresource=status --type=merge -p "{\"status\": {
-  \"observedGeneration\": $generation, \"replicas\": $replicas, \"updatedReplicas\": $replicas,
-  \"readyReplicas\": $replicas, \"availableReplicas\": $replicas}}" >/dev/null
+# What the Deployment controller would report: every replica ready for the current generation
+# (the runtime re-applies the Deployment now and then, and a real controller catches up).
+deployment_ready() {
+  local generation replicas
+  generation=$(k get deployment helloworld-python-v1 -o jsonpath='{.metadata.generation}')
+  replicas=$(k get deployment helloworld-python-v1 -o jsonpath='{.spec.replicas}')
+  replicas=${replicas:-1}
+  k patch deployment helloworld-python-v1 --subresource=status --type=merge -p "{\"status\": {
+    \"observedGeneration\": $generation, \"replicas\": $replicas, \"updatedReplicas\": $replicas,
+    \"readyReplicas\": $replicas, \"availableReplicas\": $replicas}}" >/dev/null
+}
+healthy_with_a_ready_deployment() { deployment_ready && scope_health healthy; }
+deployment_ready
 
 bold "The scope turns healthy"
-wait_for "example-health-scope to turn healthy" scope_health healthy
+wait_for "example-health-scope to turn healthy" healthy_with_a_ready_deployment
 show_scope
 
 bold "The app starts failing /health"
@@ -205,7 +211,7 @@ show_scope
 
 bold "The app recovers"
 rm -f "$work/fail"
-wait_for "example-health-scope to turn healthy again" scope_health healthy
+wait_for "example-health-scope to turn healthy again" healthy_with_a_ready_deployment
 k get healthscope
 echo
 k get events --field-selector involvedObject.kind=HealthScope

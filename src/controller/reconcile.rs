@@ -247,11 +247,25 @@ async fn evaluate_and_write(scope: &HealthScope, ctx: &Context) -> Result<Action
         }
         plan => ctx.probes.ensure(&key, plan).unwrap_or_default(),
     };
+    // The status as last written: ours, when the cache has not caught up with our last write
+    // yet, so a transition time stamped then is kept rather than stamped again.
+    let version = scope.resource_version();
+    let previous = ctx
+        .written
+        .lock()
+        .ok()
+        .and_then(|written| {
+            written
+                .get(&key)
+                .filter(|(based_on, _)| *based_on == version)
+                .map(|(_, status)| status.clone())
+        })
+        .or_else(|| scope.status.clone());
     let desired = scope_status(ScopeStatusInput {
         generation: scope.meta().generation,
         workloads: evaluated.into_iter().map(|(_, e)| e.condition).collect(),
         probes: &probes,
-        previous: scope.status.as_ref(),
+        previous: previous.as_ref(),
         now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
         unresolved: &ctx.unresolved.get(&key),
     });
