@@ -753,8 +753,11 @@ impl Wiring {
         };
         let whole_workload_scan = !apps.is_empty() || !containerized.is_empty();
         if whole_workload_scan || !workloads.is_empty() {
-            self.for_each_workload(ns, |api_version, kind, meta| {
-                if (whole_workload_scan && related(meta)) || changed(api_version, kind, meta) {
+            self.for_each_workload(|api_version, kind, meta| {
+                let here = meta.namespace.as_deref() == Some(ns);
+                if here
+                    && ((whole_workload_scan && related(meta)) || changed(api_version, kind, meta))
+                {
                     actions.extend(plan_labels(view, api_version, kind, meta));
                 }
             });
@@ -762,33 +765,26 @@ impl Wiring {
         actions
     }
 
-    /// Calls `f` with every cached workload of the namespace that may carry scope labels.
-    fn for_each_workload(&self, ns: &str, mut f: impl FnMut(&str, &str, &ObjectMeta)) {
-        let here = |meta: &ObjectMeta| meta.namespace.as_deref() == Some(ns);
+    /// Calls `f` with every cached object that may carry scope labels (a ContainerizedWorkload
+    /// never gets any; membership says so), with its apiVersion and kind.
+    fn for_each_workload(&self, mut f: impl FnMut(&str, &str, &ObjectMeta)) {
         for d in self.caches.deployments.state() {
-            if here(&d.metadata) {
-                f("apps/v1", "Deployment", &d.metadata);
-            }
+            f("apps/v1", "Deployment", &d.metadata);
         }
         for s in self.caches.statefulsets.state() {
-            if here(&s.metadata) {
-                f("apps/v1", "StatefulSet", &s.metadata);
-            }
+            f("apps/v1", "StatefulSet", &s.metadata);
         }
         for d in self.caches.daemonsets.state() {
-            if here(&d.metadata) {
-                f("apps/v1", "DaemonSet", &d.metadata);
-            }
+            f("apps/v1", "DaemonSet", &d.metadata);
         }
         for r in self.caches.replicasets.state() {
-            if here(&r.metadata) {
-                f("apps/v1", "ReplicaSet", &r.metadata);
-            }
+            f("apps/v1", "ReplicaSet", &r.metadata);
         }
         for s in self.caches.services.state() {
-            if here(&s.metadata) {
-                f("v1", "Service", &s.metadata);
-            }
+            f("v1", "Service", &s.metadata);
+        }
+        for c in self.caches.containerized.state() {
+            f(oam::API_VERSION, "ContainerizedWorkload", &c.metadata);
         }
     }
 
@@ -817,37 +813,15 @@ impl Wiring {
         add!(self.components, components);
         add!(self.caches.containerized, containerized);
         add!(self.scopes, scopes);
-        let mut workload = |api_version: &str, kind: &str, meta: &ObjectMeta| {
-            // Only namespaces with OAM objects can have memberships; other workloads are left alone.
+        // Only namespaces with OAM objects can have memberships; other workloads are left alone.
+        self.for_each_workload(|api_version, kind, meta| {
             let ns = meta.namespace.as_deref().unwrap_or_default();
             if let Some(snapshot) = by_ns.get_mut(ns) {
                 snapshot
                     .workloads
                     .push((api_version.to_string(), kind.to_string(), meta.clone()));
             }
-        };
-        for d in self.caches.deployments.state() {
-            workload("apps/v1", "Deployment", &d.metadata);
-        }
-        for s in self.caches.statefulsets.state() {
-            workload("apps/v1", "StatefulSet", &s.metadata);
-        }
-        for d in self.caches.daemonsets.state() {
-            workload("apps/v1", "DaemonSet", &d.metadata);
-        }
-        for r in self.caches.replicasets.state() {
-            workload("apps/v1", "ReplicaSet", &r.metadata);
-        }
-        for s in self.caches.services.state() {
-            workload("v1", "Service", &s.metadata);
-        }
-        for c in self.caches.containerized.state() {
-            workload(
-                crate::api::oam::API_VERSION,
-                "ContainerizedWorkload",
-                &c.metadata,
-            );
-        }
+        });
         by_ns.into_values().collect()
     }
 }

@@ -110,6 +110,29 @@ async fn wait_refs(scopes: &Api<HealthScope>, name: &str, want: &[WorkloadRefere
     .await;
 }
 
+/// Creates an ApplicationConfiguration through the API server (POST by hand, to read its
+/// Warning headers); panics unless it is stored. Returns the warnings.
+async fn create_appconfig_reading_warnings(
+    ctx: &TestContext,
+    app: &impl serde::Serialize,
+) -> Vec<String> {
+    let url = format!(
+        "/apis/core.oam.dev/v1alpha2/namespaces/{}/applicationconfigurations",
+        ctx.namespace
+    );
+    let request = kube::core::Request::new(url)
+        .create(&PostParams::default(), serde_json::to_vec(app).unwrap())
+        .unwrap();
+    let response = ctx.client.send(request.map(Body::from)).await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    response
+        .headers()
+        .get_all("warning")
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect()
+}
+
 fn deployment_ref(name: &str) -> WorkloadReference {
     WorkloadReference::new("apps/v1", "Deployment", name)
 }
@@ -508,21 +531,9 @@ async fn webhook_warns_about_a_missing_scope_and_it_is_wired_once_created() {
         .await
         .unwrap();
 
-    // POST by hand to read the API server's Warning header.
-    let body = serde_json::to_vec(&appconfig("shop", "web", "web-1", &["not-yet"])).unwrap();
-    let url = format!(
-        "/apis/core.oam.dev/v1alpha2/namespaces/{}/applicationconfigurations",
-        ctx.namespace
-    );
-    let request = kube::core::Request::new(url).create(&pp, body).unwrap();
-    let response = ctx.client.send(request.map(Body::from)).await.unwrap();
-    assert!(response.status().is_success(), "{}", response.status());
-    let warnings: Vec<String> = response
-        .headers()
-        .get_all("warning")
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .collect();
+    let warnings =
+        create_appconfig_reading_warnings(&ctx, &appconfig("shop", "web", "web-1", &["not-yet"]))
+            .await;
     assert!(
         warnings.iter().any(|w| w.contains(&format!(
             "HealthScope {}/not-yet does not exist",
@@ -608,7 +619,6 @@ async fn wiring_reports_a_scope_whose_components_do_not_exist_as_unknown() {
 async fn webhook_answers_within_its_budget_for_2000_missing_components() {
     let ctx = TestContext::new("webhook-budget").await;
     let webhook = WebhookUnderTest::start(&ctx).await;
-    let pp = PostParams::default();
     let components: Vec<Value> = (0..2000)
         .map(|i| json!({"componentName": format!("missing-{i:04}"), "scopes": [scope_ref("s")]}))
         .collect();
@@ -616,26 +626,12 @@ async fn webhook_answers_within_its_budget_for_2000_missing_components() {
         "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
         "metadata": {"name": "huge"}, "spec": {"components": components},
     });
-    let url = format!(
-        "/apis/core.oam.dev/v1alpha2/namespaces/{}/applicationconfigurations",
-        ctx.namespace
-    );
     let started = std::time::Instant::now();
-    let request = kube::core::Request::new(url)
-        .create(&pp, serde_json::to_vec(&app).unwrap())
-        .unwrap();
-    let response = ctx.client.send(request.map(Body::from)).await.unwrap();
+    let warnings = create_appconfig_reading_warnings(&ctx, &app).await;
     println!(
         "create of an AppConfig naming 2,000 missing Components: {:?}",
         started.elapsed()
     );
-    assert!(response.status().is_success(), "{}", response.status());
-    let warnings: Vec<String> = response
-        .headers()
-        .get_all("warning")
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .collect();
     assert!(
         warnings.iter().any(|w| w.contains("could not read")
             && w.contains(&format!("ApplicationConfiguration {}/huge", ctx.namespace))),
