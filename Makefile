@@ -97,9 +97,9 @@ clean: ## Remove build outputs
 
 HELM         := $(TOOLS_DIR)/bin/helm
 CRD_DIRS     := manifests/crds charts/healthscope/crds
-# The only CRD healthscope ships; the OAM CRDs (ApplicationConfiguration, Component,
+# The CRDs healthscope ships (HealthScope, HealthRule); the OAM CRDs (ApplicationConfiguration, Component,
 # ContainerizedWorkload) are the OAM runtime's. Any other document `healthscope crd` prints is dropped.
-SHIPPED_CRDS := healthscopes.core.oam.dev
+SHIPPED_CRDS := healthscopes.core.oam.dev healthrules.healthscope.oam.dev
 INSTALL_NS   := healthscope-system
 
 .PHONY: manifests

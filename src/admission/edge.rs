@@ -31,9 +31,9 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 
 use super::appconfig;
 use super::{
-    APPLICATION_CONFIGURATION_PATH, APPLICATION_CONFIGURATION_VALIDATE_PATH, HEALTH_SCOPE_PATH,
-    OamKind, ObjectKey, Overlay, Recording, Snapshot, WORKLOAD_PATH, healthscope, object_name,
-    with_warnings, workload,
+    APPLICATION_CONFIGURATION_PATH, APPLICATION_CONFIGURATION_VALIDATE_PATH, HEALTH_RULE_PATH,
+    HEALTH_SCOPE_PATH, OamKind, ObjectKey, Overlay, Recording, Snapshot, WORKLOAD_PATH, healthrule,
+    healthscope, object_name, with_warnings, workload,
 };
 use crate::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
 use crate::metrics::Metrics;
@@ -115,6 +115,8 @@ impl AdmissionState {
 pub enum RejectReason {
     /// A HealthScope with invalid probe settings.
     InvalidHealthScope,
+    /// A HealthRule whose expressions do not compile.
+    InvalidHealthRule,
     /// An ApplicationConfiguration with malformed scope references (or unreadable).
     InvalidApplicationConfiguration,
     /// Any other denial: no object, wrong kind for the route, unreadable workload.
@@ -127,6 +129,7 @@ impl RejectReason {
     pub fn as_str(self) -> &'static str {
         match self {
             RejectReason::InvalidHealthScope => "invalid_healthscope",
+            RejectReason::InvalidHealthRule => "invalid_healthrule",
             RejectReason::InvalidApplicationConfiguration => "invalid_appconfig",
             RejectReason::InvalidRequest => "invalid_request",
             RejectReason::BadReview => "bad_review",
@@ -199,7 +202,8 @@ async fn record_metrics(
 }
 
 /// The admission routes: POST [`APPLICATION_CONFIGURATION_PATH`],
-/// [`APPLICATION_CONFIGURATION_VALIDATE_PATH`], [`WORKLOAD_PATH`] and [`HEALTH_SCOPE_PATH`], each taking and answering an admission/v1 AdmissionReview. Bodies are
+/// [`APPLICATION_CONFIGURATION_VALIDATE_PATH`], [`WORKLOAD_PATH`], [`HEALTH_SCOPE_PATH`] and
+/// [`HEALTH_RULE_PATH`], each taking and answering an admission/v1 AdmissionReview. Bodies are
 /// read by [`crate::webhook::AdmissionReviewRequest`]: one that is not an AdmissionReview gets
 /// HTTP 400 with the reason. Serve it with [`crate::webhook::serve`] (TLS, body limits).
 pub fn router(state: AdmissionState) -> axum::Router {
@@ -212,6 +216,7 @@ pub fn router(state: AdmissionState) -> axum::Router {
         )
         .route(WORKLOAD_PATH, post(workload_route))
         .route(HEALTH_SCOPE_PATH, post(healthscope_route))
+        .route(HEALTH_RULE_PATH, post(healthrule_route))
         .with_state(state);
     match metrics {
         Some(metrics) => router.layer(axum::middleware::from_fn_with_state(
@@ -225,6 +230,11 @@ pub fn router(state: AdmissionState) -> axum::Router {
 async fn healthscope_route(AdmissionReviewRequest(request): AdmissionReviewRequest) -> Response {
     let response = healthscope::review(&request);
     answer(&request, response, RejectReason::InvalidHealthScope)
+}
+
+async fn healthrule_route(AdmissionReviewRequest(request): AdmissionReviewRequest) -> Response {
+    let response = healthrule::review(&request);
+    answer(&request, response, RejectReason::InvalidHealthRule)
 }
 
 async fn workload_route(

@@ -7,12 +7,14 @@
 //!   ContainerizedWorkloads, anything rendered by an AppConfig or a ContainerizedWorkload): a JSON
 //!   patch that sets their scope labels.
 //! - [`healthscope`]: HealthScope validation and the effective probe settings.
+//! - [`healthrule`]: HealthRule validation (its CEL expressions compile).
 //!
 //! The handlers read the cluster only through [`Snapshot`]; [`edge`] is the thin async layer
 //! that serves them over HTTP, fills snapshot misses with live reads and performs the writes.
 
 pub mod appconfig;
 pub mod edge;
+pub mod healthrule;
 pub mod healthscope;
 pub mod workload;
 
@@ -38,6 +40,8 @@ pub const APPLICATION_CONFIGURATION_VALIDATE_PATH: &str = "/validate/application
 pub const WORKLOAD_PATH: &str = "/mutate/workload";
 /// Path of the HealthScope validating webhook.
 pub const HEALTH_SCOPE_PATH: &str = "/validate/healthscope";
+/// Path of the HealthRule webhook (validating).
+pub const HEALTH_RULE_PATH: &str = "/validate/healthrule";
 
 /// A read-only view of the OAM objects admission decisions depend on.
 pub trait Snapshot: Send + Sync {

@@ -152,9 +152,7 @@ impl WorkloadReference {
 
     /// The API group part of `apiVersion` ("" for the core group).
     pub fn group(&self) -> &str {
-        self.api_version
-            .rsplit_once('/')
-            .map_or("", |(group, _)| group)
+        super::group_of(&self.api_version)
     }
 }
 

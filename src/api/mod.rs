@@ -2,9 +2,12 @@
 
 // kube's printcolumn(...) arguments repeat `type_ = "string"`, which clippy reads as a duplicate.
 #[allow(clippy::duplicated_attributes)]
+mod healthrule;
+#[allow(clippy::duplicated_attributes)]
 mod healthscope;
 pub mod oam;
 
+pub use healthrule::*;
 pub use healthscope::*;
 pub use oam::{
     ApplicationConfiguration, ApplicationConfigurationComponent, ApplicationConfigurationSpec,
@@ -21,6 +24,7 @@ use kube::CustomResourceExt;
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         healthscope_crd(),
+        HealthRule::crd(),
         ApplicationConfiguration::crd(),
         Component::crd(),
         ContainerizedWorkload::crd(),
@@ -48,11 +52,18 @@ pub fn healthscope_crd() -> CustomResourceDefinition {
     crd
 }
 
-/// healthscope's HealthScope CRD as YAML, as `healthscope crd` prints it. The OAM runtime's
-/// other CRDs are never printed: installing them would replace the runtime's own.
+/// healthscope's CRDs (HealthScope and HealthRule) as YAML, as `healthscope crd` prints them.
+/// The OAM runtime's other CRDs are never printed: installing them would replace the runtime's
+/// own.
 pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
     Ok(format!(
-        "---\n{}",
-        serde_saphyr::to_string(&healthscope_crd())?
+        "---\n{}---\n{}",
+        serde_saphyr::to_string(&healthscope_crd())?,
+        serde_saphyr::to_string(&HealthRule::crd())?
     ))
+}
+
+/// The API group of an apiVersion (`apps/v1` → `apps`; `v1` → the core group, empty).
+pub fn group_of(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or("", |(group, _)| group)
 }

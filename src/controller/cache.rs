@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::rules::RuleBook;
 use super::wiring::ChangedObjects;
 use crate::api::{ContainerizedWorkload, HealthScope};
 
@@ -113,6 +114,20 @@ impl DependencyIndex {
         self.set(scope, BTreeSet::new());
     }
 
+    /// The scopes that read an object of this group and kind.
+    pub fn scopes_for_kind(&self, group: &str, kind: &str) -> Vec<ObjectRef<HealthScope>> {
+        let Ok(inner) = self.inner.read() else {
+            return Vec::new();
+        };
+        let mut scopes: HashSet<ObjectRef<HealthScope>> = HashSet::new();
+        for (key, readers) in &inner.by_key {
+            if key.group == group && key.kind == kind {
+                scopes.extend(readers.iter().cloned());
+            }
+        }
+        scopes.into_iter().collect()
+    }
+
     /// Every scope with a recorded dependency.
     pub fn all_scopes(&self) -> Vec<ObjectRef<HealthScope>> {
         self.inner
@@ -159,8 +174,7 @@ struct DynamicCaches {
     /// Marks the namespace of every cache event for the wiring loop.
     on_change: Option<ChangedObjects>,
     shutdown: CancellationToken,
-    /// The kinds without a built-in cache an operator allows to be watched.
-    allowed: ExtraKinds,
+    allowed: AllowedKinds,
     entries: tokio::sync::Mutex<HashMap<GroupVersionKind, DynamicEntry>>,
 }
 
@@ -243,7 +257,7 @@ impl WorkloadCaches {
         index: DependencyIndex,
         trigger: Trigger,
         on_change: Option<ChangedObjects>,
-        allowed: ExtraKinds,
+        allowed: AllowedKinds,
         shutdown: CancellationToken,
     ) -> Self {
         let ctx = WatchCtx {
@@ -293,20 +307,25 @@ impl WorkloadCaches {
         );
     }
 
+    /// The operator's HealthRules in force.
+    pub fn rules(&self) -> &RuleBook {
+        &self.dynamic.allowed.rules
+    }
+
     /// The cache for a kind without a built-in one, starting its watch on first use.
     pub async fn dynamic(&self, gvk: &GroupVersionKind) -> DynamicLookup {
         self.dynamic.lookup(gvk).await
     }
 
-    /// Stops the watches of kinds no scope names any more (`in_use`), and forgets discovery
-    /// failures old enough to be tried again.
+    /// Stops the watches of kinds no scope names any more (`in_use`) or no longer allowed (its
+    /// HealthRule deleted), and forgets discovery failures old enough to be tried again.
     pub async fn retain_dynamic(&self, in_use: &HashSet<GroupVersionKind>) {
         let mut entries = self.dynamic.entries.lock().await;
         entries.retain(|gvk, entry| match entry {
             DynamicEntry::Watching(_, stop) => {
-                let keep = in_use.contains(gvk);
+                let keep = in_use.contains(gvk) && self.dynamic.allowed.allows(gvk);
                 if !keep {
-                    tracing::info!(kind = %api_version_kind(gvk), "no scope names this kind any more; its watch is stopped");
+                    tracing::info!(kind = %api_version_kind(gvk), "no scope names this kind any more, or it is no longer allowed; its watch is stopped");
                     stop.cancel();
                 }
                 keep
@@ -475,6 +494,20 @@ fn keys_touched<K: Resource>(obj: &K, dt: &K::DynamicType) -> Vec<DependencyKey>
     keys
 }
 
+/// The kinds without a built-in cache that may be watched: those an operator lists
+/// (`--extra-kinds`) and those a HealthRule names.
+#[derive(Clone, Default)]
+pub struct AllowedKinds {
+    pub listed: ExtraKinds,
+    pub rules: RuleBook,
+}
+
+impl AllowedKinds {
+    pub fn allows(&self, gvk: &GroupVersionKind) -> bool {
+        self.listed.allows(gvk) || self.rules.current().names(&gvk.group, &gvk.kind)
+    }
+}
+
 impl DynamicCaches {
     async fn lookup(&self, gvk: &GroupVersionKind) -> DynamicLookup {
         if !self.allowed.allows(gvk) {
@@ -484,7 +517,7 @@ impl DynamicCaches {
             };
             return DynamicLookup::Unknown(format!(
                 "kind {} is not watched: an operator allows it with --extra-kinds {entry} \
-                 (chart value extraKinds)",
+                 (chart value extraKinds) or a HealthRule for it",
                 api_version_kind(gvk),
             ));
         }

@@ -23,6 +23,8 @@ pub struct CacheLookup<'a> {
     /// Stores of the kinds without a built-in cache, resolved before evaluation (discovery and
     /// the first list are the only awaits, and happen once per kind).
     dynamic: HashMap<GroupVersionKind, Result<Store<DynamicObject>, String>>,
+    /// The operator's rules in force when the evaluation started.
+    rules: Arc<health::RuleSet>,
     read: Mutex<BTreeSet<DependencyKey>>,
 }
 
@@ -47,6 +49,7 @@ impl<'a> CacheLookup<'a> {
         Self {
             caches,
             dynamic,
+            rules: caches.rules().current(),
             read: Mutex::new(BTreeSet::new()),
         }
     }
@@ -116,6 +119,11 @@ impl health::WorkloadLookup for CacheLookup<'_> {
         name: &str,
     ) -> Option<Arc<ContainerizedWorkload>> {
         self.typed(&self.caches.containerized, namespace, name)
+    }
+    fn rule(&self, reference: &WorkloadReference) -> Option<Arc<health::CompiledRule>> {
+        self.rules
+            .for_kind(&reference.api_version, &reference.kind)
+            .cloned()
     }
     fn dynamic(
         &self,

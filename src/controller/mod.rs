@@ -10,6 +10,7 @@ pub mod cache;
 pub mod evaluate;
 pub mod probes;
 pub mod reconcile;
+pub mod rules;
 pub mod run;
 pub mod status;
 pub mod wiring;
@@ -138,13 +139,27 @@ pub fn start(
     let index = DependencyIndex::default();
     let dirty = wiring::ChangedObjects::default();
     let wiring_on = config.wiring_resync.is_some();
+    let rules = rules::RuleBook::default();
     let caches = WorkloadCaches::spawn(
         client.clone(),
         config.namespace.clone(),
         index.clone(),
         trigger.clone(),
         wiring_on.then(|| dirty.clone()),
-        config.extra_kinds.clone(),
+        cache::AllowedKinds {
+            listed: config.extra_kinds.clone(),
+            rules: rules.clone(),
+        },
+        shutdown.clone(),
+    );
+    // Not part of readiness: without the HealthRule CRD (a chart upgrade does not install new
+    // CRDs) the built-in judgement goes on, and the watch keeps retrying.
+    rules::spawn(
+        client.clone(),
+        rules,
+        index.clone(),
+        trigger.clone(),
+        leader.clone(),
         shutdown.clone(),
     );
     let scopes_api: Api<HealthScope> = match &config.namespace {

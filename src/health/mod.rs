@@ -13,6 +13,7 @@ mod aggregate;
 mod apps;
 mod generic;
 mod oam;
+pub mod rules;
 mod service;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub use aggregate::{
 pub use apps::{daemonset, deployment, replicaset, statefulset};
 pub use generic::generic;
 pub use oam::containerized_workload;
+pub use rules::{CompiledRule, RuleSet};
 pub use service::{SERVICE_NAME_LABEL, ready_endpoints, service};
 
 /// The verdict on one workload: its health and a short reason a person can act on.
@@ -127,6 +129,11 @@ pub trait WorkloadLookup {
         namespace: &str,
         reference: &WorkloadReference,
     ) -> Result<Option<Arc<DynamicObject>>, String>;
+    /// The operator's [`rules`] rule for the reference's apiVersion and kind, used in place of
+    /// the built-in one. None by default.
+    fn rule(&self, _reference: &WorkloadReference) -> Option<Arc<CompiledRule>> {
+        None
+    }
 }
 
 /// The built-in rule families, chosen by API group and kind (any version).
@@ -161,28 +168,44 @@ pub fn evaluate(
     lookup: &dyn WorkloadLookup,
 ) -> WorkloadHealthCondition {
     let name = reference.name.as_str();
+    let rule = lookup.rule(reference);
+    let rule = rule.as_deref();
     let judged = match rule_for(reference) {
         Rule::Deployment => judge(lookup.deployment(namespace, name), |o| {
-            (deployment(o), &o.metadata)
+            let verdict = by_rule(rule, o, &o.metadata, Some("Deployment"));
+            (verdict.unwrap_or_else(|| deployment(o)), &o.metadata)
         }),
         Rule::StatefulSet => judge(lookup.statefulset(namespace, name), |o| {
-            (statefulset(o), &o.metadata)
+            let verdict = by_rule(rule, o, &o.metadata, Some("StatefulSet"));
+            (verdict.unwrap_or_else(|| statefulset(o)), &o.metadata)
         }),
         Rule::DaemonSet => judge(lookup.daemonset(namespace, name), |o| {
-            (daemonset(o), &o.metadata)
+            let verdict = by_rule(rule, o, &o.metadata, Some("DaemonSet"));
+            (verdict.unwrap_or_else(|| daemonset(o)), &o.metadata)
         }),
         Rule::ReplicaSet => judge(lookup.replicaset(namespace, name), |o| {
-            (replicaset(o), &o.metadata)
+            let verdict = by_rule(rule, o, &o.metadata, Some("ReplicaSet"));
+            (verdict.unwrap_or_else(|| replicaset(o)), &o.metadata)
         }),
         Rule::Service => judge(lookup.service(namespace, name), |o| {
-            let slices = lookup.endpoint_slices(namespace, name);
-            (service(o, &slices), &o.metadata)
+            let verdict = by_rule(rule, o, &o.metadata, Some("Service")).unwrap_or_else(|| {
+                let slices = lookup.endpoint_slices(namespace, name);
+                service(o, &slices)
+            });
+            (verdict, &o.metadata)
         }),
         Rule::ContainerizedWorkload => judge(lookup.containerized_workload(namespace, name), |o| {
-            (containerized_workload(o, lookup), &o.metadata)
+            let verdict = by_rule(rule, o, &o.metadata, Some("ContainerizedWorkload"));
+            (
+                verdict.unwrap_or_else(|| containerized_workload(o, lookup)),
+                &o.metadata,
+            )
         }),
         Rule::Generic => match lookup.dynamic(namespace, reference) {
-            Ok(found) => judge(found, |o| (generic(o), &o.metadata)),
+            Ok(found) => judge(found, |o| {
+                let verdict = by_rule(rule, o, &o.metadata, None);
+                (verdict.unwrap_or_else(|| generic(o)), &o.metadata)
+            }),
             Err(reason) => Some((
                 WorkloadHealth::unknown(format!("cannot read {reference}: {reason}")),
                 Identity::default(),
@@ -201,6 +224,27 @@ pub fn evaluate(
         diagnosis: health.diagnosis,
         workload_status: health.workload_status,
     }
+}
+
+/// The verdict of the operator's rule, when there is one: after the deletion check every kind
+/// shares, the rule judges the object as JSON. `replaces` names the built-in rule set aside.
+fn by_rule<T: serde::Serialize>(
+    rule: Option<&CompiledRule>,
+    object: &T,
+    meta: &ObjectMeta,
+    replaces: Option<&str>,
+) -> Option<WorkloadHealth> {
+    let rule = rule?;
+    if let Some(verdict) = lifecycle(meta, None, false) {
+        return Some(verdict);
+    }
+    Some(match serde_json::to_value(object) {
+        Ok(json) => rule.judge(&json, replaces),
+        Err(error) => WorkloadHealth::unknown(format!(
+            "rule {}: the object cannot be read as JSON: {error}",
+            rule.name
+        )),
+    })
 }
 
 /// What a status entry records about the object found: its uid and OAM component.

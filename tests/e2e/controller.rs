@@ -100,6 +100,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 
 use crate::support;
+use crate::support::scopes::{create_scope, health, wait_scope, workload_diagnosis};
 
 /// A controller for the test's namespace only, so parallel tests never see each other.
 fn start_controller(
@@ -150,30 +151,10 @@ async fn set_ready(ctx: &TestContext, name: &str, ready: i32) {
         .unwrap();
 }
 
-async fn create_scope(
-    ctx: &TestContext,
-    name: &str,
-    refs: Vec<WorkloadReference>,
-    spec: HealthScopeSpec,
-) {
-    let scope = HealthScope::new(
-        name,
-        HealthScopeSpec {
-            workload_refs: refs,
-            ..spec
-        },
-    );
-    ctx.api::<HealthScope>()
-        .create(&PostParams::default(), &scope)
-        .await
-        .unwrap();
-}
-
 fn deployment_ref(name: &str) -> WorkloadReference {
     WorkloadReference::new("apps/v1", "Deployment", name)
 }
 
-/// Waits until the scope's status satisfies `check`; returns the scope.
 /// Deployment `web` with 2 of 2 replicas ready, and scope `app` over it with `probe_interval`;
 /// returns the scope once the controller reports it healthy.
 async fn healthy_scope_over_ready_web(ctx: &TestContext, probe_interval: i32) -> HealthScope {
@@ -188,26 +169,6 @@ async fn healthy_scope_over_ready_web(ctx: &TestContext, probe_interval: i32) ->
         health(s) == Some(Health::Healthy)
     })
     .await
-}
-
-async fn wait_scope(
-    ctx: &TestContext,
-    name: &str,
-    within: Duration,
-    what: &str,
-    check: impl Fn(&HealthScope) -> bool,
-) -> HealthScope {
-    let api = ctx.api::<HealthScope>();
-    support::eventually(within, what, || {
-        let api = api.clone();
-        let check = &check;
-        async move { api.get(name).await.ok().filter(|s| check(s)) }
-    })
-    .await
-}
-
-fn health(scope: &HealthScope) -> Option<Health> {
-    scope.status.as_ref().and_then(|s| s.health)
 }
 
 #[tokio::test]
@@ -776,15 +737,6 @@ async fn controller_wiring_wires_and_unwires_an_appconfig_without_the_webhook() 
 use crate::support::netns::{Answer, TestHost};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-
-fn workload_diagnosis(scope: &HealthScope) -> String {
-    scope
-        .status
-        .as_ref()
-        .and_then(|s| s.health_conditions.first())
-        .map(|c| c.diagnosis.clone())
-        .unwrap_or_default()
-}
 
 #[tokio::test]
 async fn controller_http_probe_follows_a_real_app_200_500_and_hang() {

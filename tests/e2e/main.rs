@@ -8,6 +8,7 @@ mod controller;
 mod fault_proxy;
 mod faults;
 mod health;
+mod health_rule;
 mod install;
 mod oam_runtime;
 mod rbac;

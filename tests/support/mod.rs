@@ -295,5 +295,6 @@ pub mod fault_proxy;
 pub mod netns;
 pub mod oam;
 pub mod rbac;
+pub mod scopes;
 pub mod tls;
 pub mod webhook;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use healthscope::admission::{
-    APPLICATION_CONFIGURATION_VALIDATE_PATH, AdmissionState, HEALTH_SCOPE_PATH, WORKLOAD_PATH,
-    router,
+    APPLICATION_CONFIGURATION_VALIDATE_PATH, AdmissionState, HEALTH_RULE_PATH, HEALTH_SCOPE_PATH,
+    WORKLOAD_PATH, router,
 };
 use healthscope::cache::OamCache;
 use k8s_openapi::api::admissionregistration::v1::{
@@ -137,6 +137,32 @@ impl WebhookUnderTest {
                         &write_ops,
                     )]),
                     namespace_selector: Some(only_this_namespace),
+                    failure_policy: Some("Fail".into()),
+                    side_effects: "None".into(),
+                    admission_review_versions: vec!["v1".into()],
+                    timeout_seconds: Some(10),
+                    ..Default::default()
+                },
+                // HealthRules are cluster-scoped: only those labelled with this test's
+                // namespace go to this webhook.
+                ValidatingWebhook {
+                    name: "healthrules.validate.healthscope.oam.dev".into(),
+                    client_config: client_config(HEALTH_RULE_PATH),
+                    rules: Some(vec![RuleWithOperations {
+                        scope: Some("Cluster".into()),
+                        ..rule(
+                            "healthscope.oam.dev",
+                            "v1alpha1",
+                            &["healthrules"],
+                            &write_ops,
+                        )
+                    }]),
+                    object_selector: Some(LabelSelector {
+                        match_labels: Some(
+                            [(TEST_NAMESPACE_LABEL.to_string(), ctx.namespace.clone())].into(),
+                        ),
+                        ..Default::default()
+                    }),
                     failure_policy: Some("Fail".into()),
                     side_effects: "None".into(),
                     admission_review_versions: vec!["v1".into()],
