@@ -117,7 +117,8 @@ pub struct RunArgs {
     /// ReplicaSet, Service, ContainerizedWorkload) that scopes may hold, as Kind.group
     /// (e.g. Database.example.com), comma-separated, or * for every kind. Each one is watched
     /// (list, watch across the watched namespaces; grant them in RBAC) while a scope names it.
-    /// Workloads of other kinds are unknown, saying how to allow them.
+    /// A kind a HealthRule names (kubectl get healthrules) is allowed too. Workloads of other
+    /// kinds are unknown, saying how to allow them.
     #[arg(long, env = "HEALTHSCOPE_EXTRA_KINDS", value_delimiter = ',', value_parser = parse_extra_kind)]
     pub extra_kinds: Vec<String>,
 

@@ -21,7 +21,6 @@ pub const COMPILED_CONDITION: &str = "Compiled";
     kind = "HealthRule",
     plural = "healthrules",
     singular = "healthrule",
-    category = "healthscope",
     status = "HealthRuleStatus",
     derive = "Default",
     derive = "PartialEq",

@@ -271,9 +271,11 @@ fn install_generated_crds_are_fresh() {
     // applies its own at start (crds.manage).
     for dir in ["manifests/crds", "charts/healthscope/crds"] {
         let mut expected_files = std::collections::BTreeSet::new();
-        // The HealthScope CRD only: the OAM CRDs are the OAM runtime's.
-        {
-            let crd = healthscope::api::healthscope_crd();
+        // healthscope's own CRDs only: the OAM CRDs are the OAM runtime's.
+        for crd in [
+            healthscope::api::healthscope_crd(),
+            <healthscope::api::HealthRule as kube::CustomResourceExt>::crd(),
+        ] {
             let name = crd.metadata.name.clone().unwrap();
             let file = format!("{name}.yaml");
             let expected = format!("---\n{}", serde_saphyr::to_string(&crd).unwrap());
@@ -281,7 +283,7 @@ fn install_generated_crds_are_fresh() {
                 .unwrap_or_else(|e| panic!("{dir}/{file}: {e}; run `make manifests`"));
             assert!(
                 actual == expected,
-                "{dir}/{file} is stale against api::healthscope_crd(): run `make manifests`"
+                "{dir}/{file} is stale against the Rust types: run `make manifests`"
             );
             expected_files.insert(file);
         }
@@ -291,7 +293,7 @@ fn install_generated_crds_are_fresh() {
             .collect();
         assert_eq!(
             present, expected_files,
-            "{dir} holds files that are not the generated HealthScope CRD: run `make manifests`"
+            "{dir} holds files that are not healthscope's generated CRDs: run `make manifests`"
         );
     }
     for gone in [
@@ -328,7 +330,13 @@ fn install_plain_manifests_are_the_rendered_chart() {
         .iter()
         .map(|crd| crd["metadata"]["name"].as_str().unwrap())
         .collect();
-    assert_eq!(crds, [healthscope::crd::HEALTHSCOPE_CRD]);
+    assert_eq!(
+        crds,
+        [
+            "healthrules.healthscope.oam.dev",
+            healthscope::crd::HEALTHSCOPE_CRD
+        ]
+    );
     assert_eq!(find(&plain, "ValidatingAdmissionPolicy").len(), 1);
     assert_eq!(find(&plain, "ValidatingAdmissionPolicyBinding").len(), 1);
 }
@@ -524,16 +532,20 @@ fn crd_verbs(objects: &[serde_json::Value]) -> serde_json::Value {
 
 #[test]
 fn install_chart_crd_and_status_protection_values() {
-    // The HealthScope CRD is in crds/: rendered only with --include-crds, and alone.
+    // healthscope's CRDs are in crds/: rendered only with --include-crds, and alone.
     let plain = objects(&helm_template("healthscope", "hs", &[]));
     assert!(find(&plain, "CustomResourceDefinition").is_empty());
     let with_crds = objects(&helm_template("healthscope", "hs", &["--include-crds"]));
-    let crds = find(&with_crds, "CustomResourceDefinition");
-    assert_eq!(crds.len(), 1);
+    let crds: Vec<CustomResourceDefinition> = find(&with_crds, "CustomResourceDefinition")
+        .into_iter()
+        .map(|crd| serde_json::from_value(crd.clone()).unwrap())
+        .collect();
     assert!(
-        serde_json::from_value::<CustomResourceDefinition>(crds[0].clone()).unwrap()
-            == healthscope::api::healthscope_crd(),
-        "the chart's CRD is the generated one"
+        crds == [
+            <healthscope::api::HealthRule as kube::CustomResourceExt>::crd(),
+            healthscope::api::healthscope_crd(),
+        ],
+        "the chart's CRDs are the generated ones"
     );
 
     // crds.manage (default): healthscope installs its CRD when the served one is not its own,
@@ -781,6 +793,8 @@ fn install_rbac_is_least_privilege() {
         ("", "services", "list watch patch"),
         ("discovery.k8s.io", "endpointslices", "list watch"),
         ("events.k8s.io", "events", "create patch"),
+        ("healthscope.oam.dev", "healthrules", "list watch"),
+        ("healthscope.oam.dev", "healthrules/status", "patch"),
         // The HealthScope CRD only (checked below): watched, and applied with crds.manage.
         (
             "apiextensions.k8s.io",
@@ -945,6 +959,12 @@ fn install_webhook_configurations_follow_the_admission_guidance() {
                 "None"
             ),
             row(
+                "healthrules.validate.healthscope.oam.dev",
+                healthscope::admission::HEALTH_RULE_PATH,
+                "Fail",
+                "None"
+            ),
+            row(
                 "healthscopes.validate.healthscope.oam.dev",
                 healthscope::admission::HEALTH_SCOPE_PATH,
                 "Fail",
@@ -1024,7 +1044,25 @@ async fn install_rendered_chart_is_accepted_by_the_api_server() {
     // object in a dry run, which leaves the shared control plane untouched (no webhooks or
     // admission policy registered for other tests, the served CRD unchanged).
     let ctx = TestContext::new("install-chart").await;
-    let rendered = helm_template("healthscope", &ctx.namespace, &["--include-crds"]);
+    // The HealthRule CRD must be served for a dry run of a rule (a dry-run CRD is not).
+    support::install_crds(&ctx.client, &healthscope::api::crds()).await;
+    let rule = serde_json::json!([{
+        "name": format!("{}-claims", ctx.namespace),
+        "target": {"apiVersion": "database.example.com/v1", "kind": "PostgresClaim"},
+        "healthy": "object.status.readyInstances == object.spec.instances",
+        "unknown": "!has(object.status) || !has(object.status.readyInstances)",
+        "message": "'ready ' + string(object.status.readyInstances)",
+    }]);
+    let rendered = helm_template(
+        "healthscope",
+        &ctx.namespace,
+        &[
+            "--include-crds",
+            "--set-json",
+            &format!("healthRules={rule}"),
+        ],
+    );
+    let rule_object = format!("healthrule.healthscope.oam.dev/{}-claims", ctx.namespace);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("rendered.yaml");
     std::fs::write(&file, &rendered).unwrap();
@@ -1039,6 +1077,8 @@ async fn install_rendered_chart_is_accepted_by_the_api_server() {
         .arg(&file));
     for object in [
         "customresourcedefinition.apiextensions.k8s.io/healthscopes.core.oam.dev",
+        "customresourcedefinition.apiextensions.k8s.io/healthrules.healthscope.oam.dev",
+        rule_object.as_str(),
         "serviceaccount/healthscope",
         "clusterrole.rbac.authorization.k8s.io/healthscope",
         "role.rbac.authorization.k8s.io/healthscope-leader-election",
@@ -1388,6 +1428,57 @@ async fn install_rbac_grants_what_healthscope_does_and_nothing_else() {
     )
     .await
     .unwrap();
+
+    // HealthRules: listed and watched, and the Compiled condition written through the status
+    // subresource; never the rule itself, never a delete.
+    use healthscope::api::{HealthRule, HealthRuleSpec, RuleTarget};
+    let rule_name = format!("{ns}-rbac");
+    let rule = HealthRule::new(
+        &rule_name,
+        HealthRuleSpec {
+            target: RuleTarget {
+                api_version: format!("{ns}.example.com/v1"),
+                kind: "Widget".into(),
+            },
+            healthy: "true".into(),
+            unknown: None,
+            message: None,
+        },
+    );
+    Api::<HealthRule>::all(ctx.client.clone())
+        .create(&PostParams::default(), &rule)
+        .await
+        .unwrap();
+    let rules = Api::<HealthRule>::all(sa.clone());
+    rules.list(&lp).await.unwrap();
+    rules
+        .patch_status(
+            &rule_name,
+            &PatchParams::apply(healthscope::controller::STATUS_FIELD_MANAGER).force(),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "healthscope.oam.dev/v1alpha1", "kind": "HealthRule",
+                "status": { "observedGeneration": 1 },
+            })),
+        )
+        .await
+        .unwrap();
+    assert!(forbidden(
+        rules
+            .patch(
+                &rule_name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"healthy": "false"}})),
+            )
+            .await
+    ));
+    assert!(forbidden(rules.get(&rule_name).await));
+    assert!(forbidden(
+        rules.delete(&rule_name, &DeleteParams::default()).await
+    ));
+    Api::<HealthRule>::all(ctx.client.clone())
+        .delete(&rule_name, &DeleteParams::default())
+        .await
+        .unwrap();
 
     // And nothing more: no Secrets, no deletes, no other Leases, no other namespaces' Leases,
     // no other CRD, no labels on ContainerizedWorkloads.

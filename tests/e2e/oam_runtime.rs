@@ -961,3 +961,83 @@ async fn oam_runtime_wrong_crd_pauses_writes_until_healthscope_crd_is_served() {
     let _ = healthscope.kill();
     let _ = healthscope.wait();
 }
+
+/// A workload kind of the operator's own (a CRD with a WorkloadDefinition), rendered by the
+/// runtime from a Component, wired into the scope, and judged by a HealthRule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oam_runtime_health_rule_judges_a_rendered_custom_workload() {
+    let rc = RuntimeContext::start("oam-runtime-rule").await;
+    let group = format!("{}.example.com", rc.namespace());
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("claims.{group}")},
+        "spec": {
+            "group": group, "scope": "Namespaced",
+            "names": {"plural": "claims", "singular": "claim", "kind": "Claim", "listKind": "ClaimList"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object",
+                    "x-kubernetes-preserve-unknown-fields": true}}}],
+        },
+    }))
+    .unwrap();
+    support::install_crds(&rc.ctx.client, &[crd]).await;
+    let api_version = format!("{group}/v1");
+    rc.apply(&format!(
+        "apiVersion: core.oam.dev/v1alpha2\nkind: WorkloadDefinition\n\
+         metadata: {{name: claims.{group}}}\nspec:\n  definitionRef: {{name: claims.{group}}}\n"
+    ));
+    let rule_name = format!("{}-claims", rc.namespace());
+    rc.apply(&format!(
+        "apiVersion: healthscope.oam.dev/v1alpha1\nkind: HealthRule\nmetadata: {{name: {rule_name}}}\n\
+         spec:\n  target: {{apiVersion: {api_version}, kind: Claim}}\n  \
+         unknown: \"!has(object.status) || !has(object.status.readyInstances)\"\n  \
+         healthy: object.status.readyInstances == object.spec.instances\n  \
+         message: \"'ready ' + string(object.status.readyInstances) + '/' + string(object.spec.instances)\"\n"
+    ));
+    rc.apply(&scope_yaml("data"));
+    rc.apply(&format!(
+        "apiVersion: core.oam.dev/v1alpha2\nkind: Component\nmetadata: {{name: db}}\nspec:\n  \
+         workload:\n    apiVersion: {api_version}\n    kind: Claim\n    spec: {{instances: 2}}\n"
+    ));
+    rc.apply(&appconfig_yaml("store", &[("db", &["data"])]));
+    wait_refs(&rc, "data", &[("Claim", "db")]).await;
+
+    // Rendered without a status: the rule says its health cannot be told yet.
+    let scope = wait_health(&rc, "data", Health::Unknown).await;
+    let diagnosis = &scope.status.unwrap().health_conditions[0].diagnosis;
+    assert!(
+        diagnosis.starts_with(&format!("rule {rule_name}: unknown is true")),
+        "{diagnosis}"
+    );
+
+    let resource = ApiResource {
+        group: group.clone(),
+        version: "v1".into(),
+        api_version: api_version.clone(),
+        kind: "Claim".into(),
+        plural: "claims".into(),
+    };
+    let claims: Api<DynamicObject> =
+        Api::namespaced_with(rc.ctx.client.clone(), rc.namespace(), &resource);
+    let set_ready = |ready: i64| {
+        let claims = claims.clone();
+        async move {
+            claims
+                .patch_status(
+                    "db",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {"readyInstances": ready}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    set_ready(2).await;
+    let scope = wait_health(&rc, "data", Health::Healthy).await;
+    let diagnosis = &scope.status.unwrap().health_conditions[0].diagnosis;
+    assert_eq!(diagnosis, &format!("rule {rule_name}: ready 2/2"));
+    set_ready(1).await;
+    wait_health(&rc, "data", Health::Unhealthy).await;
+    run(kubectl(&rc.kubeconfig).args(["delete", "healthrule", &rule_name]));
+}

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use healthscope::api::{ContainerizedWorkload, Health, HealthScope};
+use healthscope::api::{
+    COMPILED_CONDITION, ContainerizedWorkload, Health, HealthRule, HealthRuleSpec, HealthScope,
+    RuleTarget,
+};
 use healthscope::controller::{self, ControllerConfig, ControllerHandle};
 use healthscope::leader::{LeaderElector, LeaderState, LeaseConfig};
 use healthscope::membership::scope_label_key;
@@ -293,6 +296,7 @@ enum Step {
     ScopeHealthy,
     EventRecorded,
     EventRepeated,
+    RuleCompiled,
 }
 
 impl fmt::Display for Step {
@@ -319,6 +323,9 @@ impl fmt::Display for Step {
             Step::ScopeHealthy => "the scope's status turns healthy with every workload",
             Step::EventRecorded => "a HealthChanged Event is recorded on a transition",
             Step::EventRepeated => "a repeated transition updates the Event's series",
+            Step::RuleCompiled => {
+                "the controller sees a HealthRule and writes its Compiled condition"
+            }
         })
     }
 }
@@ -817,6 +824,46 @@ async fn flow(admin: &Client, ns: &str, hs: &Running) -> FlowResult {
     })
     .await?;
     done(Step::EventRepeated, &mut clock);
+
+    // A HealthRule (cluster-scoped; its target a kind of this test's own, so no other test's
+    // workloads are judged by it): watched (list, watch), compiled, and its Compiled condition
+    // written through the status subresource (patch).
+    let rules: Api<HealthRule> = Api::all(admin.clone());
+    let rule_name = format!("{ns}-rule");
+    let mut rule = HealthRule::new(
+        &rule_name,
+        HealthRuleSpec {
+            target: RuleTarget {
+                api_version: format!("{ns}.example.com/v1"),
+                kind: "Widget".into(),
+            },
+            healthy: "object.status.ready == true".into(),
+            unknown: None,
+            message: None,
+        },
+    );
+    rule.metadata.labels =
+        Some([(support::TEST_NAMESPACE_LABEL.to_string(), ns.to_string())].into());
+    rules
+        .create(&pp, &rule)
+        .await
+        .map_err(fail(Step::RuleCompiled))?;
+    let compiled = within(Step::RuleCompiled, || async {
+        let rule = rules.get(&rule_name).await.map_err(|e| e.to_string())?;
+        let condition = rule.status.and_then(|s| {
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == COMPILED_CONDITION)
+        });
+        match condition {
+            Some(c) if c.status == "True" => Ok(()),
+            other => Err(format!("Compiled condition: {other:?}")),
+        }
+    })
+    .await;
+    let _ = rules.delete(&rule_name, &Default::default()).await;
+    compiled?;
+    done(Step::RuleCompiled, &mut clock);
     Ok(took)
 }
 
@@ -909,7 +956,17 @@ async fn rbac_without_any_one_rule_the_flow_breaks() {
     // Grants that make healthscope timely rather than able: without `watch` on its CRD the
     // watcher falls back to listing it again after each refused watch, which still opens the
     // write gate, so no step of the flow can tell the difference.
-    let timeliness_only = ["watch apiextensions.k8s.io/customresourcedefinitions"];
+    // The same holds for the HealthRule watch. And HealthRules are cluster-scoped: every
+    // controller running on this shared control plane (the other variants, the other tests)
+    // reads every rule and writes its Compiled condition, so no step of one variant can tell
+    // its own missing grant; install_rbac_grants_what_healthscope_does_and_nothing_else proves
+    // those grants one by one instead.
+    let timeliness_only = [
+        "watch apiextensions.k8s.io/customresourcedefinitions",
+        "watch healthscope.oam.dev/healthrules",
+        "list healthscope.oam.dev/healthrules",
+        "patch healthscope.oam.dev/healthrules/status",
+    ];
     let mut unneeded = Vec::new();
     let mut unexplained = Vec::new();
     for (grant, outcome) in &outcomes {
@@ -919,7 +976,7 @@ async fn rbac_without_any_one_rule_the_flow_breaks() {
                     .iter()
                     .any(|g| grant.to_string().starts_with(g)) =>
             {
-                eprintln!("without {grant}: the flow completes (timeliness only)")
+                eprintln!("without {grant}: the flow completes (timeliness only, or shared)")
             }
             Ok(_) => unneeded.push(grant.to_string()),
             Err(failure) if denied(outcome, grant) => {

@@ -358,6 +358,12 @@ impl RuntimeContext {
             },
         )
         .await;
+        // healthscope's HealthRule CRD, as its chart installs it beside the HealthScope one.
+        super::install_crds(
+            &admin,
+            &[<healthscope::api::HealthRule as kube::CustomResourceExt>::crd()],
+        )
+        .await;
         let ctx = TestContext::on(admin, test).await;
         STATUS_PROTECTION
             .get_or_init(|| wait_status_protection(&ctx))

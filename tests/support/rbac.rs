@@ -674,6 +674,15 @@ impl ChartWebhook {
                 });
                 webhook["namespaceSelector"] =
                     json!({ "matchLabels": { TEST_NAMESPACE_LABEL: namespace } });
+                // A namespace selector does not apply to cluster-scoped objects (HealthRules):
+                // only those labelled with the test's namespace come here.
+                let cluster_scoped = webhook["rules"]
+                    .as_array()
+                    .is_some_and(|rules| rules.iter().any(|r| r["scope"] == "Cluster"));
+                if cluster_scoped {
+                    webhook["objectSelector"] =
+                        json!({ "matchLabels": { TEST_NAMESPACE_LABEL: namespace } });
+                }
                 for condition in webhook["matchConditions"]
                     .as_array_mut()
                     .into_iter()
