@@ -44,7 +44,7 @@ pub const PROBE_DURATION_BUCKETS: [f64; 12] = [
 ];
 
 /// Every metric family healthscope exposes, by the sample name it is scraped as.
-pub const METRIC_NAMES: [&str; 16] = [
+pub const METRIC_NAMES: [&str; 15] = [
     "healthscope_webhook_requests_total",
     "healthscope_webhook_request_duration_seconds",
     "healthscope_webhook_requests_in_flight",
@@ -53,7 +53,6 @@ pub const METRIC_NAMES: [&str; 16] = [
     "healthscope_reconcile_total",
     "healthscope_reconcile_duration_seconds",
     "healthscope_status_patch_total",
-    "healthscope_status_patch_timeouts_total",
     "healthscope_probe_success",
     "healthscope_probe_duration_seconds",
     "healthscope_workloads",
@@ -131,7 +130,6 @@ pub enum PatchResult {
     Success,
     Conflict,
     Error,
-    /// Also counted in `healthscope_status_patch_timeouts_total`.
     Timeout,
 }
 
@@ -184,7 +182,6 @@ struct Inner {
     reconcile: Family<ResultLabels, Counter>,
     reconcile_duration: Histogram,
     status_patch: Family<ResultLabels, Counter>,
-    status_patch_timeouts: Counter,
     probe_success: Family<ProbeScopeLabels, Gauge>,
     probe_duration: Histogram,
     workloads: Family<HealthLabels, Gauge>,
@@ -299,12 +296,6 @@ impl Metrics {
                 result: result.as_str(),
             });
         }
-        let status_patch_timeouts = Counter::default();
-        registry.register(
-            "status_patch_timeouts",
-            "HealthScope status writes that timed out",
-            status_patch_timeouts.clone(),
-        );
 
         let probe_success = Family::<ProbeScopeLabels, Gauge>::default();
         registry.register(
@@ -377,7 +368,6 @@ impl Metrics {
                 reconcile,
                 reconcile_duration,
                 status_patch,
-                status_patch_timeouts,
                 probe_success,
                 probe_duration,
                 workloads,
@@ -463,9 +453,6 @@ impl Metrics {
                 result: result.as_str(),
             })
             .inc();
-        if result == PatchResult::Timeout {
-            self.inner.status_patch_timeouts.inc();
-        }
     }
 
     /// Records how long one HTTP probe of one endpoint took.
@@ -754,15 +741,12 @@ mod tests {
     }
 
     #[test]
-    fn status_patch_timeout_counts_twice() {
+    fn status_patch_timeout_counts_once_by_result() {
         let m = Metrics::new();
         m.status_patch(PatchResult::Timeout);
         m.status_patch(PatchResult::Success);
         let text = m.encode();
-        assert_eq!(
-            sample(&text, "healthscope_status_patch_timeouts_total"),
-            Some(1.0)
-        );
+        assert!(!text.contains("status_patch_timeouts"), "{text}");
         assert_eq!(
             sample(&text, "healthscope_status_patch_total{result=\"timeout\"}"),
             Some(1.0)

@@ -13,6 +13,8 @@ mod aggregate;
 mod apps;
 mod generic;
 mod oam;
+#[cfg(test)]
+mod rule_examples;
 pub mod rules;
 mod service;
 
