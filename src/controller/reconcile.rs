@@ -129,9 +129,6 @@ impl Context {
 }
 
 impl Context {
-    /// Drops what is kept for scopes that no longer exist: their probe task, dependency index
-    /// entries, metric series and memos. Reconciles never run for a deleted scope, so this is
-    /// called periodically.
     /// The kinds without a built-in cache that some scope names now.
     pub fn kinds_in_use(&self) -> std::collections::HashSet<kube::api::GroupVersionKind> {
         self.scopes
@@ -147,6 +144,9 @@ impl Context {
             .collect()
     }
 
+    /// Drops what is kept for scopes that no longer exist: their probe task, dependency index
+    /// entries, metric series and memos. Reconciles never run for a deleted scope, so this is
+    /// called periodically.
     pub fn forget_deleted_scopes(&self) {
         let known: Vec<ObjectRef<HealthScope>> = self
             .generations
