@@ -324,6 +324,7 @@ pub(crate) mod testing {
         pub cws: BTreeMap<String, Arc<ContainerizedWorkload>>,
         pub dynamic: BTreeMap<String, Arc<DynamicObject>>,
         pub dynamic_error: Option<String>,
+        pub rules: RuleSet,
     }
 
     impl WorkloadLookup for Objects {
@@ -361,6 +362,11 @@ pub(crate) mod testing {
             name: &str,
         ) -> Option<Arc<ContainerizedWorkload>> {
             self.cws.get(name).cloned()
+        }
+        fn rule(&self, reference: &WorkloadReference) -> Option<Arc<CompiledRule>> {
+            self.rules
+                .for_kind(&reference.api_version, &reference.kind)
+                .cloned()
         }
         fn dynamic(
             &self,
@@ -431,6 +437,89 @@ mod tests {
         assert_eq!(got.component_name.as_deref(), Some("web"));
         assert_eq!(got.target_workload.uid.as_deref(), Some("u-1"));
         assert_eq!(got.diagnosis, "Ready: 1/1 replicas");
+    }
+
+    fn rule(target: (&str, &str), healthy: &str, message: &str) -> RuleSet {
+        let target = crate::api::RuleTarget {
+            api_version: target.0.into(),
+            kind: target.1.into(),
+        };
+        let spec = crate::api::HealthRuleSpec {
+            target: target.clone(),
+            healthy: healthy.into(),
+            unknown: None,
+            message: Some(message.into()),
+        };
+        let compiled = Arc::new(CompiledRule::compile("mine", &spec).unwrap());
+        RuleSet::new([(&target, compiled)])
+    }
+
+    #[test]
+    fn an_operators_rule_comes_before_the_built_in_one_and_says_so() {
+        let mut objects = Objects::default();
+        objects
+            .deployments
+            .insert("web".into(), Arc::new(deployment_ready("web")));
+        objects.rules = rule(
+            ("apps/v1", "Deployment"),
+            "object.spec.replicas >= 2",
+            "'replicas ' + string(object.spec.replicas)",
+        );
+        let reference = WorkloadReference::new("apps/v1", "Deployment", "web");
+        let got = evaluate("ns", &reference, &objects);
+        assert_eq!(got.health_status, HealthStatus::Unhealthy);
+        assert_eq!(
+            got.diagnosis,
+            "rule mine (in place of the built-in Deployment rule): replicas 1"
+        );
+        // The component and uid are the object's, as with the built-in rule.
+        assert_eq!(got.component_name.as_deref(), Some("web"));
+        assert_eq!(got.target_workload.uid.as_deref(), Some("u-1"));
+        // Another version of the kind is not the rule's target.
+        let other = WorkloadReference::new("apps/v1beta2", "Deployment", "web");
+        assert_eq!(
+            evaluate("ns", &other, &objects).diagnosis,
+            "Ready: 1/1 replicas"
+        );
+        // A missing workload is not found, whatever the rule says.
+        let missing = WorkloadReference::new("apps/v1", "Deployment", "gone");
+        assert!(
+            evaluate("ns", &missing, &objects)
+                .diagnosis
+                .starts_with("not found")
+        );
+    }
+
+    #[test]
+    fn a_rule_judges_a_kind_without_a_built_in_rule_but_not_one_being_deleted() {
+        let mut objects = Objects::default();
+        objects.dynamic.insert(
+            "w".into(),
+            Arc::new(from_json(
+                json!({"apiVersion": "example.com/v1", "kind": "Widget",
+                "metadata": {"name": "w"}, "spec": {"size": 3}}),
+            )),
+        );
+        objects.rules = rule(
+            ("example.com/v1", "Widget"),
+            "object.spec.size == 3",
+            "'size ok'",
+        );
+        let reference = WorkloadReference::new("example.com/v1", "Widget", "w");
+        let got = evaluate("ns", &reference, &objects);
+        assert_eq!(got.health_status, HealthStatus::Healthy);
+        assert_eq!(got.diagnosis, "rule mine: size ok");
+        objects.dynamic.insert(
+            "w".into(),
+            Arc::new(from_json(
+                json!({"apiVersion": "example.com/v1", "kind": "Widget",
+                "metadata": {"name": "w", "deletionTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": {"size": 3}}),
+            )),
+        );
+        let got = evaluate("ns", &reference, &objects);
+        assert_eq!(got.health_status, HealthStatus::Unhealthy);
+        assert_eq!(got.diagnosis, "terminating: deletion requested");
     }
 
     struct Case {
