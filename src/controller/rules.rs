@@ -187,12 +187,16 @@ impl Keeper {
         if !self.leader.is_leader() {
             return;
         }
+        let in_force = self.book.current();
         for rule in self.store.state() {
             let name = rule.name_any();
             let Some(entry) = self.entries.get(&name) else {
                 continue;
             };
-            let wanted = compiled_condition(entry, rule.metadata.generation);
+            let winner = in_force
+                .for_kind(&entry.target.api_version, &entry.target.kind)
+                .map(|r| r.name.as_str());
+            let wanted = compiled_condition(entry, winner, rule.metadata.generation);
             let status = rule.status.as_ref();
             let current =
                 status.and_then(|s| s.conditions.iter().find(|c| c.type_ == COMPILED_CONDITION));
@@ -238,18 +242,25 @@ fn kind_key(target: &RuleTarget) -> (String, String) {
     (target.group().to_string(), target.kind.clone())
 }
 
-/// The `Compiled` condition for a rule's compilation.
-fn compiled_condition(entry: &Entry, generation: Option<i64>) -> Condition {
-    let (status, reason, message) = match &entry.compiled {
-        Ok(_) => (
+/// The `Compiled` condition for a rule's compilation. `winner` is the rule in force for its
+/// kind (the first by name, when several name it).
+fn compiled_condition(entry: &Entry, winner: Option<&str>, generation: Option<i64>) -> Condition {
+    let kind = format!("{} {}", entry.target.api_version, entry.target.kind);
+    let (status, reason, message) = match (&entry.compiled, winner) {
+        (Ok(rule), Some(winner)) if winner != rule.name => (
             "True",
-            "Compiled",
+            "Superseded",
             format!(
-                "workloads of {} {} are judged by this rule",
-                entry.target.api_version, entry.target.kind
+                "compiled, but HealthRule {winner} (the first by name) judges workloads of {kind}; \
+                 this rule is not used"
             ),
         ),
-        Err(error) => ("False", "CompileError", error.to_string()),
+        (Ok(_), _) => (
+            "True",
+            "Compiled",
+            format!("workloads of {kind} are judged by this rule"),
+        ),
+        (Err(error), _) => ("False", "CompileError", error.to_string()),
     };
     Condition {
         type_: COMPILED_CONDITION.to_string(),

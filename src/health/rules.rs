@@ -121,6 +121,9 @@ struct Compiled {
     program: Program,
     nodes: usize,
     nesting: u32,
+    /// How many times longer than the object's longest list a list the expression iterates
+    /// may be: each `+` may join two lists.
+    growth: u64,
 }
 
 /// A HealthRule ready to judge objects.
@@ -179,8 +182,8 @@ impl CompiledRule {
         ];
         if !all.into_iter().flatten().all(budget) {
             return WorkloadHealth::unknown(format!(
-                "{label}: not evaluated, too costly for this object (a list of {longest_list} \
-                 items under nested comprehensions; the bound is {MAX_COST})"
+                "{label}: not evaluated, too costly for this object (its longest list has \
+                 {longest_list} items; the bound is {MAX_COST})"
             ));
         }
         let mut context = Context::with_env(ENV.clone());
@@ -291,7 +294,7 @@ fn compile(field: Field, source: &str) -> Result<Compiled, CompileError> {
             let (line, column) = e.pos;
             Some((u32::try_from(line).ok()?, u32::try_from(column).ok()?))
         });
-        let reason = first.map_or_else(|| errors.to_string(), |e| e.msg.clone());
+        let reason = first.map_or_else(|| errors.to_string(), |e| readable(&e.msg));
         error(position, reason)
     })?;
     let position_of = |id: u64| line_column(source, &program, id);
@@ -334,7 +337,16 @@ fn compile(field: Field, source: &str) -> Result<Compiled, CompileError> {
         program,
         nodes: check.nodes,
         nesting: check.deepest,
+        growth: check.adds + 1,
     })
+}
+
+/// The parser's message, without the debug form it gives some errors.
+fn readable(message: &str) -> String {
+    if message.contains("Recursion limit") {
+        return "nested too deeply for the parser (at most 96 levels)".to_string();
+    }
+    message.to_string()
 }
 
 /// The 1-based line and column of node `id` in `source`.
@@ -352,6 +364,8 @@ fn line_column(source: &str, program: &Program, id: u64) -> Option<(u32, u32)> {
 struct Check {
     nodes: usize,
     deepest: u32,
+    /// Calls of `+`, which may join lists.
+    adds: u64,
     problem: Option<(u64, String)>,
 }
 
@@ -379,6 +393,9 @@ impl Check {
                 }
             }
             Expr::Call(call) => {
+                if call.func_name == operators::ADD {
+                    self.adds += 1;
+                }
                 let is_operator = call.func_name.starts_with('_')
                     || call.func_name.starts_with('@')
                     || call.func_name.starts_with('!')
@@ -499,7 +516,7 @@ fn kind_of(node: &IdedExpr) -> Kind {
             | "endsWith"
             | "contains"
             | "bool" => Kind::Bool,
-            "string" | "lowerAscii" | "upperAscii" | "trim" => Kind::String,
+            "string" => Kind::String,
             "size"
             | "int"
             | "uint"
@@ -529,7 +546,9 @@ fn kind_of(node: &IdedExpr) -> Kind {
 }
 
 fn cost(compiled: &Compiled, longest_list: usize) -> u64 {
-    let per_level = longest_list as u64 + 1;
+    let per_level = (longest_list as u64)
+        .saturating_mul(compiled.growth)
+        .saturating_add(1);
     let loops = per_level.saturating_pow(compiled.nesting);
     (compiled.nodes as u64).saturating_mul(loops)
 }
@@ -749,6 +768,29 @@ mod tests {
         );
         let small = rule.judge(&json!({"items": [1, 1]}), None);
         assert_eq!(small.health, Health::Healthy);
+    }
+
+    #[test]
+    fn lists_joined_by_the_expression_count_in_the_cost() {
+        let joined = vec!["object.a"; 60].join(" + ");
+        let source = format!("({joined}).all(x, ({joined}).all(y, x == y))");
+        let rule = CompiledRule::compile("r", &spec(&source)).unwrap();
+        let items: Vec<i64> = (0..69).collect();
+        let verdict = rule.judge(&json!({"a": items}), None);
+        assert_eq!(verdict.health, Health::Unknown);
+        assert!(
+            verdict.diagnosis.contains("too costly"),
+            "{}",
+            verdict.diagnosis
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_in_words() {
+        let deep = format!("{}true{}", "(".repeat(120), ")".repeat(120));
+        let error = CompiledRule::compile("r", &spec(&deep)).unwrap_err();
+        assert!(error.reason.contains("nested too deeply"), "{error}");
+        assert!(!error.reason.contains("ParseError"), "{error}");
     }
 
     #[test]
