@@ -450,14 +450,15 @@ fn the_diagnoses_the_section_quotes_are_what_rules_say() {
             "rule NAME: healthy is false (message gave int, not a string)",
             None,
         ),
-        (
-            "'abc'.startWith('a')",
-            Some("false"),
-            None,
-            "rule NAME: healthy failed: Undeclared reference to 'startWith'",
-            Some("Undeclared reference to 'startWith'"),
-        ),
     ];
+    let misspelt = CompiledRule::compile("NAME", &spec("'abc'.startWith('a')", None, None))
+        .expect_err("a misspelt member function is refused");
+    assert!(
+        misspelt
+            .reason
+            .starts_with("undeclared function 'startWith' (functions called on a value: ")
+    );
+    quoted("undeclared function 'startWith' (functions called on a value: …)");
     for (healthy, unknown, message, want, quote) in cases {
         let rule = CompiledRule::compile("NAME", &spec(healthy, unknown, message)).unwrap();
         let diagnosis = rule.judge(&object, None).diagnosis;

@@ -52,6 +52,30 @@ const GLOBAL_FUNCTIONS: [&str; 12] = [
     "matches",
 ];
 
+/// Member functions the evaluator provides (`receiver.f(...)`); the comprehension macros
+/// (`all`, `exists`, `exists_one`, `map`, `filter`) and `has` are expanded before this check.
+const MEMBER_FUNCTIONS: [&str; 19] = [
+    "contains",
+    "endsWith",
+    "startsWith",
+    "matches",
+    "size",
+    "getDate",
+    "getDayOfMonth",
+    "getDayOfWeek",
+    "getDayOfYear",
+    "getFullYear",
+    "getHours",
+    "getMilliseconds",
+    "getMinutes",
+    "getMonth",
+    "getSeconds",
+    "hasValue",
+    "value",
+    "or",
+    "orValue",
+];
+
 /// Names an expression may use as types, e.g. `type(x) == string`.
 const TYPE_NAMES: [&str; 11] = [
     "int",
@@ -400,6 +424,17 @@ impl Check {
                     || call.func_name.starts_with('@')
                     || call.func_name.starts_with('!')
                     || call.func_name.starts_with('-');
+                if call.target.is_some() && !MEMBER_FUNCTIONS.contains(&call.func_name.as_str()) {
+                    self.problem = Some((
+                        node.id,
+                        format!(
+                            "undeclared function '{}' (functions called on a value: {})",
+                            call.func_name,
+                            MEMBER_FUNCTIONS.join(", ")
+                        ),
+                    ));
+                    return;
+                }
                 if call.target.is_none()
                     && !is_operator
                     && !GLOBAL_FUNCTIONS.contains(&call.func_name.as_str())
@@ -740,6 +775,27 @@ mod tests {
                 "{function}: {result:?}"
             );
         }
+    }
+
+    #[test]
+    fn every_listed_member_function_exists_and_others_are_refused() {
+        for function in MEMBER_FUNCTIONS {
+            let program = ENV.compile(&format!("'x'.{function}()")).unwrap();
+            let result = program.execute(&Context::with_env(ENV.clone()));
+            assert!(
+                !matches!(result, Err(cel::ExecutionError::UndeclaredReference(_))),
+                "{function}: {result:?}"
+            );
+        }
+        let error =
+            CompiledRule::compile("r", &spec("object.metadata.name.startWith('a')")).unwrap_err();
+        assert!(
+            error.reason.contains("undeclared function 'startWith'"),
+            "{error}"
+        );
+        let error = CompiledRule::compile("r", &spec("object.metadata.name.lowerAscii() == 'a'"))
+            .unwrap_err();
+        assert!(error.reason.contains("'lowerAscii'"), "{error}");
     }
 
     #[test]
