@@ -1,7 +1,7 @@
 //! The webhook through the API server: concurrent clients create ApplicationConfigurations and
 //! Deployments on a private real control plane, first with no webhooks registered, then with
 //! healthscope's webhooks registered (served in this process by `webhook::bind` +
-//! `admission::router` over a live `OamCache`, as in `healthscope run`). Reports the API server's
+//! `webhook::router` over a live `OamCache`, as in `healthscope run`). Reports the API server's
 //! own `apiserver_admission_webhook_admission_duration_seconds` for our webhooks, and the
 //! client-observed create latency in both phases. healthscope's controller runs throughout, as
 //! in `healthscope run`, and wires the scopes from the stored AppConfigs; the time from an
@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use common::{BoxError, ControlPlane, Histogram};
 use futures::{StreamExt, stream};
-use healthscope::admission::{self, AdmissionState};
+use healthscope::admission;
 use healthscope::api::{ApplicationConfiguration, Component, HealthScope, HealthScopeSpec};
 use healthscope::cache::OamCache;
+use healthscope::webhook::AdmissionState;
 use healthscope::webhook::{self, WebhookServerConfig};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
@@ -86,7 +87,7 @@ async fn main() -> Result<(), BoxError> {
     let addr = server.local_addr();
     let shutdown = CancellationToken::new();
     let watches = cache.clone();
-    let router = admission::router(AdmissionState::new(Arc::new(cache), client.clone()));
+    let router = healthscope::webhook::router(AdmissionState::new(Arc::new(cache), client.clone()));
     let stop = shutdown.clone();
     let serving = tokio::spawn(server.run(router, async move { stop.cancelled().await }));
     let pid = std::process::id();

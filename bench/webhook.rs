@@ -1,5 +1,5 @@
 //! healthscope's admission routes on healthscope's webhook server, in-process, for load tests:
-//! the same `admission::router` and `webhook::serve` as `healthscope run`, with a fixed in-memory
+//! the same `webhook::router` and `webhook::serve` as `healthscope run`, with a fixed in-memory
 //! cache snapshot instead of watch caches and no API server behind it.
 //!
 //! The snapshot holds what bench/reviews/*.json need: ApplicationConfiguration `bench/bench-app`
@@ -23,9 +23,10 @@ use std::sync::Arc;
 
 use clap::Parser;
 use common::BoxError;
-use healthscope::admission::{self, AdmissionState, Snapshot};
+use healthscope::admission::{self, Snapshot};
 use healthscope::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
 use healthscope::metrics::Metrics;
+use healthscope::webhook::AdmissionState;
 use healthscope::webhook::{self, WebhookServerConfig};
 
 #[derive(Parser, Debug)]
@@ -136,7 +137,7 @@ async fn main() -> Result<(), BoxError> {
     let metrics = Metrics::new();
     let state =
         AdmissionState::new(Arc::new(snapshot()?), unused_client()?).with_metrics(metrics.clone());
-    let router = admission::router(state).route(
+    let router = healthscope::webhook::router(state).route(
         "/metrics",
         axum::routing::get(move || {
             let metrics = metrics.clone();

@@ -9,11 +9,10 @@
 //! - [`healthscope`]: HealthScope validation and the effective probe settings.
 //! - [`healthrule`]: HealthRule validation (its CEL expressions compile).
 //!
-//! The handlers read the cluster only through [`Snapshot`]; [`edge`] is the thin async layer
-//! that serves them over HTTP, fills snapshot misses with live reads and performs the writes.
+//! The handlers read the cluster only through [`Snapshot`]; [`crate::webhook`] serves them over
+//! HTTPS and fills snapshot misses with live reads. Admission writes nothing.
 
 pub mod appconfig;
-pub mod edge;
 pub mod healthrule;
 pub mod healthscope;
 pub mod workload;
@@ -26,8 +25,6 @@ use kube::core::{DynamicObject, GroupVersionKind};
 
 use crate::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
 use crate::membership::{ComponentLookup, WorkloadLookup};
-
-pub use edge::{AdmissionState, router};
 
 /// Path of the ApplicationConfiguration webhook of earlier versions (a mutating configuration):
 /// the same decision as [`APPLICATION_CONFIGURATION_VALIDATE_PATH`], never a patch, so a

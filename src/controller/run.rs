@@ -8,12 +8,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::cache::ExtraKinds;
 use super::{ControllerConfig, start};
-use crate::admission::{self, AdmissionState};
 use crate::cache::OamCache;
 use crate::cli::{LogFormat, RunArgs};
 use crate::leader::{self, LeaderElector, LeaderState, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::serve::{self, AdminState, Readiness};
+use crate::webhook::{self as admission_routes, AdmissionState};
 use crate::webhook::{self, WebhookServerConfig};
 
 /// How long shutdown may take before the process exits anyway (inside the usual 30 s grace).
@@ -186,7 +186,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         let oam = OamCache::spawn(client.clone());
         let state = AdmissionState::new(Arc::new(oam.clone()), client.clone())
             .with_metrics(metrics.clone());
-        let router = admission::router(state);
+        let router = admission_routes::router(state);
         webhook_task = Some(tokio::spawn(
             server.run(router, shutdown.clone().cancelled_owned()),
         ));

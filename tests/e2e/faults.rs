@@ -9,12 +9,13 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use healthscope::admission::{self, AdmissionState, Overlay};
+use healthscope::admission::{self, Overlay};
 use healthscope::api::{
     ApplicationConfiguration, Component, Health, HealthScope, HealthScopeSpec, WorkloadReference,
 };
 use healthscope::controller::{self, ControllerConfig};
 use healthscope::leader::LeaderState;
+use healthscope::webhook::AdmissionState;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
@@ -30,7 +31,7 @@ use crate::support::rbac::{ChartRbac, ServiceAccountUnderTest, render_chart};
 use crate::support::tls::TestWebhookServer;
 use crate::support::{self, TEST_NAMESPACE_LABEL, TestContext, unique_name};
 
-// ---- hostile input over HTTPS: admission::router on webhook::serve, as `healthscope run` ----
+// ---- hostile input over HTTPS: webhook::router on webhook::serve, as `healthscope run` ----
 
 const NS: &str = "faults";
 const SCOPE_LABEL_PREFIX: &str = healthscope::membership::SCOPE_LABEL_PREFIX;
@@ -124,7 +125,7 @@ async fn serve(snapshot: Overlay) -> (TestWebhookServer, reqwest::Client) {
     let offline =
         kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
     let state = AdmissionState::new(Arc::new(snapshot), offline);
-    let server = TestWebhookServer::start(admission::router(state)).await;
+    let server = TestWebhookServer::start(healthscope::webhook::router(state)).await;
     let client = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(server.ca.ca_pem().as_bytes()).unwrap()])
         .build()

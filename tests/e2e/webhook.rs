@@ -928,8 +928,8 @@ async fn webhook_cache_syncs_and_follows_the_oam_objects() {
 /// each read once from the API server).
 #[tokio::test]
 async fn webhook_reads_cache_misses_live() {
-    use healthscope::admission::edge::with_live_reads;
-    use healthscope::admission::{AdmissionState, Overlay, workload};
+    use healthscope::admission::{Overlay, workload};
+    use healthscope::webhook::{AdmissionState, with_live_reads};
     use std::sync::Arc;
 
     let ctx = TestContext::new("webhook-live-reads").await;

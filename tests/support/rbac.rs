@@ -11,8 +11,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use healthscope::admission::{AdmissionState, Snapshot, router};
+use healthscope::admission::Snapshot;
 use healthscope::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
+use healthscope::webhook::{AdmissionState, router};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };

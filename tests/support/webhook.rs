@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use healthscope::admission::{
-    APPLICATION_CONFIGURATION_VALIDATE_PATH, AdmissionState, HEALTH_RULE_PATH, HEALTH_SCOPE_PATH,
-    WORKLOAD_PATH, router,
+    APPLICATION_CONFIGURATION_VALIDATE_PATH, HEALTH_RULE_PATH, HEALTH_SCOPE_PATH, WORKLOAD_PATH,
 };
 use healthscope::cache::OamCache;
+use healthscope::webhook::{AdmissionState, router};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ValidatingWebhook,
     ValidatingWebhookConfiguration, WebhookClientConfig,
