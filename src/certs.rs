@@ -444,6 +444,101 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), CertsErr
     fs::rename(&tmp, path).map_err(io_error)
 }
 
+// ---------------------------------------------------------------------------------------------
+// `healthscope certs`
+
+/// Options of `healthscope certs`.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "The chart names the webhook Service after the Helm release: healthscope for a release named \
+    healthscope, <release>-healthscope otherwise (`make certs RELEASE=<release>` works it out).\n\n\
+    Examples:\n  \
+    healthscope certs --service healthscope --namespace healthscope-system --out-dir certs\n  \
+    # rotate the serving certificate, keeping the CA (and so the caBundle):\n  \
+    healthscope certs --service healthscope --namespace healthscope-system --out-dir certs --force\n  \
+    # the caBundle value for the webhook configurations:\n  \
+    healthscope certs --service healthscope --namespace healthscope-system --out-dir certs --print-ca-bundle"
+)]
+pub struct CertsArgs {
+    /// Name of the Service in front of the webhook.
+    #[arg(long, value_name = "NAME")]
+    pub service: String,
+    /// Namespace of that Service.
+    #[arg(long, value_name = "NS")]
+    pub namespace: String,
+    /// Directory to write ca.crt, ca.key, tls.crt and tls.key into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: std::path::PathBuf,
+    /// Another DNS name for the serving certificate (repeatable).
+    #[arg(long = "dns", value_name = "NAME")]
+    pub dns: Vec<String>,
+    /// An IP address for the serving certificate (repeatable).
+    #[arg(long = "ip", value_name = "ADDR")]
+    pub ip: Vec<std::net::IpAddr>,
+    /// Days the serving certificate is valid.
+    #[arg(long, value_name = "DAYS", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub validity_days: u32,
+    /// Days a new CA is valid (an existing CA is kept as it is).
+    #[arg(long, value_name = "DAYS", default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub ca_validity_days: u32,
+    /// Replace an existing serving certificate (tls.crt, tls.key).
+    #[arg(long)]
+    pub force: bool,
+    /// Make a new CA even if ca.crt and ca.key exist (needs --force then). The webhook
+    /// configurations' caBundle must be updated afterwards.
+    #[arg(long)]
+    pub new_ca: bool,
+    /// Print only the CA certificate, base64-encoded, for a webhook configuration's caBundle.
+    /// Without a CA in --out-dir, one is made first (with the serving certificate).
+    #[arg(long)]
+    pub print_ca_bundle: bool,
+}
+
+/// `healthscope certs`: writes the files, or with `--print-ca-bundle` prints the caBundle of the
+/// CA in the directory (making everything first when there is none yet).
+pub fn command(args: CertsArgs) -> Result<(), CertsError> {
+    use crate::certs;
+    const DAY: u64 = 24 * 3600;
+    if args.print_ca_bundle
+        && !args.force
+        && !args.new_ca
+        && let Some(bundle) = certs::existing_ca_bundle(&args.out_dir)?
+    {
+        println!("{bundle}");
+        return Ok(());
+    }
+    let outcome = certs::write_certs(&certs::CertsOptions {
+        out_dir: args.out_dir,
+        service: args.service,
+        namespace: args.namespace,
+        extra_dns: args.dns,
+        extra_ips: args.ip,
+        validity: std::time::Duration::from_secs(u64::from(args.validity_days) * DAY),
+        ca_validity: std::time::Duration::from_secs(u64::from(args.ca_validity_days) * DAY),
+        force: args.force,
+        new_ca: args.new_ca,
+    })?;
+    if args.print_ca_bundle {
+        println!("{}", outcome.ca_bundle_base64);
+        return Ok(());
+    }
+    for path in &outcome.written {
+        eprintln!("wrote {}", path.display());
+    }
+    let names: Vec<String> = (outcome.names.dns.iter().cloned())
+        .chain(outcome.names.ips.iter().map(ToString::to_string))
+        .collect();
+    eprintln!("serving certificate for: {}", names.join(", "));
+    if outcome.ca_reused {
+        eprintln!("reused the existing CA: the caBundle is unchanged");
+    } else {
+        eprintln!(
+            "new CA: put it in the webhook configurations' caBundle (--print-ca-bundle prints it)"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -629,9 +724,14 @@ mod tests {
             Some(outcome.ca_bundle_base64.as_str())
         );
 
-        let cli = crate::cli::Cli::try_parse_from([
-            "healthscope",
-            "certs",
+        // The arguments as `healthscope certs` takes them.
+        #[derive(clap::Parser)]
+        struct Certs {
+            #[command(flatten)]
+            args: CertsArgs,
+        }
+        let parsed = Certs::try_parse_from([
+            "healthscope certs",
             "--service",
             "hs",
             "--namespace",
@@ -650,9 +750,7 @@ mod tests {
             "--print-ca-bundle",
         ])
         .unwrap();
-        let crate::cli::Command::Certs(args) = cli.command else {
-            panic!("not the certs command");
-        };
+        let args = parsed.args;
         assert_eq!(args.dns, vec!["a.example"]);
         assert_eq!(args.ip.len(), 2);
         assert_eq!(args.validity_days, 30);
@@ -660,17 +758,9 @@ mod tests {
         assert!(args.force && args.print_ca_bundle && !args.new_ca);
 
         for bad in [
+            vec!["healthscope certs", "--namespace", "ns", "--out-dir", "d"],
             vec![
-                "healthscope",
-                "certs",
-                "--namespace",
-                "ns",
-                "--out-dir",
-                "d",
-            ],
-            vec![
-                "healthscope",
-                "certs",
+                "healthscope certs",
                 "--service",
                 "s",
                 "--namespace",
@@ -681,8 +771,7 @@ mod tests {
                 "not-an-ip",
             ],
             vec![
-                "healthscope",
-                "certs",
+                "healthscope certs",
                 "--service",
                 "s",
                 "--namespace",
@@ -693,7 +782,7 @@ mod tests {
                 "0",
             ],
         ] {
-            assert!(crate::cli::Cli::try_parse_from(bad).is_err());
+            assert!(Certs::try_parse_from(bad).is_err());
         }
     }
 }

@@ -1,10 +1,14 @@
 //! healthscope: an admission webhook and status controller for the OAM v1alpha2 HealthScope.
 //!
 //! The pure core ([`api`], [`membership`], [`health`], [`admission`]) does no I/O; the edges
-//! ([`webhook`], [`controller`], [`probe`], [`serve`], [`leader`]) talk to the network.
+//! ([`webhook`], [`controller`], [`probe`], [`admin`], [`leader`]) talk to the network; [`app`]
+//! wires them into the process and [`cli`] parses the command line. docs/architecture.md is the
+//! map.
 
+pub mod admin;
 pub mod admission;
 pub mod api;
+pub mod app;
 pub mod cache;
 pub mod certs;
 pub mod cli;
@@ -15,5 +19,5 @@ pub mod leader;
 pub mod membership;
 pub mod metrics;
 pub mod probe;
-pub mod serve;
+pub mod telemetry;
 pub mod webhook;

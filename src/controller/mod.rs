@@ -11,7 +11,6 @@ pub mod evaluate;
 pub mod probes;
 pub mod reconcile;
 pub mod rules;
-pub mod run;
 pub mod status;
 pub mod wiring;
 

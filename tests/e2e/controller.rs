@@ -990,7 +990,7 @@ async fn controller_run_command_serves_scopes_and_releases_its_lease_on_sigterm(
     let body: serde_json::Value = elsewhere.json().await.unwrap();
     assert_eq!(
         body["error"],
-        healthscope::serve::SCOPES_ELSEWHERE,
+        healthscope::admin::SCOPES_ELSEWHERE,
         "{body}"
     );
     let metrics = http

@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use healthscope::admin::{self, AdminState, ErrorBody, Readiness, ScopeDetail, ScopeSummary};
 use healthscope::api::{
     Health, HealthScope, HealthScopeSpec, HealthScopeStatus, HealthStatus, ScopeHealthCondition,
     WorkloadHealthCondition, WorkloadReference,
 };
 use healthscope::metrics::Metrics;
-use healthscope::serve::{self, AdminState, ErrorBody, Readiness, ScopeDetail, ScopeSummary};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -46,11 +46,11 @@ async fn install_admin_server_answers_from_a_real_reflector() {
         }
     });
     let state = AdminState::new(reader.clone(), Metrics::new(), readiness.clone());
-    let listener = serve::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let listener = admin::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(serve::serve(
+    let server = tokio::spawn(admin::serve_plain(
         listener,
-        serve::router(state),
+        admin::router(state),
         stop.clone().cancelled_owned(),
     ));
     let http = reqwest::Client::new();
@@ -95,7 +95,7 @@ async fn install_admin_server_answers_from_a_real_reflector() {
     })
     .await;
     assert_eq!(detail.summary.health, Health::Unknown);
-    assert_eq!(detail.workloads[0].diagnosis, serve::NOT_EVALUATED);
+    assert_eq!(detail.workloads[0].diagnosis, admin::NOT_EVALUATED);
 
     // The status the controller would write, through the real status subresource.
     let status = HealthScopeStatus {

@@ -361,9 +361,9 @@ pub async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener,
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// Serves `router` (see [`router`]) over plain HTTP until `shutdown` completes, then finishes
+/// Serves `router` (see [`router`]) over plain HTTP (the webhook's HTTPS is [`crate::webhook::serve`]) until `shutdown` completes, then finishes
 /// the requests in progress.
-pub async fn serve(
+pub async fn serve_plain(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
