@@ -161,7 +161,7 @@ pub enum RunError {
     #[error("connecting to the API server: {0}")]
     Client(#[source] kube::Error),
     #[error("setting up probes: {0}")]
-    Probe(#[source] crate::probe::ProbeError),
+    Probe(#[source] crate::prober::ProbeError),
     #[error("admin server: {0}")]
     Admin(#[source] crate::admin::ServeError),
     #[error("webhook server: {0}")]

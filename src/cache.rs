@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::admission::Snapshot;
 use crate::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
-use crate::membership::{ComponentLookup, WorkloadLookup};
+use crate::membership::{ComponentLookup, OamLookup};
 
 /// How long a failed watch waits before it starts again: 0.5 s, doubling to at most 5 s, and
 /// back to 0.5 s after an event arrives. kube's default climbs to 30 s and resets only after an
@@ -214,7 +214,7 @@ impl ComponentLookup for NamespaceView<'_> {
     }
 }
 
-impl WorkloadLookup for NamespaceView<'_> {
+impl OamLookup for NamespaceView<'_> {
     fn app_configuration(&self, name: &str) -> Option<Arc<ApplicationConfiguration>> {
         get(&self.cache.app_configurations, self.namespace, name)
     }

@@ -1,7 +1,7 @@
 //! healthscope: an admission webhook and status controller for the OAM v1alpha2 HealthScope.
 //!
 //! The pure core ([`api`], [`membership`], [`health`], [`admission`]) does no I/O; the edges
-//! ([`webhook`], [`controller`], [`probe`], [`admin`], [`leader`]) talk to the network; [`app`]
+//! ([`webhook`], [`controller`], [`prober`], [`admin`], [`leader`]) talk to the network; [`app`]
 //! wires them into the process and [`cli`] parses the command line. docs/architecture.md is the
 //! map.
 
@@ -18,6 +18,6 @@ pub mod health;
 pub mod leader;
 pub mod membership;
 pub mod metrics;
-pub mod probe;
+pub mod prober;
 pub mod telemetry;
 pub mod webhook;

@@ -114,9 +114,10 @@ pub trait ComponentLookup {
     fn component(&self, name: &str) -> Option<Component>;
 }
 
-/// Components, ApplicationConfigurations and ContainerizedWorkloads of one namespace: what
+/// The OAM objects of one namespace (Components, ApplicationConfigurations and
+/// ContainerizedWorkloads): what
 /// [`workload_scopes`] needs to place a workload.
-pub trait WorkloadLookup: ComponentLookup {
+pub trait OamLookup: ComponentLookup {
     fn app_configuration(&self, name: &str) -> Option<Arc<ApplicationConfiguration>>;
     fn containerized_workload(&self, name: &str) -> Option<Arc<ContainerizedWorkload>>;
 }
@@ -517,7 +518,7 @@ pub fn workload_scopes(
     api_version: &str,
     kind: &str,
     meta: &ObjectMeta,
-    lookup: &dyn WorkloadLookup,
+    lookup: &dyn OamLookup,
 ) -> WorkloadScopes {
     // A ContainerizedWorkload itself is never labelled: the OAM runtime copies its labels into
     // its Deployment's pod template, so a scope label there would restart the app's pods. Its
@@ -575,7 +576,7 @@ fn app_workload_scopes(
     meta: &ObjectMeta,
     api_version: &str,
     kind: &str,
-    lookup: &dyn WorkloadLookup,
+    lookup: &dyn OamLookup,
 ) -> WorkloadScopes {
     let labels = meta.labels.clone().unwrap_or_default();
     let Some(app_name) = owning_app(meta) else {
@@ -642,7 +643,7 @@ mod tests {
         }
     }
 
-    impl WorkloadLookup for Fixture {
+    impl OamLookup for Fixture {
         fn app_configuration(&self, name: &str) -> Option<Arc<ApplicationConfiguration>> {
             self.apps.get(name).cloned()
         }

@@ -24,7 +24,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse};
 use kube::core::{DynamicObject, GroupVersionKind};
 
 use crate::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
-use crate::membership::{ComponentLookup, WorkloadLookup};
+use crate::membership::{ComponentLookup, OamLookup};
 
 /// Path of the ApplicationConfiguration webhook of earlier versions (a mutating configuration):
 /// the same decision as [`APPLICATION_CONFIGURATION_VALIDATE_PATH`], never a patch, so a
@@ -70,7 +70,7 @@ impl ComponentLookup for InNamespace<'_> {
     }
 }
 
-impl WorkloadLookup for InNamespace<'_> {
+impl OamLookup for InNamespace<'_> {
     fn app_configuration(&self, name: &str) -> Option<Arc<ApplicationConfiguration>> {
         self.snapshot.app_configuration(self.namespace, name)
     }

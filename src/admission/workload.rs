@@ -60,7 +60,7 @@ pub fn review(
     if changes.is_empty() {
         return allow(request);
     }
-    let patch = label_patch(object.metadata.labels.is_some(), &changes);
+    let patch = label_json_patch(object.metadata.labels.is_some(), &changes);
     match allow(request).with_patch(patch) {
         Ok(response) => response,
         Err(e) => deny(request, format!("could not encode the label patch: {e}")),
@@ -69,7 +69,7 @@ pub fn review(
 
 /// The JSON patch for `changes`. `metadata.labels` is created whole when the object has none
 /// (adding `/metadata/labels/<key>` to a missing map fails); `/` in keys is escaped as `~1`.
-pub fn label_patch(has_labels: bool, changes: &LabelChanges) -> Patch {
+pub fn label_json_patch(has_labels: bool, changes: &LabelChanges) -> Patch {
     let mut operations = Vec::new();
     if !has_labels {
         let labels: BTreeMap<&String, &String> = changes.add.iter().collect();

@@ -27,8 +27,7 @@ use super::rules::RuleBook;
 use super::wiring::ChangedObjects;
 use crate::api::{ContainerizedWorkload, HealthScope};
 
-/// The label EndpointSlices carry naming their Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub use crate::health::SERVICE_NAME_LABEL;
 
 /// How long a failed discovery of a kind is remembered before trying again.
 const DISCOVERY_RETRY: Duration = Duration::from_secs(30);

@@ -8,10 +8,10 @@
 
 pub mod cache;
 pub mod evaluate;
+pub mod events;
 pub mod probes;
 pub mod reconcile;
 pub mod rules;
-pub mod status;
 pub mod wiring;
 
 use std::sync::Arc;
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::HealthScope;
 use crate::leader::LeaderState;
 use crate::metrics::Metrics;
-use crate::probe::{ProbeObserver, ProbeOutcome, ProbeTarget, Prober};
+use crate::prober::{ProbeObserver, ProbeOutcome, ProbeTarget, Prober};
 use cache::{DependencyIndex, WorkloadCaches};
 use probes::Probes;
 use reconcile::{Context, Stats};
@@ -133,7 +133,7 @@ pub fn start(
     config: ControllerConfig,
     leader: LeaderState,
     shutdown: CancellationToken,
-) -> Result<ControllerHandle, crate::probe::ProbeError> {
+) -> Result<ControllerHandle, crate::prober::ProbeError> {
     let (trigger, mut triggered) = mpsc::unbounded_channel::<ObjectRef<HealthScope>>();
     let index = DependencyIndex::default();
     let dirty = wiring::ChangedObjects::default();

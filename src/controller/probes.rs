@@ -16,7 +16,7 @@ use super::cache::Trigger;
 use crate::api::{HealthScope, WorkloadReference};
 use crate::health::ProbeResult;
 use crate::metrics::Metrics;
-use crate::probe::{ProbeOutcome, ProbeTarget, Prober};
+use crate::prober::{ProbeOutcome, ProbeTarget, Prober};
 
 /// What a scope wants probed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,20 +61,23 @@ impl Probes {
         }
     }
 
-    /// Makes the scope's task follow `plan` (starting, replacing or stopping it) and returns
-    /// the latest outcome for that plan, once a round has finished.
+    /// Stops the scope's task, if it has one (no probe to send, or the scope is gone).
+    pub fn stop(&self, scope: &ObjectRef<HealthScope>) {
+        if let Ok(mut tasks) = self.tasks.lock()
+            && let Some(task) = tasks.remove(scope)
+        {
+            task.stop.cancel();
+        }
+    }
+
+    /// Makes the scope's task follow `plan` (starting or replacing it) and returns the latest
+    /// outcome for that plan, once a round has finished.
     pub fn ensure(
         &self,
         scope: &ObjectRef<HealthScope>,
-        plan: Option<ProbePlan>,
+        plan: ProbePlan,
     ) -> Option<Arc<Vec<ProbeResult>>> {
         let Ok(mut tasks) = self.tasks.lock() else {
-            return None;
-        };
-        let Some(plan) = plan else {
-            if let Some(task) = tasks.remove(scope) {
-                task.stop.cancel();
-            }
             return None;
         };
         if let Some(task) = tasks.get(scope)

@@ -15,15 +15,15 @@ use kube::{Client, Resource, ResourceExt};
 
 use super::cache::{DependencyIndex, WorkloadCaches};
 use super::evaluate::{self, CacheLookup, Evaluated};
+use super::events;
 use super::probes::{ProbePlan, Probes};
-use super::status;
 use super::wiring::{ChangedObjects, UnresolvedMembers};
 use crate::admission::healthscope::{ProbeSettings, effective_probe_settings};
 use crate::api::{Health, HealthScope, HealthScopeStatus, WorkloadReference};
 use crate::health::{ProbeResult, ScopeStatusInput, scope_status};
 use crate::leader::LeaderState;
 use crate::metrics::{Metrics, PatchResult, ReconcileResult, WorkloadCounts};
-use crate::probe::ProbeOutcome;
+use crate::prober::ProbeOutcome;
 
 /// The field manager of every status write.
 pub const STATUS_FIELD_MANAGER: &str = "healthscope-controller";
@@ -158,7 +158,7 @@ impl Context {
                 continue;
             }
             tracing::debug!(scope = %key, "forgetting a deleted scope");
-            self.probes.ensure(&key, None);
+            self.probes.stop(&key);
             self.index.remove(&key);
             if let Some(metrics) = &self.metrics {
                 metrics.forget_scope(key.namespace.as_deref().unwrap_or_default(), &key.name);
@@ -217,7 +217,7 @@ async fn evaluate_and_write(scope: &HealthScope, ctx: &Context) -> Result<Action
     notice_spec_change(ctx, &key, scope);
     // Standbys keep their caches warm but neither probe nor write.
     if !ctx.leader.is_leader() {
-        ctx.probes.ensure(&key, None);
+        ctx.probes.stop(&key);
         return Ok(Action::requeue(interval));
     }
     let namespace = scope.namespace().unwrap_or_default();
@@ -242,10 +242,14 @@ async fn evaluate_and_write(scope: &HealthScope, ctx: &Context) -> Result<Action
     let plan = probe_plan(&settings, &evaluated);
     let probes = match plan {
         Some(plan) if !ctx.probe_methods.contains(&plan.method) => {
-            ctx.probes.ensure(&key, None);
+            ctx.probes.stop(&key);
             Arc::new(refused_probes(&plan, &ctx.probe_methods))
         }
-        plan => ctx.probes.ensure(&key, plan).unwrap_or_default(),
+        Some(plan) => ctx.probes.ensure(&key, plan).unwrap_or_default(),
+        None => {
+            ctx.probes.stop(&key);
+            Arc::default()
+        }
     };
     // The status as last written: ours, when the cache has not caught up with our last write
     // yet, so a transition time stamped then is kept rather than stamped again.
@@ -458,7 +462,7 @@ async fn announce(
     from: Option<Health>,
     desired: &HealthScopeStatus,
 ) {
-    let Some(note) = from.and_then(|from| status::transition_note(from, desired)) else {
+    let Some(note) = from.and_then(|from| events::transition_note(from, desired)) else {
         return;
     };
     let event = Event {
@@ -468,7 +472,7 @@ async fn announce(
             EventType::Warning
         },
         reason: HEALTH_CHANGED.to_string(),
-        action: status::transition_action(desired.health.unwrap_or_default(), &note),
+        action: events::transition_action(desired.health.unwrap_or_default(), &note),
         note: Some(note),
         secondary: None,
     };

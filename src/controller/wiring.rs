@@ -32,8 +32,8 @@ use crate::api::{
 };
 use crate::leader::LeaderState;
 use crate::membership::{
-    self, ComponentLookup, WIRING_FIELD_MANAGER, WorkloadLookup, WorkloadScopes,
-    desired_memberships, refs_by_scope, scope_label_changes, workload_refs_apply,
+    self, ComponentLookup, OamLookup, WIRING_FIELD_MANAGER, WorkloadScopes, desired_memberships,
+    refs_by_scope, scope_label_changes, workload_refs_apply,
 };
 use crate::metrics::Metrics;
 
@@ -187,7 +187,7 @@ impl ComponentLookup for NamespaceSnapshot {
     }
 }
 
-impl WorkloadLookup for NamespaceSnapshot {
+impl OamLookup for NamespaceSnapshot {
     fn app_configuration(&self, name: &str) -> Option<Arc<ApplicationConfiguration>> {
         self.apps.get(name).cloned()
     }
@@ -202,7 +202,7 @@ fn key(r: &WorkloadReference) -> (String, String, String) {
 
 /// What the wiring decisions read about one namespace: its ApplicationConfigurations,
 /// Components and ContainerizedWorkloads (by name) and its HealthScopes.
-pub trait NamespaceView: WorkloadLookup {
+pub trait NamespaceView: OamLookup {
     fn namespace(&self) -> &str;
     fn scopes(&self) -> Vec<Arc<HealthScope>>;
     /// The ApplicationConfigurations that name `scope`.
@@ -250,7 +250,7 @@ pub fn plan(snapshot: &NamespaceSnapshot) -> Vec<Action> {
 /// missing; an AppConfig being deleted (the OAM runtime's finalizer is removing it) contributes
 /// nothing. Entries of earlier versions' per-AppConfig managers are given up.
 pub fn plan_scope(
-    view: &dyn WorkloadLookup,
+    view: &dyn OamLookup,
     scope: &HealthScope,
     apps: &[Arc<ApplicationConfiguration>],
 ) -> Vec<Action> {
@@ -319,7 +319,7 @@ pub fn plan_labels(
 }
 
 /// The merge patch for a label action: set `add`, delete `remove`, guarded by resourceVersion.
-pub fn label_patch(
+pub fn label_merge_patch(
     resource_version: Option<&str>,
     add: &BTreeMap<String, String>,
     remove: &BTreeSet<String>,
@@ -458,7 +458,7 @@ impl UnresolvedMembers {
 
 /// Why `apps` add no member to `scope` for some of their components.
 pub fn unresolved_members(
-    view: &dyn WorkloadLookup,
+    view: &dyn OamLookup,
     scope: &str,
     apps: &[Arc<ApplicationConfiguration>],
 ) -> Vec<String> {
@@ -635,7 +635,7 @@ impl Wiring {
     /// Records why the scope misses members; a change re-evaluates the scope.
     fn note_unresolved(
         &self,
-        view: &dyn WorkloadLookup,
+        view: &dyn OamLookup,
         scope: &HealthScope,
         apps: &[Arc<ApplicationConfiguration>],
     ) {
@@ -848,7 +848,7 @@ impl ComponentLookup for StoreView<'_> {
     }
 }
 
-impl WorkloadLookup for StoreView<'_> {
+impl OamLookup for StoreView<'_> {
     fn app_configuration(&self, name: &str) -> Option<Arc<ApplicationConfiguration>> {
         self.apps.get(&self.key(name))
     }
@@ -1177,7 +1177,7 @@ async fn execute(client: &Client, action: &Action) -> Result<(), kube::Error> {
             let resource = ApiResource::from_gvk(&gvk);
             let api: Api<DynamicObject> =
                 Api::namespaced_with(client.clone(), namespace, &resource);
-            let patch = label_patch(resource_version.as_deref(), add, remove);
+            let patch = label_merge_patch(resource_version.as_deref(), add, remove);
             api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
         }
@@ -1651,7 +1651,7 @@ mod tests {
 
     #[test]
     fn label_patch_sets_and_deletes_under_a_resource_version() {
-        let patch = label_patch(
+        let patch = label_merge_patch(
             Some("9"),
             &[("a".to_string(), "true".to_string())].into(),
             &["b".to_string()].into(),

@@ -6,7 +6,7 @@ use crate::api::{
     Health, HealthScopeStatus, HealthStatus, ScopeHealthCondition, WorkloadHealthCondition,
     WorkloadReference,
 };
-use crate::probe::ProbeOutcome;
+use crate::prober::ProbeOutcome;
 
 /// The scope's health and counts. Healthy when every workload is healthy (so an empty scope is
 /// healthy, as in the OAM runtime); unhealthy when any is unhealthy; unknown otherwise — unlike

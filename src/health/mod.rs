@@ -602,7 +602,7 @@ mod tests {
             .collect();
         tables.push(("Missing and unreadable workloads", rows));
         tables.extend(aggregate::tests::doc_tables());
-        tables.extend(crate::probe::tests::doc_tables());
+        tables.extend(crate::prober::tests::doc_tables());
         tables
     }
 

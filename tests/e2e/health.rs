@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use healthscope::api::{ContainerizedWorkload, HealthStatus, WorkloadReference};
 use healthscope::health::{WorkloadLookup, evaluate, ready_endpoints, service};
-use healthscope::probe::{ProbeTarget, Prober};
+use healthscope::prober::{ProbeTarget, Prober};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;

@@ -863,7 +863,7 @@ mod certificate_swap {
 async fn webhook_cache_syncs_and_follows_the_oam_objects() {
     use healthscope::admission::Snapshot;
     use healthscope::cache::OamCache;
-    use healthscope::membership::{ComponentLookup, WorkloadLookup};
+    use healthscope::membership::{ComponentLookup, OamLookup};
 
     let ctx = TestContext::new("webhook-cache").await;
     crate::support::install_crds(&ctx.client, &healthscope::api::crds()).await;

@@ -1,4 +1,4 @@
-//! Pure: the event text of a scope's health transition. (The status itself is built by
+//! Pure: the text of a scope's health-transition Event. (The status itself is built by
 //! [`crate::health::scope_status`].)
 
 use crate::api::{Health, HealthScopeStatus, HealthStatus};
