@@ -123,7 +123,7 @@ fn parse_extra_kind(text: &str) -> Result<String, String> {
 
 /// One of the HTTP methods a HealthScope's probe-method may name.
 fn parse_probe_method(text: &str) -> Result<String, String> {
-    let methods = crate::admission::healthscope::PROBE_METHODS;
+    let methods = crate::api::probe::PROBE_METHODS;
     let method = text.trim();
     if methods.contains(&method) {
         Ok(method.to_string())

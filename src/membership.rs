@@ -173,11 +173,7 @@ fn classify_reference(reference: &ScopeReference) -> ScopeRefKind {
     if reference.api_version.is_empty() {
         return ScopeRefKind::Malformed("has no apiVersion".to_string());
     }
-    let group = reference
-        .api_version
-        .rsplit_once('/')
-        .map_or("", |(group, _)| group);
-    if group != oam::GROUP {
+    if crate::api::group_of(&reference.api_version) != oam::GROUP {
         return ScopeRefKind::Other;
     }
     if reference.kind != HEALTH_SCOPE_KIND {
@@ -545,9 +541,7 @@ fn cw_kind() -> String {
     "ContainerizedWorkload".to_string()
 }
 
-fn group_of(api_version: &str) -> &str {
-    api_version.rsplit_once('/').map_or("", |(group, _)| group)
-}
+use crate::api::group_of;
 
 /// The ApplicationConfiguration an object was rendered from: its owner, else its
 /// `app.oam.dev/name` label.

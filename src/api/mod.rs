@@ -1,4 +1,5 @@
-//! The resource types: the HealthScope healthscope owns and the OAM objects it reads. No I/O.
+//! The resource types: the HealthScope and HealthRule healthscope owns, the OAM objects it
+//! reads, and the rules that belong to them (probe settings, apiVersion parts). No I/O.
 
 // kube's printcolumn(...) arguments repeat `type_ = "string"`, which clippy reads as a duplicate.
 #[allow(clippy::duplicated_attributes)]
@@ -6,6 +7,7 @@ mod healthrule;
 #[allow(clippy::duplicated_attributes)]
 mod healthscope;
 pub mod oam;
+pub mod probe;
 
 pub use healthrule::*;
 pub use healthscope::*;
@@ -66,4 +68,18 @@ pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
 /// The API group of an apiVersion (`apps/v1` → `apps`; `v1` → the core group, empty).
 pub fn group_of(api_version: &str) -> &str {
     api_version.rsplit_once('/').map_or("", |(group, _)| group)
+}
+
+/// The group and version of a well-formed apiVersion: `apps/v1` → (`apps`, `v1`), `v1` → (``,
+/// `v1`); `None` when empty or with more than one `/`.
+pub fn group_version(api_version: &str) -> Option<(&str, &str)> {
+    match api_version.split_once('/') {
+        Some((group, version))
+            if !group.is_empty() && !version.is_empty() && !version.contains('/') =>
+        {
+            Some((group, version))
+        }
+        None if !api_version.is_empty() => Some(("", api_version)),
+        _ => None,
+    }
 }

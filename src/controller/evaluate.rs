@@ -79,17 +79,6 @@ impl<'a> CacheLookup<'a> {
     }
 }
 
-fn is_builtin(wref: &WorkloadReference) -> bool {
-    matches!(
-        (wref.group(), wref.kind.as_str()),
-        (
-            "apps",
-            "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet"
-        ) | ("", "Service")
-            | (crate::api::oam::GROUP, "ContainerizedWorkload")
-    )
-}
-
 impl health::WorkloadLookup for CacheLookup<'_> {
     fn deployment(&self, namespace: &str, name: &str) -> Option<Arc<Deployment>> {
         self.typed(&self.caches.deployments, namespace, name)
@@ -168,18 +157,18 @@ pub fn evaluate(namespace: &str, wref: &WorkloadReference, lookup: &CacheLookup<
     }
 }
 
-/// The group, version and kind of a reference (`apps/v1` or `v1`).
 /// The kind of a reference that has no built-in cache (one watched on demand).
 pub fn extra_kind(wref: &WorkloadReference) -> Option<GroupVersionKind> {
-    if is_builtin(wref) { None } else { gvk_of(wref) }
+    if health::has_builtin_rule(wref) {
+        None
+    } else {
+        gvk_of(wref)
+    }
 }
 
+/// The group, version and kind of a reference (`apps/v1` or `v1`).
 pub fn gvk_of(wref: &WorkloadReference) -> Option<GroupVersionKind> {
-    let (group, version) = match wref.api_version.split_once('/') {
-        Some((g, v)) if !g.is_empty() && !v.is_empty() && !v.contains('/') => (g, v),
-        None if !wref.api_version.is_empty() => ("", wref.api_version.as_str()),
-        _ => return None,
-    };
+    let (group, version) = crate::api::group_version(&wref.api_version)?;
     if wref.kind.is_empty() {
         return None;
     }
@@ -202,17 +191,12 @@ mod tests {
 
     #[test]
     fn builtin_kinds_need_no_discovery() {
-        assert!(is_builtin(&WorkloadReference::new(
-            "apps/v1",
-            "Deployment",
-            "d"
-        )));
-        assert!(is_builtin(&WorkloadReference::new("v1", "Service", "s")));
-        assert!(is_builtin(&WorkloadReference::new(
-            "core.oam.dev/v1alpha2",
-            "ContainerizedWorkload",
-            "c"
-        )));
-        assert!(!is_builtin(&WorkloadReference::new("batch/v1", "Job", "j")));
+        let builtin = |api_version: &str, kind: &str| {
+            extra_kind(&WorkloadReference::new(api_version, kind, "x")).is_none()
+        };
+        assert!(builtin("apps/v1", "Deployment"));
+        assert!(builtin("v1", "Service"));
+        assert!(builtin("core.oam.dev/v1alpha2", "ContainerizedWorkload"));
+        assert!(!builtin("batch/v1", "Job"));
     }
 }

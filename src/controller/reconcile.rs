@@ -18,7 +18,7 @@ use super::evaluate::{self, CacheLookup, Evaluated};
 use super::events;
 use super::probes::{ProbePlan, Probes};
 use super::wiring::{ChangedObjects, UnresolvedMembers};
-use crate::admission::healthscope::{ProbeSettings, effective_probe_settings};
+use crate::api::probe::ProbeSettings;
 use crate::api::{Health, HealthScope, HealthScopeStatus, WorkloadReference};
 use crate::health::{ProbeResult, ScopeStatusInput, scope_status};
 use crate::leader::LeaderState;
@@ -182,7 +182,7 @@ impl Context {
 /// The scope's probe settings as validation defines them (one decision for the webhook and the
 /// controller), with the interval raised to the controller's floor and the timeout kept below it.
 pub fn probe_settings(scope: &HealthScope, floor: Duration) -> ProbeSettings {
-    let mut settings = effective_probe_settings(&scope.spec);
+    let mut settings = scope.spec.effective_probe_settings();
     settings.interval = settings.interval.max(floor).max(Duration::from_millis(100));
     settings.timeout = settings.timeout.min(settings.interval);
     settings

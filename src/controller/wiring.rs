@@ -700,7 +700,7 @@ impl Wiring {
         let mut containerized: BTreeSet<String> = BTreeSet::new();
         let mut workloads: Vec<ChangedObject> = Vec::new();
         for object in objects {
-            let group = object.api_version.rsplit_once('/').map_or("", |(g, _)| g);
+            let group = crate::api::group_of(&object.api_version);
             match (group, object.kind.as_str()) {
                 (oam::GROUP, "ApplicationConfiguration") => {
                     // The scopes it names now; those it named before were marked by its watch.
@@ -1169,10 +1169,8 @@ async fn execute(client: &Client, action: &Action) -> Result<(), kube::Error> {
             add,
             remove,
         } => {
-            let (group, version) = match api_version.split_once('/') {
-                Some((g, v)) => (g, v),
-                None => ("", api_version.as_str()),
-            };
+            let (group, version) =
+                crate::api::group_version(api_version).unwrap_or(("", api_version.as_str()));
             let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
             let resource = ApiResource::from_gvk(&gvk);
             let api: Api<DynamicObject> =

@@ -45,8 +45,7 @@ pub fn generic(obj: &DynamicObject) -> WorkloadHealth {
     let group = obj
         .types
         .as_ref()
-        .and_then(|t| t.api_version.rsplit_once('/'))
-        .map_or("", |(g, _)| g);
+        .map_or("", |t| crate::api::group_of(&t.api_version));
     match (group, kind) {
         ("networking.k8s.io" | "extensions", "Ingress") => {
             let ingress = status

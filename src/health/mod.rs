@@ -150,6 +150,12 @@ enum Rule {
     Generic,
 }
 
+/// Whether a built-in rule (with a cache of its kind's own) judges this reference's kind; other
+/// kinds are judged generically, from a watch started on demand.
+pub fn has_builtin_rule(reference: &WorkloadReference) -> bool {
+    rule_for(reference) != Rule::Generic
+}
+
 fn rule_for(reference: &WorkloadReference) -> Rule {
     match (reference.group(), reference.kind.as_str()) {
         ("apps", "Deployment") => Rule::Deployment,

@@ -25,7 +25,7 @@ pub fn containerized_workload(
     let mut parts = Vec::new();
     let mut has_deployment = false;
     for child in children {
-        let group = child.api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        let group = crate::api::group_of(&child.api_version);
         let verdict = match (group, child.kind.as_str()) {
             ("apps", "Deployment") => {
                 has_deployment = true;
