@@ -10,7 +10,11 @@
 //!   the HealthScopes), p50/p99 over CHANGES changes;
 //! - RSS (VmRSS/VmHWM) of the controller.
 //!
-//! usage: bench-scale [--scopes 1000] [--workloads 10] [--window 60] [--changes 50] -- CONTROLLER ARGS...
+//! With `--rule`, a HealthRule for apps/v1 Deployment is created before the controller starts,
+//! so every workload is judged by its CEL expressions instead of the built-in Deployment rule;
+//! the scopes count as converged once every workload's diagnosis names the rule.
+//!
+//! usage: bench-scale [--scopes 1000] [--workloads 10] [--window 60] [--changes 50] [--rule] -- CONTROLLER ARGS...
 //! The controller command is started with KUBECONFIG pointing at its own kubeconfig.
 
 #[path = "common.rs"]
@@ -25,7 +29,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use common::{BoxError, ControlPlane};
 use futures::{StreamExt, TryStreamExt, stream};
-use healthscope::api::{Health, HealthScope, HealthScopeSpec, WorkloadReference};
+use healthscope::api::{
+    Health, HealthRule, HealthRuleSpec, HealthScope, HealthScopeSpec, RuleTarget, WorkloadReference,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
@@ -34,6 +40,14 @@ use kube::{Client, ResourceExt};
 
 const CONTROLLER_USER: &str = "healthscope";
 const SCOPES_PER_NAMESPACE: usize = 100;
+/// The HealthRule `--rule` creates. It says what the built-in rule says for the Deployments
+/// this benchmark writes (ready replicas and the Available condition), so the scopes' health and
+/// the freshness changes are the same with and without it.
+const RULE_NAME: &str = "bench-deployments";
+const RULE_HEALTHY: &str = "object.status.readyReplicas == object.spec.replicas && \
+     object.status.conditions.exists(c, c.type == 'Available' && c.status == 'True')";
+const RULE_MESSAGE: &str = "'ready ' + string(object.status.readyReplicas) + '/' + \
+     string(object.spec.replicas)";
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -50,6 +64,9 @@ struct Args {
     /// Number of workload changes timed to the scope status.
     #[arg(long, default_value_t = 50)]
     changes: usize,
+    /// Judge every Deployment by a HealthRule (CEL) instead of the built-in rule.
+    #[arg(long)]
+    rule: bool,
     /// State directory of the private control plane.
     #[arg(long, default_value = "target/bench/scale-testenv")]
     dir: PathBuf,
@@ -87,6 +104,10 @@ async fn main() -> Result<(), BoxError> {
     )?;
     let client = plane.client(None).await?;
     install_crds(&client).await?;
+    if args.rule {
+        create_rule(&client).await?;
+        println!("judging every Deployment by HealthRule {RULE_NAME}: {RULE_HEALTHY}");
+    }
 
     let started = Instant::now();
     let namespaces = populate(&client, args.scopes, args.workloads, args.interval).await?;
@@ -105,9 +126,16 @@ async fn main() -> Result<(), BoxError> {
     )?;
     let pid = controller.id();
 
-    // Converged: every scope has a health in its status.
+    // Converged: every scope has a health in its status (given by the rule, with --rule).
     let started = Instant::now();
-    wait_all_healthy(&client, args.scopes, Duration::from_secs(600)).await?;
+    let judged_by = args.rule.then(|| format!("rule {RULE_NAME}"));
+    wait_all_healthy(
+        &client,
+        args.scopes,
+        judged_by.as_deref(),
+        Duration::from_secs(600),
+    )
+    .await?;
     let converge = started.elapsed();
     println!(
         "all {} scopes healthy {:.1}s after the controller started",
@@ -130,8 +158,12 @@ async fn main() -> Result<(), BoxError> {
     let cycles = args.window as f64 / args.interval as f64;
     let cpu_per_cycle = (cpu_after - cpu_before).as_secs_f64() / cycles;
     println!(
-        "\n## steady state ({}s window = {cycles:.0} cycles of {}s)",
-        args.window, args.interval
+        "\n## steady state ({}s window = {cycles:.0} cycles of {}s), workloads judged by {}",
+        args.window,
+        args.interval,
+        judged_by
+            .as_deref()
+            .unwrap_or("the built-in Deployment rule")
     );
     println!(
         "controller CPU per cycle: {:.3} s (goal <= 1 s)",
@@ -339,13 +371,52 @@ fn spawn_controller(command: &[String], kubeconfig: &Path, dir: &Path) -> Result
         .map_err(|e| format!("spawning {program}: {e}"))?)
 }
 
+/// Creates the HealthRule for apps/v1 Deployment that `--rule` judges by.
+async fn create_rule(client: &Client) -> Result<(), BoxError> {
+    let rule = HealthRule::new(
+        RULE_NAME,
+        HealthRuleSpec {
+            target: RuleTarget {
+                api_version: "apps/v1".to_string(),
+                kind: "Deployment".to_string(),
+            },
+            healthy: RULE_HEALTHY.to_string(),
+            unknown: None,
+            message: Some(RULE_MESSAGE.to_string()),
+        },
+    );
+    // Fail here, not after the run, if the controller would refuse it.
+    healthscope::health::CompiledRule::compile(RULE_NAME, &rule.spec)?;
+    Api::<HealthRule>::all(client.clone())
+        .create(&PostParams::default(), &rule)
+        .await?;
+    Ok(())
+}
+
 fn scope_health(scope: &HealthScope) -> Option<Health> {
     scope.status.as_ref().and_then(|s| s.health)
+}
+
+/// Healthy, and, when `judged_by` is given, every workload's diagnosis starts with it (a scope
+/// judged before the controller saw the rule is not yet what is being measured).
+fn converged(scope: &HealthScope, judged_by: Option<&str>) -> bool {
+    let Some(status) = scope.status.as_ref() else {
+        return false;
+    };
+    status.health == Some(Health::Healthy)
+        && judged_by.is_none_or(|prefix| {
+            !status.health_conditions.is_empty()
+                && status
+                    .health_conditions
+                    .iter()
+                    .all(|c| c.diagnosis.starts_with(prefix))
+        })
 }
 
 async fn wait_all_healthy(
     client: &Client,
     scopes: usize,
+    judged_by: Option<&str>,
     timeout: Duration,
 ) -> Result<(), BoxError> {
     let api = Api::<HealthScope>::all(client.clone());
@@ -355,13 +426,17 @@ async fn wait_all_healthy(
         let healthy = list
             .items
             .iter()
-            .filter(|s| scope_health(s) == Some(Health::Healthy))
+            .filter(|s| converged(s, judged_by))
             .count();
         if healthy >= scopes {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!("only {healthy}/{scopes} scopes healthy after {timeout:?}").into());
+            let by = judged_by.map(|j| format!(" by {j}")).unwrap_or_default();
+            return Err(format!(
+                "only {healthy}/{scopes} scopes judged healthy{by} after {timeout:?}"
+            )
+            .into());
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
