@@ -160,14 +160,23 @@ CARGO_FUZZ     := $(TOOLS_DIR)/cargo-fuzz/bin/cargo-fuzz
 bench: testenv oam-runtime tools ## Run every benchmark (release builds); figures for docs/benchmarks.md in target/bench
 	@command -v wrk >/dev/null || { echo "wrk missing: apt-get install wrk" >&2; exit 1; }
 	$(CARGO) build --release --features bench --bins
+	@mkdir -p target/bench
+	set -o pipefail; target/release/bench-rules | tee target/bench/rules.md
 	SKIP_BUILD=1 DURATION=$(BENCH_DURATION) bench/webhook.sh
 	SKIP_BUILD=1 bench/apiserver.sh
 	SKIP_BUILD=1 bench/scale.sh
+	SKIP_BUILD=1 RULE=1 bench/scale.sh
 	bench/coexist.py --release
 
 .PHONY: bench-webhook
 bench-webhook: ## Webhook vs the floor only (wrk, HTTPS keep-alive, 1-200 connections)
 	DURATION=$(BENCH_DURATION) bench/webhook.sh
+
+.PHONY: bench-rules
+bench-rules: ## Cost of one evaluation by a CEL HealthRule vs the built-in rule (about 15 s, no control plane)
+	$(CARGO) build --release --features bench --bin bench-rules
+	@mkdir -p target/bench
+	set -o pipefail; target/release/bench-rules | tee target/bench/rules.md
 
 $(CARGO_FUZZ):
 	$(CARGO) install cargo-fuzz --locked --root $(TOOLS_DIR)/cargo-fuzz
