@@ -1,7 +1,7 @@
 //! The webhook through the API server: concurrent clients create ApplicationConfigurations and
 //! Deployments on a private real control plane, first with no webhooks registered, then with
 //! healthscope's webhooks registered (served in this process by `webhook::bind` +
-//! `webhook::router` over a live `OamCache`, as in `healthscope run`). Reports the API server's
+//! `webhook::router` over a live `OamCache`, the webhook's own cache when it runs alone). Reports the API server's
 //! own `apiserver_admission_webhook_admission_duration_seconds` for our webhooks, and the
 //! client-observed create latency in both phases. healthscope's controller runs throughout, as
 //! in `healthscope run`, and wires the scopes from the stored AppConfigs; the time from an

@@ -8,7 +8,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState, Readiness};
-use crate::cache::OamCache;
 use crate::controller::cache::ExtraKinds;
 use crate::controller::{ControllerConfig, start};
 use crate::leader::{self, LeaderElector, LeaderState, LeaseConfig};
@@ -285,7 +284,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     ));
 
     let mut webhook_task = None;
-    let oam = if let Some(server) = webhook {
+    if let Some(server) = webhook {
         let certificate = server.certificate();
         metrics.set_cert_expiry(certificate.info().not_after());
         // Keep the expiry metric current across certificate reloads.
@@ -298,30 +297,22 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             }
         });
         readiness.mark_certs_loaded();
-        let oam = OamCache::spawn(client.clone());
-        let state = AdmissionState::new(Arc::new(oam.clone()), client.clone())
+        // The webhook answers from the controller's caches: each kind is watched once.
+        let state = AdmissionState::new(Arc::new(controller.caches.clone()), client.clone())
             .with_metrics(metrics.clone());
         let router = admission_routes::router(state);
         webhook_task = Some(tokio::spawn(
             server.run(router, shutdown.clone().cancelled_owned()),
         ));
-        Some(oam)
     } else {
         readiness.mark_certs_loaded();
-        None
-    };
+    }
 
     // Ready once every watch has listed its objects.
     let mut ready = controller.ready();
     let synced_readiness = readiness.clone();
-    let synced_oam = oam.clone();
     tokio::spawn(async move {
         let _ = ready.wait_for(|r| *r).await;
-        if let Some(oam) = synced_oam {
-            while let Err(error) = oam.wait_synced(Duration::from_secs(60)).await {
-                tracing::warn!(%error, "waiting for the OAM caches");
-            }
-        }
         synced_readiness.mark_caches_synced();
         tracing::info!("ready");
     });
@@ -353,9 +344,6 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         tracing::warn!(deadline = ?SHUTDOWN_DEADLINE, "shutdown did not finish in time; exiting");
     } else {
         tracing::info!("shut down cleanly");
-    }
-    if let Some(oam) = oam {
-        oam.shutdown();
     }
     Ok(())
 }

@@ -1,6 +1,9 @@
-//! Watch caches of the OAM objects healthscope reads: ApplicationConfigurations, Components,
-//! ContainerizedWorkloads and HealthScopes in all namespaces. The webhook answers from them (see
-//! [`crate::admission::Snapshot`]); the controller reuses them.
+//! What every watch shares (the backoff, error logging, waiting for a first list), and
+//! [`OamCache`]: the OAM objects alone (ApplicationConfigurations, Components,
+//! ContainerizedWorkloads and HealthScopes in all namespaces), for running the webhook without
+//! the controller, as its tests and benchmarks do. `healthscope run` answers admission from the
+//! controller's caches instead ([`crate::controller::cache::WorkloadCaches`]), so each kind is
+//! watched once per process.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,9 +1,17 @@
-//! Watch caches for every workload kind a scope can reference, so the reconcile and probe cycle
-//! never GETs or LISTs. Built-in kinds are watched from the start; any other kind is watched
-//! on demand, the first time a scope references it (GVK resolved once through discovery).
+//! The process's one cache layer: every kind healthscope reads is watched once (in `--namespace`
+//! when given), trimmed to what decisions read, and each event fanned out to whoever needs it.
+//! The reconcile and probe cycle, the wiring loop, the webhook and the admin API read these
+//! stores and never GET or LIST.
 //!
-//! Every cache event is mapped through the [`DependencyIndex`] to the scopes that read that
-//! object in their last evaluation, and those scopes are queued for reconcile at once.
+//! - Workloads: the built-in kinds from the start; any other kind on demand, the first time a
+//!   scope references it (GVK resolved once through discovery).
+//! - The OAM objects: ApplicationConfigurations, Components, ContainerizedWorkloads and
+//!   HealthScopes.
+//!
+//! Fan-out: every event is mapped through the [`DependencyIndex`] to the scopes that read that
+//! object in their last evaluation (queued for reconcile at once); marked for the wiring loop
+//! ([`WiringFeed`], which also keeps its index of what each AppConfig names); and HealthScope
+//! events drive the controller ([`ScopeEvents`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
@@ -24,8 +32,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::rules::RuleBook;
-use super::wiring::ChangedObjects;
-use crate::api::{ContainerizedWorkload, HealthScope};
+use super::wiring::WiringFeed;
+use crate::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
 
 pub use crate::health::SERVICE_NAME_LABEL;
 
@@ -152,9 +160,26 @@ impl DependencyIndex {
 /// Where cache events send the scopes to reconcile.
 pub type Trigger = mpsc::UnboundedSender<ObjectRef<HealthScope>>;
 
+/// Where the HealthScope watch sends the scopes it applied: the controller's input stream.
+pub type ScopeEvents = mpsc::UnboundedSender<Result<HealthScope, watcher::Error>>;
+
+/// Who hears about cache events.
+pub struct Subscribers {
+    /// Scopes that read a changed object are sent to `trigger`.
+    pub index: DependencyIndex,
+    pub trigger: Trigger,
+    /// The wiring loop, when it runs.
+    pub wiring: Option<WiringFeed>,
+    /// The controller's HealthScope stream.
+    pub scopes: ScopeEvents,
+}
+
 /// The watch caches the controller reads. Cheap to clone.
 #[derive(Clone)]
 pub struct WorkloadCaches {
+    pub apps: Store<ApplicationConfiguration>,
+    pub components: Store<Component>,
+    pub scopes: Store<HealthScope>,
     pub deployments: Store<Deployment>,
     pub statefulsets: Store<StatefulSet>,
     pub daemonsets: Store<DaemonSet>,
@@ -170,8 +195,8 @@ struct DynamicCaches {
     namespace: Option<String>,
     index: DependencyIndex,
     trigger: Trigger,
-    /// Marks the namespace of every cache event for the wiring loop.
-    on_change: Option<ChangedObjects>,
+    /// Marks every cache event for the wiring loop.
+    wiring: Option<WiringFeed>,
     shutdown: CancellationToken,
     allowed: AllowedKinds,
     entries: tokio::sync::Mutex<HashMap<GroupVersionKind, DynamicEntry>>,
@@ -239,6 +264,22 @@ impl ExtraKinds {
     }
 }
 
+/// The webhook answers from the same stores (`healthscope run`).
+impl crate::admission::Snapshot for WorkloadCaches {
+    fn app_configuration(&self, ns: &str, name: &str) -> Option<Arc<ApplicationConfiguration>> {
+        self.apps.get(&ObjectRef::new(name).within(ns))
+    }
+    fn component(&self, ns: &str, name: &str) -> Option<Arc<Component>> {
+        self.components.get(&ObjectRef::new(name).within(ns))
+    }
+    fn containerized_workload(&self, ns: &str, name: &str) -> Option<Arc<ContainerizedWorkload>> {
+        self.containerized.get(&ObjectRef::new(name).within(ns))
+    }
+    fn health_scope(&self, ns: &str, name: &str) -> Option<Arc<HealthScope>> {
+        self.scopes.get(&ObjectRef::new(name).within(ns))
+    }
+}
+
 /// What a reconcile learns about a kind without a built-in cache.
 pub enum DynamicLookup {
     Store(Store<DynamicObject>),
@@ -247,24 +288,30 @@ pub enum DynamicLookup {
 }
 
 impl WorkloadCaches {
-    /// Starts a watch per built-in kind (in `namespace`, or all namespaces) on the current
-    /// runtime; they stop when `shutdown` is cancelled. Every event is mapped through `index`
-    /// to scopes sent on `trigger`, and marks its namespace in `on_change` when given.
+    /// Starts a watch per kind (in `namespace`, or all namespaces) on the current runtime; they
+    /// stop when `shutdown` is cancelled. Every event goes to `subscribers`.
     pub fn spawn(
         client: Client,
         namespace: Option<String>,
-        index: DependencyIndex,
-        trigger: Trigger,
-        on_change: Option<ChangedObjects>,
+        subscribers: Subscribers,
         allowed: AllowedKinds,
         shutdown: CancellationToken,
     ) -> Self {
+        let Subscribers {
+            index,
+            trigger,
+            wiring,
+            scopes: scope_events,
+        } = subscribers;
         let ctx = WatchCtx {
             index: index.clone(),
             trigger: trigger.clone(),
-            on_change: on_change.clone(),
+            wiring: wiring.clone(),
             shutdown: shutdown.clone(),
         };
+        let apps = watch_apps(&client, &namespace, &ctx);
+        let components = typed::<Component>(&client, &namespace, &ctx);
+        let scopes = watch_scopes(&client, &namespace, scope_events, &shutdown);
         let deployments = typed::<Deployment>(&client, &namespace, &ctx);
         let statefulsets = typed::<StatefulSet>(&client, &namespace, &ctx);
         let daemonsets = typed::<DaemonSet>(&client, &namespace, &ctx);
@@ -273,6 +320,9 @@ impl WorkloadCaches {
         let endpointslices = typed::<EndpointSlice>(&client, &namespace, &ctx);
         let containerized = typed::<ContainerizedWorkload>(&client, &namespace, &ctx);
         Self {
+            apps,
+            components,
+            scopes,
             deployments,
             statefulsets,
             daemonsets,
@@ -285,7 +335,7 @@ impl WorkloadCaches {
                 namespace,
                 index,
                 trigger,
-                on_change,
+                wiring,
                 shutdown,
                 allowed,
                 entries: Default::default(),
@@ -293,9 +343,13 @@ impl WorkloadCaches {
         }
     }
 
-    /// Resolves once every built-in cache has listed its objects (any number of callers).
+    /// Resolves once every cache of a built-in kind has listed its objects (any number of
+    /// callers).
     pub async fn wait_synced(&self) {
         futures::join!(
+            store_ready(&self.apps),
+            store_ready(&self.components),
+            store_ready(&self.scopes),
             store_ready(&self.deployments),
             store_ready(&self.statefulsets),
             store_ready(&self.daemonsets),
@@ -337,7 +391,7 @@ impl WorkloadCaches {
 struct WatchCtx {
     index: DependencyIndex,
     trigger: Trigger,
-    on_change: Option<ChangedObjects>,
+    wiring: Option<WiringFeed>,
     shutdown: CancellationToken,
 }
 
@@ -401,6 +455,8 @@ impl TrimForCache for ReplicaSet {
 impl TrimForCache for Service {}
 impl TrimForCache for EndpointSlice {}
 impl TrimForCache for ContainerizedWorkload {}
+impl TrimForCache for Component {}
+impl TrimForCache for ApplicationConfiguration {}
 
 fn spawn_reflector<K>(api: Api<K>, dt: K::DynamicType, ctx: &WatchCtx) -> Store<K>
 where
@@ -418,9 +474,81 @@ where
         dt,
         ctx.index.clone(),
         ctx.trigger.clone(),
-        ctx.on_change.clone(),
+        ctx.wiring.clone(),
         ctx.shutdown.clone(),
     ));
+    store
+}
+
+/// The ApplicationConfiguration watch: its events feed the wiring loop (and its index of what
+/// each AppConfig names); nothing's health reads an AppConfig.
+fn watch_apps(
+    client: &Client,
+    namespace: &Option<String>,
+    ctx: &WatchCtx,
+) -> Store<ApplicationConfiguration> {
+    let api: Api<ApplicationConfiguration> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let writer = reflector::store::Writer::new(());
+    let store = writer.as_reader();
+    let events = watcher(api, watcher::Config::default().page_size(100))
+        .backoff(crate::cache::WatchBackoff::default())
+        .modify(|app: &mut ApplicationConfiguration| app.trim_for_cache())
+        .reflect(writer)
+        .take_until(ctx.shutdown.clone().cancelled_owned());
+    let wiring = ctx.wiring.clone();
+    let reader = store.clone();
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => {
+                    if let Some(wiring) = &wiring {
+                        wiring.app_event(&reader, &event);
+                    }
+                }
+                Err(error) => crate::cache::log_watch_error("ApplicationConfiguration", &error),
+            }
+        }
+    });
+    store
+}
+
+/// The HealthScope watch, untrimmed (the wiring loop reads whose fields its refs are, and the
+/// admin API the status): every scope applied goes to the controller's stream.
+fn watch_scopes(
+    client: &Client,
+    namespace: &Option<String>,
+    scope_events: ScopeEvents,
+    shutdown: &CancellationToken,
+) -> Store<HealthScope> {
+    let api: Api<HealthScope> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let writer = reflector::store::Writer::new(());
+    let store = writer.as_reader();
+    let events = watcher(api, watcher::Config::default().page_size(100))
+        .backoff(crate::cache::WatchBackoff::default())
+        .reflect(writer)
+        .take_until(shutdown.clone().cancelled_owned());
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Apply(scope) | watcher::Event::InitApply(scope)) => {
+                    let _ = scope_events.send(Ok(scope));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    crate::cache::log_watch_error("HealthScope", &error);
+                    let _ = scope_events.send(Err(error));
+                }
+            }
+        }
+    });
     store
 }
 
@@ -432,7 +560,7 @@ async fn forward<K>(
     dt: K::DynamicType,
     index: DependencyIndex,
     trigger: Trigger,
-    on_change: Option<ChangedObjects>,
+    wiring: Option<WiringFeed>,
     shutdown: CancellationToken,
 ) where
     K: Resource + Send,
@@ -444,8 +572,8 @@ async fn forward<K>(
                 for scope in index.all_scopes() {
                     let _ = trigger.send(scope);
                 }
-                if let Some(changed) = &on_change {
-                    changed.mark_everything();
+                if let Some(wiring) = &wiring {
+                    wiring.mark_everything();
                 }
             }
             Ok(watcher::Event::Init) => {}
@@ -459,8 +587,8 @@ async fn forward<K>(
                         let _ = trigger.send(scope);
                     }
                 }
-                if let Some(changed) = &on_change {
-                    changed.mark(&obj, &dt);
+                if let Some(wiring) = &wiring {
+                    wiring.mark(&obj, &dt);
                 }
             }
             Err(error) => crate::cache::log_watch_error(&K::kind(&dt), &error),
@@ -580,7 +708,7 @@ impl DynamicCaches {
         let ctx = WatchCtx {
             index: self.index.clone(),
             trigger: self.trigger.clone(),
-            on_change: self.on_change.clone(),
+            wiring: self.wiring.clone(),
             shutdown: stop,
         };
         let writer = reflector::store::Writer::new(resource.clone());
@@ -604,7 +732,7 @@ impl DynamicCaches {
             resource,
             ctx.index,
             ctx.trigger,
-            ctx.on_change,
+            ctx.wiring,
             ctx.shutdown,
         ));
         store

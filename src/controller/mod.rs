@@ -19,10 +19,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::Client;
-use kube::api::Api;
+use kube::runtime::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, watcher};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -135,16 +134,22 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> Result<ControllerHandle, crate::prober::ProbeError> {
     let (trigger, mut triggered) = mpsc::unbounded_channel::<ObjectRef<HealthScope>>();
+    let (scope_events, scope_stream) = mpsc::unbounded_channel();
     let index = DependencyIndex::default();
     let dirty = wiring::ChangedObjects::default();
     let wiring_on = config.wiring_resync.is_some();
+    let feed = wiring::WiringFeed::new(dirty.clone());
     let rules = rules::RuleBook::default();
+    // The one cache layer: every kind watched once, its events fanned out.
     let caches = WorkloadCaches::spawn(
         client.clone(),
         config.namespace.clone(),
-        index.clone(),
-        trigger.clone(),
-        wiring_on.then(|| dirty.clone()),
+        cache::Subscribers {
+            index: index.clone(),
+            trigger: trigger.clone(),
+            wiring: wiring_on.then(|| feed.clone()),
+            scopes: scope_events,
+        },
         cache::AllowedKinds {
             listed: config.extra_kinds.clone(),
             rules: rules.clone(),
@@ -161,12 +166,11 @@ pub fn start(
         leader.clone(),
         shutdown.clone(),
     );
-    let scopes_api: Api<HealthScope> = match &config.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let controller = Controller::new(scopes_api, watcher::Config::default());
-    let scopes = controller.store();
+    let scopes = caches.scopes.clone();
+    let scope_stream = futures::stream::unfold(scope_stream, |mut events| async move {
+        events.recv().await.map(|event| (event, events))
+    });
+    let controller = Controller::for_stream(scope_stream, scopes.clone());
     let observer = config
         .metrics
         .clone()
@@ -206,17 +210,14 @@ pub fn start(
     if let Some(resync) = config.wiring_resync {
         let wiring = wiring::Wiring::new(
             client.clone(),
-            config.namespace.clone(),
-            scopes.clone(),
             caches.clone(),
+            feed,
             leader.clone(),
-            dirty,
             resync,
             config.repair_labels,
             config.metrics.clone(),
             unresolved,
             trigger,
-            &shutdown,
         );
         tokio::spawn(wiring.run(shutdown.clone()));
     }
@@ -243,10 +244,8 @@ pub fn start(
 
     let (ready_tx, ready) = watch::channel(false);
     let waiting_caches = caches.clone();
-    let waiting_scopes = scopes.clone();
     tokio::spawn(async move {
         waiting_caches.wait_synced().await;
-        cache::store_ready(&waiting_scopes).await;
         tracing::info!("caches synced");
         let _ = ready_tx.send(true);
     });

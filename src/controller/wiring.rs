@@ -16,11 +16,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -501,9 +500,8 @@ fn retry_delay(failures: u32, ceiling: Duration) -> Duration {
     (RETRY_AFTER * 2u32.pow(doublings)).min(ceiling.max(RETRY_AFTER))
 }
 
-/// The running wiring loop: the AppConfig and Component watches (with an index of what each
-/// AppConfig names), plus the controller's scope and workload caches; its writes go through a
-/// [`Writer`].
+/// The running wiring loop over the shared caches (with an index of what each AppConfig names,
+/// kept from their AppConfig watch); its writes go through a [`Writer`].
 pub struct Wiring {
     apps: Store<ApplicationConfiguration>,
     components: Store<Component>,
@@ -521,26 +519,25 @@ pub struct Wiring {
 }
 
 impl Wiring {
-    /// Starts the ApplicationConfiguration and Component watches (marking `changed`) and
-    /// returns the loop; call [`Wiring::run`] to drive it.
+    /// The loop over the shared caches (their AppConfig and Component watches feed `feed`); call
+    /// [`Wiring::run`] to drive it.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
-        namespace: Option<String>,
-        scopes: Store<HealthScope>,
         caches: WorkloadCaches,
+        feed: WiringFeed,
         leader: LeaderState,
-        changed: ChangedObjects,
         resync: Duration,
         repair_labels: bool,
         metrics: Option<Metrics>,
         unresolved: UnresolvedMembers,
         trigger: super::cache::Trigger,
-        shutdown: &CancellationToken,
     ) -> Self {
-        let index = AppIndex::default();
-        let apps = watch_apps(&client, &namespace, &changed, &index, shutdown);
-        let components = watch_all::<Component>(&client, &namespace, &changed, shutdown);
+        let changed = feed.changed.clone();
+        let index = feed.index.clone();
+        let apps = caches.apps.clone();
+        let components = caches.components.clone();
+        let scopes = caches.scopes.clone();
         let writer = Arc::new(Writer {
             client,
             metrics,
@@ -1184,53 +1181,59 @@ async fn execute(client: &Client, action: &Action) -> Result<(), kube::Error> {
     Ok(())
 }
 
-/// The AppConfig watch: its store, kept in `index`, each change marked in `changed`.
-fn watch_apps(
-    client: &Client,
-    namespace: &Option<String>,
-    changed: &ChangedObjects,
-    index: &AppIndex,
-    shutdown: &CancellationToken,
-) -> Store<ApplicationConfiguration> {
-    let api: Api<ApplicationConfiguration> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let writer = reflector::store::Writer::new(());
-    let store = writer.as_reader();
-    let events = watcher(api, watcher::Config::default())
-        .backoff(crate::cache::WatchBackoff::default())
-        .modify(|o: &mut ApplicationConfiguration| o.managed_fields_mut().clear())
-        .reflect(writer)
-        .take_until(shutdown.clone().cancelled_owned());
-    let changed = changed.clone();
-    let index = index.clone();
-    let store_here = store.clone();
-    tokio::spawn(async move {
-        let store = store_here;
-        let mut events = std::pin::pin!(events);
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(watcher::Event::Apply(app) | watcher::Event::InitApply(app)) => {
-                    let dropped = index.apply(&app);
-                    changed.mark(&app, &());
-                    mark_scopes(&changed, &app, dropped);
-                }
-                Ok(watcher::Event::Delete(app)) => {
-                    let named = index.delete(&app);
-                    changed.mark(&app, &());
-                    mark_scopes(&changed, &app, named);
-                }
-                Ok(watcher::Event::InitDone) => {
-                    index.retain(|ns, name| store.get(&ObjectRef::new(name).within(ns)).is_some());
-                    changed.mark_everything();
-                }
-                Ok(watcher::Event::Init) => {}
-                Err(error) => crate::cache::log_watch_error("ApplicationConfiguration", &error),
-            }
+/// What the wiring loop learns from the shared watches ([`super::cache::WorkloadCaches`]):
+/// each changed object is marked, and the index of what each AppConfig names is kept. Cheap to
+/// clone; one per process.
+#[derive(Clone, Default)]
+pub struct WiringFeed {
+    changed: ChangedObjects,
+    index: AppIndex,
+}
+
+impl WiringFeed {
+    pub fn new(changed: ChangedObjects) -> Self {
+        Self {
+            changed,
+            index: AppIndex::default(),
         }
-    });
-    store
+    }
+
+    /// An object of any watched kind changed.
+    pub fn mark<K: Resource>(&self, obj: &K, dt: &K::DynamicType) {
+        self.changed.mark(obj, dt);
+    }
+
+    /// A watch listed again: it cannot say what was deleted meanwhile.
+    pub fn mark_everything(&self) {
+        self.changed.mark_everything();
+    }
+
+    /// An AppConfig watch event: the index follows it, and the AppConfig and the scopes it
+    /// names (or named until now) are marked. `store` already holds the change.
+    pub fn app_event(
+        &self,
+        store: &Store<ApplicationConfiguration>,
+        event: &watcher::Event<ApplicationConfiguration>,
+    ) {
+        match event {
+            watcher::Event::Apply(app) | watcher::Event::InitApply(app) => {
+                let dropped = self.index.apply(app);
+                self.changed.mark(app, &());
+                mark_scopes(&self.changed, app, dropped);
+            }
+            watcher::Event::Delete(app) => {
+                let named = self.index.delete(app);
+                self.changed.mark(app, &());
+                mark_scopes(&self.changed, app, named);
+            }
+            watcher::Event::InitDone => {
+                self.index
+                    .retain(|ns, name| store.get(&ObjectRef::new(name).within(ns)).is_some());
+                self.changed.mark_everything();
+            }
+            watcher::Event::Init => {}
+        }
+    }
 }
 
 /// Marks `scopes` of the AppConfig's namespace as changed (scopes it no longer names).
@@ -1240,52 +1243,6 @@ fn mark_scopes(changed: &ChangedObjects, app: &ApplicationConfiguration, scopes:
         marker.metadata.namespace = app.namespace();
         changed.mark(&marker, &());
     }
-}
-
-fn watch_all<K>(
-    client: &Client,
-    namespace: &Option<String>,
-    dirty: &ChangedObjects,
-    shutdown: &CancellationToken,
-) -> Store<K>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let api: Api<K> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let writer = reflector::store::Writer::new(());
-    let store = writer.as_reader();
-    let events = watcher(api, watcher::Config::default())
-        .backoff(crate::cache::WatchBackoff::default())
-        .modify(|o: &mut K| o.managed_fields_mut().clear())
-        .reflect(writer)
-        .take_until(shutdown.clone().cancelled_owned());
-    let dirty = dirty.clone();
-    tokio::spawn(async move {
-        let mut events = std::pin::pin!(events);
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(
-                    watcher::Event::Apply(obj)
-                    | watcher::Event::InitApply(obj)
-                    | watcher::Event::Delete(obj),
-                ) => dirty.mark(&obj, &()),
-                // A relist cannot say what was deleted meanwhile.
-                Ok(watcher::Event::InitDone) => dirty.mark_everything(),
-                Ok(watcher::Event::Init) => {}
-                Err(error) => crate::cache::log_watch_error(&K::kind(&()), &error),
-            }
-        }
-    });
-    store
 }
 
 #[cfg(test)]
