@@ -188,6 +188,7 @@ pub fn probe_settings(scope: &HealthScope, floor: Duration) -> ProbeSettings {
     settings
 }
 
+#[tracing::instrument(name = "reconcile", skip_all, fields(scope = %ObjectRef::from_obj(scope.as_ref())))]
 pub async fn reconcile(
     scope: Arc<HealthScope>,
     ctx: Arc<Context>,

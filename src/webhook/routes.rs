@@ -7,6 +7,7 @@ use axum::response::Response;
 use axum::routing::post;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use tracing::Instrument;
 
 use super::live::{AdmissionState, settle_unread, with_live_reads};
 use super::{AdmissionReviewRequest, review_response};
@@ -135,11 +136,13 @@ pub fn router(state: AdmissionState) -> axum::Router {
 }
 
 async fn healthscope_route(AdmissionReviewRequest(request): AdmissionReviewRequest) -> Response {
+    let _review = review_span(&request).entered();
     let response = healthscope::review(&request);
     answer(&request, response, RejectReason::InvalidHealthScope)
 }
 
 async fn healthrule_route(AdmissionReviewRequest(request): AdmissionReviewRequest) -> Response {
+    let _review = review_span(&request).entered();
     let response = healthrule::review(&request);
     answer(&request, response, RejectReason::InvalidHealthRule)
 }
@@ -148,9 +151,14 @@ async fn workload_route(
     State(state): State<AdmissionState>,
     AdmissionReviewRequest(request): AdmissionReviewRequest,
 ) -> Response {
-    let read = with_live_reads(&state, |snapshot| workload::review(&request, snapshot)).await;
-    let response = settle_unread(&state, &request, read);
-    answer(&request, response, RejectReason::InvalidRequest)
+    let span = review_span(&request);
+    async {
+        let read = with_live_reads(&state, |snapshot| workload::review(&request, snapshot)).await;
+        let response = settle_unread(&state, &request, read);
+        answer(&request, response, RejectReason::InvalidRequest)
+    }
+    .instrument(span)
+    .await
 }
 
 /// Both ApplicationConfiguration paths answer the same decision, without a patch: the
@@ -159,12 +167,28 @@ async fn appconfig_route(
     State(state): State<AdmissionState>,
     AdmissionReviewRequest(request): AdmissionReviewRequest,
 ) -> Response {
-    let read = with_live_reads(&state, |snapshot| appconfig::review(&request, snapshot)).await;
-    let response = settle_unread(&state, &request, read);
-    answer(
-        &request,
-        response,
-        RejectReason::InvalidApplicationConfiguration,
+    let span = review_span(&request);
+    async {
+        let read = with_live_reads(&state, |snapshot| appconfig::review(&request, snapshot)).await;
+        let response = settle_unread(&state, &request, read);
+        answer(
+            &request,
+            response,
+            RejectReason::InvalidApplicationConfiguration,
+        )
+    }
+    .instrument(span)
+    .await
+}
+
+/// One span per AdmissionReview: everything logged while deciding carries its uid and object.
+fn review_span(request: &AdmissionRequest<DynamicObject>) -> tracing::Span {
+    tracing::info_span!(
+        "review",
+        uid = %request.uid,
+        kind = %request.kind.kind,
+        object = %object_name(request),
+        operation = operation_label(&request.operation),
     )
 }
 
