@@ -135,8 +135,7 @@ async fn main() -> Result<(), BoxError> {
     // With metrics, as `healthscope run` has them; GET /metrics on the same server gives the
     // server-side latency histogram (healthscope_webhook_request_duration_seconds).
     let metrics = Metrics::new();
-    let state =
-        AdmissionState::new(Arc::new(snapshot()?), unused_client()?).with_metrics(metrics.clone());
+    let state = AdmissionState::new(Arc::new(snapshot()?), unused_client()?).with_metrics(&metrics);
     let router = healthscope::webhook::router(state).route(
         "/metrics",
         axum::routing::get(move || {

@@ -633,7 +633,7 @@ mod tests {
     #[tokio::test]
     async fn metrics_are_openmetrics_text() {
         let state = state_with(vec![]);
-        state.metrics().set_leader(true);
+        state.metrics().controller.set_leader(true);
         let (status, response) = call(&state, Method::GET, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(

@@ -244,7 +244,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         client.clone(),
         args.manage_crd,
         crd_gate,
-        Some(metrics.clone()),
+        Some(metrics.process.clone()),
         shutdown.clone(),
     ));
     let leader_state = leader_state.gated(crd_ok);
@@ -260,7 +260,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             extra_kinds: ExtraKinds::parse(&args.extra_kinds).map_err(RunError::Config)?,
             identity,
             wiring_resync: Some(crate::controller::wiring::DEFAULT_RESYNC),
-            metrics: Some(metrics.clone()),
+            metrics: metrics.clone(),
         },
         leader_state,
         shutdown.clone(),
@@ -286,10 +286,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let mut webhook_task = None;
     if let Some(server) = webhook {
         let certificate = server.certificate();
-        metrics.set_cert_expiry(certificate.info().not_after());
+        metrics
+            .process
+            .set_cert_expiry(certificate.info().not_after());
         // Keep the expiry metric current across certificate reloads.
         let mut reloads = certificate.subscribe();
-        let expiry_metrics = metrics.clone();
+        let expiry_metrics = metrics.process.clone();
         tokio::spawn(async move {
             while reloads.changed().await.is_ok() {
                 let not_after = reloads.borrow_and_update().not_after();
@@ -299,7 +301,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         readiness.mark_certs_loaded();
         // The webhook answers from the controller's caches: each kind is watched once.
         let state = AdmissionState::new(Arc::new(controller.caches.clone()), client.clone())
-            .with_metrics(metrics.clone());
+            .with_metrics(&metrics);
         let router = admission_routes::router(state);
         webhook_task = Some(tokio::spawn(
             server.run(router, shutdown.clone().cancelled_owned()),

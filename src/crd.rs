@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{CRD_DIGEST_ANNOTATION, healthscope_crd};
-use crate::metrics::Metrics;
+use crate::metrics::ProcessMetrics;
 
 /// The name of the HealthScope CRD.
 pub const HEALTHSCOPE_CRD: &str = "healthscopes.core.oam.dev";
@@ -149,7 +149,7 @@ pub async fn keep(
     client: Client,
     manage: bool,
     gate: watch::Sender<bool>,
-    metrics: Option<Metrics>,
+    metrics: Option<ProcessMetrics>,
     shutdown: CancellationToken,
 ) {
     let api = Api::<CustomResourceDefinition>::all(client.clone());

@@ -1,7 +1,7 @@
-//! Prometheus metrics shared by the webhook, the controller and the probes.
-//!
-//! One [`Metrics`] per process, cloned into every part (an `Arc` inside, so clones are cheap and
-//! share the same series). Names follow the Prometheus conventions: a `healthscope_` prefix, base
+//! Prometheus metrics, registered per subsystem into one registry per process: the webhook
+//! ([`WebhookMetrics`]), the wiring loop ([`WiringMetrics`]), the controller
+//! ([`ControllerMetrics`]), the probes ([`ProbeMetrics`]) and the process ([`ProcessMetrics`]).
+//! Each part goes only to its subsystem; clones share the same series. Names follow the Prometheus conventions: a `healthscope_` prefix, base
 //! units, `_total` on counters. Per-workload series are deliberately absent: 10,000 workloads would
 //! mean 10,000 series; per-workload detail is served by `/scopes/{namespace}/{name}` instead.
 
@@ -44,7 +44,7 @@ pub const PROBE_DURATION_BUCKETS: [f64; 12] = [
 ];
 
 /// Every metric family healthscope exposes, by the sample name it is scraped as.
-pub const METRIC_NAMES: [&str; 15] = [
+pub const METRIC_NAMES: [&str; 16] = [
     "healthscope_webhook_requests_total",
     "healthscope_webhook_request_duration_seconds",
     "healthscope_webhook_requests_in_flight",
@@ -53,6 +53,7 @@ pub const METRIC_NAMES: [&str; 15] = [
     "healthscope_reconcile_total",
     "healthscope_reconcile_duration_seconds",
     "healthscope_status_patch_total",
+    "healthscope_events_total",
     "healthscope_probe_success",
     "healthscope_probe_duration_seconds",
     "healthscope_workloads",
@@ -88,6 +89,11 @@ struct ResultLabels {
 struct ProbeScopeLabels {
     namespace: String,
     scope: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    r#type: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -164,34 +170,17 @@ impl From<&ScopeHealthCondition> for WorkloadCounts {
 
 const HEALTHS: [Health; 3] = [Health::Healthy, Health::Unhealthy, Health::Unknown];
 
-/// The process's metrics. Clone it freely: clones share the same registry and series.
+/// The process's metrics: one registry, and one part per subsystem, each of which registered its
+/// own families. Clone freely: clones share the series. A part made with `Default` counts into
+/// a registry nobody scrapes (a controller or webhook run without `healthscope run`).
 #[derive(Clone)]
 pub struct Metrics {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    registry: Registry,
-    webhook_requests: Family<WebhookRequestLabels, Counter>,
-    webhook_duration: Histogram,
-    webhook_in_flight: Gauge,
-    webhook_request_bytes: Histogram,
-    webhook_rejected: Family<ReasonLabels, Counter>,
-    webhook_lookups_unfinished: Counter,
-    wiring_writes: Family<WiringLabels, Counter>,
-    reconcile: Family<ResultLabels, Counter>,
-    reconcile_duration: Histogram,
-    status_patch: Family<ResultLabels, Counter>,
-    probe_success: Family<ProbeScopeLabels, Gauge>,
-    probe_duration: Histogram,
-    workloads: Family<HealthLabels, Gauge>,
-    scope_health: Family<ScopeHealthLabels, Gauge>,
-    leader: Gauge,
-    crd_compatible: Gauge,
-    cert_expiry: Gauge,
-    /// Per-scope workload counts, so `healthscope_workloads` is the sum over the scopes that
-    /// exist now (a deleted scope's workloads drop out of it).
-    scope_counts: Mutex<BTreeMap<(String, String), WorkloadCounts>>,
+    registry: Arc<Registry>,
+    pub webhook: WebhookMetrics,
+    pub controller: ControllerMetrics,
+    pub probes: ProbeMetrics,
+    pub wiring: WiringMetrics,
+    pub process: ProcessMetrics,
 }
 
 impl Default for Metrics {
@@ -209,58 +198,195 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("healthscope");
+        let webhook = WebhookMetrics::register(&mut registry);
+        let wiring = WiringMetrics::register(&mut registry);
+        let controller = ControllerMetrics::register(&mut registry);
+        let probes = ProbeMetrics::register(&mut registry);
+        let process = ProcessMetrics::register(&mut registry);
+        Self {
+            registry: Arc::new(registry),
+            webhook,
+            controller,
+            probes,
+            wiring,
+            process,
+        }
+    }
 
-        let webhook_requests = Family::<WebhookRequestLabels, Counter>::default();
+    /// The metrics in OpenMetrics text format (serve with [`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; an error here would only come from an encoder bug,
+        // and an empty scrape is the safe answer to that.
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Implements `Default` as "registered nowhere that is scraped".
+macro_rules! unscraped_default {
+    ($part:ty) => {
+        impl Default for $part {
+            fn default() -> Self {
+                Self::register(&mut Registry::default())
+            }
+        }
+    };
+}
+
+/// The admission webhook's requests.
+#[derive(Clone, Debug)]
+pub struct WebhookMetrics {
+    requests: Family<WebhookRequestLabels, Counter>,
+    duration: Histogram,
+    in_flight: Gauge,
+    request_bytes: Histogram,
+    rejected: Family<ReasonLabels, Counter>,
+    lookups_unfinished: Counter,
+}
+
+unscraped_default!(WebhookMetrics);
+
+impl WebhookMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let requests = Family::<WebhookRequestLabels, Counter>::default();
         registry.register(
             "webhook_requests",
             "AdmissionReview requests answered, by operation and HTTP status code",
-            webhook_requests.clone(),
+            requests.clone(),
         );
-        let webhook_duration = Histogram::new(WEBHOOK_DURATION_BUCKETS);
+        let duration = Histogram::new(WEBHOOK_DURATION_BUCKETS);
         registry.register_with_unit(
             "webhook_request_duration",
             "Time from reading an AdmissionReview to writing the response",
             Unit::Seconds,
-            webhook_duration.clone(),
+            duration.clone(),
         );
-        let webhook_in_flight = Gauge::default();
+        let in_flight = Gauge::default();
         registry.register(
             "webhook_requests_in_flight",
             "AdmissionReview requests being handled now",
-            webhook_in_flight.clone(),
+            in_flight.clone(),
         );
-        let webhook_request_bytes = Histogram::new(WEBHOOK_REQUEST_BYTES_BUCKETS);
+        let request_bytes = Histogram::new(WEBHOOK_REQUEST_BYTES_BUCKETS);
         registry.register_with_unit(
             "webhook_request",
             "Size of AdmissionReview request bodies",
             Unit::Bytes,
-            webhook_request_bytes.clone(),
+            request_bytes.clone(),
         );
-        let webhook_rejected = Family::<ReasonLabels, Counter>::default();
+        let rejected = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "webhook_rejected",
             "Admission requests denied, by reason",
-            webhook_rejected.clone(),
+            rejected.clone(),
         );
-
-        let webhook_lookups_unfinished = Counter::default();
+        let lookups_unfinished = Counter::default();
         registry.register(
             "webhook_lookups_unfinished",
             "Admission requests answered before every object they name was read (live-read budget spent)",
-            webhook_lookups_unfinished.clone(),
+            lookups_unfinished.clone(),
         );
-        let wiring_writes = Family::<WiringLabels, Counter>::default();
+        Self {
+            requests,
+            duration,
+            in_flight,
+            request_bytes,
+            rejected,
+            lookups_unfinished,
+        }
+    }
+
+    /// Counts one AdmissionReview request as in flight until the returned guard is dropped.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight {
+            gauge: self.in_flight.clone(),
+        }
+    }
+
+    /// Records one answered AdmissionReview: `operation` as in the request (CREATE, UPDATE, ...;
+    /// "unknown" when the body could not be read), the HTTP status code, and how long it took.
+    pub fn observe_request(&self, operation: &str, code: u16, duration: Duration, bytes: usize) {
+        self.requests
+            .get_or_create(&WebhookRequestLabels {
+                operation: operation.to_string(),
+                code: code.to_string(),
+            })
+            .inc();
+        self.duration.observe(duration.as_secs_f64());
+        self.request_bytes.observe(bytes as f64);
+    }
+
+    /// Counts one denied admission. `reason` must come from a small fixed set (it is a label).
+    pub fn rejected(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one admission answered before every object it names was read.
+    pub fn lookups_unfinished(&self) {
+        self.lookups_unfinished.inc();
+    }
+}
+
+/// The wiring loop's writes.
+#[derive(Clone, Debug)]
+pub struct WiringMetrics {
+    writes: Family<WiringLabels, Counter>,
+}
+
+unscraped_default!(WiringMetrics);
+
+impl WiringMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let writes = Family::<WiringLabels, Counter>::default();
         registry.register(
             "wiring_writes",
             "Writes of the wiring loop, by target (refs: a scope's workloadRefs, labels: a workload's scope labels) and result (success, error)",
-            wiring_writes.clone(),
+            writes.clone(),
         );
         for target in ["refs", "labels"] {
             for result in ["success", "error"] {
-                let _ = wiring_writes.get_or_create_owned(&WiringLabels { target, result });
+                let _ = writes.get_or_create_owned(&WiringLabels { target, result });
             }
         }
+        Self { writes }
+    }
 
+    /// Counts one write; `target` is "refs" or "labels".
+    pub fn write(&self, target: &'static str, success: bool) {
+        let result = if success { "success" } else { "error" };
+        self.writes
+            .get_or_create(&WiringLabels { target, result })
+            .inc();
+    }
+}
+
+/// The status controller: reconciles, status writes, Events, scopes' health and leadership.
+#[derive(Clone, Debug)]
+pub struct ControllerMetrics {
+    reconcile: Family<ResultLabels, Counter>,
+    reconcile_duration: Histogram,
+    status_patch: Family<ResultLabels, Counter>,
+    events: Family<EventLabels, Counter>,
+    workloads: Family<HealthLabels, Gauge>,
+    scope_health: Family<ScopeHealthLabels, Gauge>,
+    leader: Gauge,
+    /// Per-scope workload counts, so `healthscope_workloads` is the sum over the scopes that
+    /// exist now (a deleted scope's workloads drop out of it).
+    scope_counts: Arc<Mutex<BTreeMap<(String, String), WorkloadCounts>>>,
+}
+
+unscraped_default!(ControllerMetrics);
+
+impl ControllerMetrics {
+    fn register(registry: &mut Registry) -> Self {
         let reconcile = Family::<ResultLabels, Counter>::default();
         registry.register(
             "reconcile",
@@ -296,20 +422,15 @@ impl Metrics {
                 result: result.as_str(),
             });
         }
-
-        let probe_success = Family::<ProbeScopeLabels, Gauge>::default();
+        let events = Family::<EventLabels, Counter>::default();
         registry.register(
-            "probe_success",
-            "1 if every HTTP probe of the scope's last cycle succeeded, else 0",
-            probe_success.clone(),
+            "events",
+            "HealthChanged Events recorded on scopes' health transitions, by type (Normal, Warning)",
+            events.clone(),
         );
-        let probe_duration = Histogram::new(PROBE_DURATION_BUCKETS);
-        registry.register_with_unit(
-            "probe_duration",
-            "Time one HTTP probe of one endpoint took",
-            Unit::Seconds,
-            probe_duration.clone(),
-        );
+        for type_ in ["Normal", "Warning"] {
+            let _ = events.get_or_create_owned(&EventLabels { r#type: type_ });
+        }
         let workloads = Family::<HealthLabels, Gauge>::default();
         registry.register(
             "workloads",
@@ -327,148 +448,81 @@ impl Metrics {
             "1 for the scope's current health, 0 for the others",
             scope_health.clone(),
         );
-
         let leader = Gauge::default();
         registry.register(
             "leader",
             "1 while this replica holds the leader Lease and writes status",
             leader.clone(),
         );
-        let crd_compatible = Gauge::default();
-        registry.register(
-            "crd_compatible",
-            "1 while the served HealthScope CRD is one healthscope can write to; 0 pauses its writes",
-            crd_compatible.clone(),
-        );
-        registry.register(
-            "build",
-            "Version of the running healthscope",
-            Info::new(BuildLabels {
-                version: env!("CARGO_PKG_VERSION"),
-            }),
-        );
-        let cert_expiry = Gauge::default();
-        registry.register_with_unit(
-            "cert_expiry_timestamp",
-            "When the webhook's serving certificate expires (Unix time), 0 if none is loaded",
-            Unit::Seconds,
-            cert_expiry.clone(),
-        );
-
         Self {
-            inner: Arc::new(Inner {
-                registry,
-                webhook_requests,
-                webhook_duration,
-                webhook_in_flight,
-                webhook_request_bytes,
-                webhook_rejected,
-                webhook_lookups_unfinished,
-                wiring_writes,
-                reconcile,
-                reconcile_duration,
-                status_patch,
-                probe_success,
-                probe_duration,
-                workloads,
-                scope_health,
-                leader,
-                crd_compatible,
-                cert_expiry,
-                scope_counts: Mutex::new(BTreeMap::new()),
-            }),
+            reconcile,
+            reconcile_duration,
+            status_patch,
+            events,
+            workloads,
+            scope_health,
+            leader,
+            scope_counts: Default::default(),
         }
-    }
-
-    /// Counts one AdmissionReview request as in flight until the returned guard is dropped.
-    pub fn webhook_in_flight(&self) -> InFlight {
-        self.inner.webhook_in_flight.inc();
-        InFlight {
-            gauge: self.inner.webhook_in_flight.clone(),
-        }
-    }
-
-    /// Records one answered AdmissionReview: `operation` as in the request (CREATE, UPDATE, ...;
-    /// "unknown" when the body could not be read), the HTTP status code, and how long it took.
-    pub fn observe_webhook_request(
-        &self,
-        operation: &str,
-        code: u16,
-        duration: Duration,
-        request_bytes: usize,
-    ) {
-        self.inner
-            .webhook_requests
-            .get_or_create(&WebhookRequestLabels {
-                operation: operation.to_string(),
-                code: code.to_string(),
-            })
-            .inc();
-        self.inner.webhook_duration.observe(duration.as_secs_f64());
-        self.inner
-            .webhook_request_bytes
-            .observe(request_bytes as f64);
-    }
-
-    /// Counts one denied admission. `reason` must come from a small fixed set (it is a label).
-    pub fn webhook_rejected(&self, reason: &str) {
-        self.inner
-            .webhook_rejected
-            .get_or_create(&ReasonLabels {
-                reason: reason.to_string(),
-            })
-            .inc();
-    }
-
-    /// Counts one admission answered before every object it names was read.
-    pub fn webhook_lookups_unfinished(&self) {
-        self.inner.webhook_lookups_unfinished.inc();
-    }
-
-    /// Counts one write of the wiring loop; `target` is "refs" or "labels".
-    pub fn wiring_write(&self, target: &'static str, success: bool) {
-        let result = if success { "success" } else { "error" };
-        self.inner
-            .wiring_writes
-            .get_or_create(&WiringLabels { target, result })
-            .inc();
     }
 
     pub fn observe_reconcile(&self, result: ReconcileResult, duration: Duration) {
-        self.inner
-            .reconcile
+        self.reconcile
             .get_or_create(&ResultLabels {
                 result: result.as_str(),
             })
             .inc();
-        self.inner
-            .reconcile_duration
-            .observe(duration.as_secs_f64());
+        self.reconcile_duration.observe(duration.as_secs_f64());
     }
 
     pub fn status_patch(&self, result: PatchResult) {
-        self.inner
-            .status_patch
+        self.status_patch
             .get_or_create(&ResultLabels {
                 result: result.as_str(),
             })
             .inc();
     }
 
-    /// Records how long one HTTP probe of one endpoint took.
-    pub fn observe_probe_duration(&self, duration: Duration) {
-        self.inner.probe_duration.observe(duration.as_secs_f64());
+    /// Counts one HealthChanged Event recorded; `type_` is "Normal" or "Warning".
+    pub fn event(&self, type_: &'static str) {
+        self.events
+            .get_or_create(&EventLabels { r#type: type_ })
+            .inc();
     }
 
-    /// Records whether every probe of the scope's last cycle succeeded.
-    pub fn set_probe_success(&self, namespace: &str, scope: &str, success: bool) {
-        self.inner
-            .probe_success
-            .get_or_create(&ProbeScopeLabels {
-                namespace: namespace.to_string(),
-                scope: scope.to_string(),
+    /// Reconciles so far, whatever their result.
+    pub fn reconciles(&self) -> u64 {
+        [ReconcileResult::Success, ReconcileResult::Error]
+            .into_iter()
+            .map(|result| {
+                self.reconcile
+                    .get_or_create(&ResultLabels {
+                        result: result.as_str(),
+                    })
+                    .get()
             })
-            .set(i64::from(success));
+            .sum()
+    }
+
+    /// Status writes that succeeded so far.
+    pub fn status_writes(&self) -> u64 {
+        self.status_patch
+            .get_or_create(&ResultLabels {
+                result: PatchResult::Success.as_str(),
+            })
+            .get()
+    }
+
+    /// Events recorded so far.
+    pub fn events(&self) -> u64 {
+        ["Normal", "Warning"]
+            .into_iter()
+            .map(|type_| {
+                self.events
+                    .get_or_create(&EventLabels { r#type: type_ })
+                    .get()
+            })
+            .sum()
     }
 
     /// Records a scope's evaluated health and its workloads by health. Call it after every
@@ -481,8 +535,7 @@ impl Metrics {
         counts: WorkloadCounts,
     ) {
         for h in HEALTHS {
-            self.inner
-                .scope_health
+            self.scope_health
                 .get_or_create(&ScopeHealthLabels {
                     namespace: namespace.to_string(),
                     scope: scope.to_string(),
@@ -491,7 +544,6 @@ impl Metrics {
                 .set(i64::from(h == health));
         }
         let mut scopes = self
-            .inner
             .scope_counts
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -503,18 +555,13 @@ impl Metrics {
     /// evaluating).
     pub fn forget_scope(&self, namespace: &str, scope: &str) {
         for h in HEALTHS {
-            self.inner.scope_health.remove(&ScopeHealthLabels {
+            self.scope_health.remove(&ScopeHealthLabels {
                 namespace: namespace.to_string(),
                 scope: scope.to_string(),
                 health: h.as_str(),
             });
         }
-        self.inner.probe_success.remove(&ProbeScopeLabels {
-            namespace: namespace.to_string(),
-            scope: scope.to_string(),
-        });
         let mut scopes = self
-            .inner
             .scope_counts
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -535,8 +582,7 @@ impl Metrics {
             (Health::Unhealthy, total.unhealthy),
             (Health::Unknown, total.unknown),
         ] {
-            self.inner
-                .workloads
+            self.workloads
                 .get_or_create(&HealthLabels {
                     health: health.as_str(),
                 })
@@ -545,11 +591,107 @@ impl Metrics {
     }
 
     pub fn set_leader(&self, leader: bool) {
-        self.inner.leader.set(i64::from(leader));
+        self.leader.set(i64::from(leader));
+    }
+}
+
+/// The HTTP probes.
+#[derive(Clone, Debug)]
+pub struct ProbeMetrics {
+    success: Family<ProbeScopeLabels, Gauge>,
+    duration: Histogram,
+}
+
+unscraped_default!(ProbeMetrics);
+
+impl ProbeMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let success = Family::<ProbeScopeLabels, Gauge>::default();
+        registry.register(
+            "probe_success",
+            "1 if every HTTP probe of the scope's last cycle succeeded, else 0",
+            success.clone(),
+        );
+        let duration = Histogram::new(PROBE_DURATION_BUCKETS);
+        registry.register_with_unit(
+            "probe_duration",
+            "Time one HTTP probe of one endpoint took",
+            Unit::Seconds,
+            duration.clone(),
+        );
+        Self { success, duration }
+    }
+
+    /// Records how long one HTTP probe of one endpoint took.
+    pub fn observe_duration(&self, duration: Duration) {
+        self.duration.observe(duration.as_secs_f64());
+    }
+
+    /// Records whether every probe of the scope's last cycle succeeded.
+    pub fn set_success(&self, namespace: &str, scope: &str, success: bool) {
+        self.success
+            .get_or_create(&ProbeScopeLabels {
+                namespace: namespace.to_string(),
+                scope: scope.to_string(),
+            })
+            .set(i64::from(success));
+    }
+
+    /// Drops the series of a scope that no longer exists.
+    pub fn forget_scope(&self, namespace: &str, scope: &str) {
+        self.success.remove(&ProbeScopeLabels {
+            namespace: namespace.to_string(),
+            scope: scope.to_string(),
+        });
+    }
+}
+
+/// Every probe's duration, as the prober reports it.
+impl crate::prober::ProbeObserver for ProbeMetrics {
+    fn observe(&self, _target: &crate::prober::ProbeTarget, outcome: &crate::prober::ProbeOutcome) {
+        self.observe_duration(outcome.duration);
+    }
+}
+
+/// The process: its version, the served CRD and the serving certificate.
+#[derive(Clone, Debug)]
+pub struct ProcessMetrics {
+    crd_compatible: Gauge,
+    cert_expiry: Gauge,
+}
+
+unscraped_default!(ProcessMetrics);
+
+impl ProcessMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let crd_compatible = Gauge::default();
+        registry.register(
+            "crd_compatible",
+            "1 while the served HealthScope CRD is one healthscope can write to; 0 pauses its writes",
+            crd_compatible.clone(),
+        );
+        registry.register(
+            "build",
+            "Version of the running healthscope",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        let cert_expiry = Gauge::default();
+        registry.register_with_unit(
+            "cert_expiry_timestamp",
+            "When the webhook's serving certificate expires (Unix time), 0 if none is loaded",
+            Unit::Seconds,
+            cert_expiry.clone(),
+        );
+        Self {
+            crd_compatible,
+            cert_expiry,
+        }
     }
 
     pub fn set_crd_compatible(&self, compatible: bool) {
-        self.inner.crd_compatible.set(i64::from(compatible));
+        self.crd_compatible.set(i64::from(compatible));
     }
 
     /// Records when the serving certificate just loaded expires.
@@ -558,18 +700,7 @@ impl Metrics {
             .duration_since(UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
             .unwrap_or(0);
-        self.inner.cert_expiry.set(seconds);
-    }
-
-    /// The metrics in OpenMetrics text format (serve with [`CONTENT_TYPE`]).
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail; an error here would only come from an encoder bug,
-        // and an empty scrape is the safe answer to that.
-        if prometheus_client::encoding::text::encode(&mut out, &self.inner.registry).is_err() {
-            out.clear();
-        }
-        out
+        self.cert_expiry.set(seconds);
     }
 }
 
@@ -596,21 +727,25 @@ mod tests {
     }
 
     fn exercise_everything(m: &Metrics) {
-        let _guard = m.webhook_in_flight();
-        m.observe_webhook_request("CREATE", 200, Duration::from_millis(2), 2048);
-        m.webhook_rejected("invalid_probe_endpoint");
-        m.observe_reconcile(ReconcileResult::Success, Duration::from_millis(3));
-        m.status_patch(PatchResult::Timeout);
-        m.observe_probe_duration(Duration::from_millis(7));
-        m.set_probe_success("default", "example", true);
-        m.record_scope(
+        let _guard = m.webhook.in_flight();
+        m.webhook
+            .observe_request("CREATE", 200, Duration::from_millis(2), 2048);
+        m.webhook.rejected("invalid_probe_endpoint");
+        m.controller
+            .observe_reconcile(ReconcileResult::Success, Duration::from_millis(3));
+        m.controller.status_patch(PatchResult::Timeout);
+        m.controller.event("Warning");
+        m.probes.observe_duration(Duration::from_millis(7));
+        m.probes.set_success("default", "example", true);
+        m.controller.record_scope(
             "default",
             "example",
             Health::Healthy,
             WorkloadCounts::default(),
         );
-        m.set_leader(true);
-        m.set_cert_expiry(UNIX_EPOCH + Duration::from_secs(1_900_000_000));
+        m.controller.set_leader(true);
+        m.process
+            .set_cert_expiry(UNIX_EPOCH + Duration::from_secs(1_900_000_000));
     }
 
     #[test]
@@ -650,7 +785,8 @@ mod tests {
             assert!(WEBHOOK_DURATION_BUCKETS.contains(&boundary), "{boundary}");
         }
         let m = Metrics::new();
-        m.observe_webhook_request("CREATE", 200, Duration::from_millis(4), 100);
+        m.webhook
+            .observe_request("CREATE", 200, Duration::from_millis(4), 100);
         let text = m.encode();
         assert_eq!(
             sample(
@@ -671,8 +807,8 @@ mod tests {
     #[test]
     fn in_flight_gauge_follows_the_guard() {
         let m = Metrics::new();
-        let a = m.webhook_in_flight();
-        let b = m.webhook_in_flight();
+        let a = m.webhook.in_flight();
+        let b = m.webhook.in_flight();
         assert_eq!(
             sample(&m.encode(), "healthscope_webhook_requests_in_flight"),
             Some(2.0)
@@ -688,8 +824,10 @@ mod tests {
     #[test]
     fn scope_health_marks_only_the_current_health() {
         let m = Metrics::new();
-        m.record_scope("ns", "s", Health::Healthy, WorkloadCounts::default());
-        m.record_scope("ns", "s", Health::Unhealthy, WorkloadCounts::default());
+        m.controller
+            .record_scope("ns", "s", Health::Healthy, WorkloadCounts::default());
+        m.controller
+            .record_scope("ns", "s", Health::Unhealthy, WorkloadCounts::default());
         let text = m.encode();
         let series = |h: &str| {
             sample(
@@ -710,9 +848,11 @@ mod tests {
             unhealthy,
             unknown,
         };
-        m.record_scope("a", "one", Health::Unhealthy, counts(2, 1, 0));
-        m.record_scope("b", "two", Health::Unknown, counts(1, 0, 3));
-        m.set_probe_success("a", "one", false);
+        m.controller
+            .record_scope("a", "one", Health::Unhealthy, counts(2, 1, 0));
+        m.controller
+            .record_scope("b", "two", Health::Unknown, counts(1, 0, 3));
+        m.probes.set_success("a", "one", false);
         let text = m.encode();
         assert_eq!(
             sample(&text, "healthscope_workloads{health=\"healthy\"}"),
@@ -727,7 +867,8 @@ mod tests {
             Some(3.0)
         );
 
-        m.forget_scope("a", "one");
+        m.controller.forget_scope("a", "one");
+        m.probes.forget_scope("a", "one");
         let text = m.encode();
         assert_eq!(
             sample(&text, "healthscope_workloads{health=\"healthy\"}"),
@@ -743,10 +884,11 @@ mod tests {
     #[test]
     fn status_patch_timeout_counts_once_by_result() {
         let m = Metrics::new();
-        m.status_patch(PatchResult::Timeout);
-        m.status_patch(PatchResult::Success);
+        m.controller.status_patch(PatchResult::Timeout);
+        m.controller.status_patch(PatchResult::Success);
         let text = m.encode();
         assert!(!text.contains("status_patch_timeouts"), "{text}");
+        assert_eq!(m.controller.status_writes(), 1);
         assert_eq!(
             sample(&text, "healthscope_status_patch_total{result=\"timeout\"}"),
             Some(1.0)
@@ -754,9 +896,23 @@ mod tests {
     }
 
     #[test]
+    fn parts_made_alone_count_without_being_scraped() {
+        let controller = ControllerMetrics::default();
+        controller.event("Normal");
+        controller.observe_reconcile(ReconcileResult::Error, Duration::from_millis(1));
+        assert_eq!((controller.events(), controller.reconciles()), (1, 1));
+        let m = Metrics::new();
+        assert_eq!(
+            sample(&m.encode(), "healthscope_events_total{type=\"Normal\"}"),
+            Some(0.0)
+        );
+    }
+
+    #[test]
     fn build_info_and_cert_expiry() {
         let m = Metrics::new();
-        m.set_cert_expiry(UNIX_EPOCH + Duration::from_secs(1_900_000_000));
+        m.process
+            .set_cert_expiry(UNIX_EPOCH + Duration::from_secs(1_900_000_000));
         let text = m.encode();
         assert!(text.contains(&format!(
             "healthscope_build_info{{version=\"{}\"}} 1",

@@ -85,14 +85,6 @@ pub trait ProbeObserver: Send + Sync {
     fn observe(&self, target: &ProbeTarget, outcome: &ProbeOutcome);
 }
 
-/// Probe durations go to `healthscope_probe_duration_seconds`. Per-scope success
-/// (`healthscope_probe_success`) is recorded by the caller, which knows the scope.
-impl ProbeObserver for crate::metrics::Metrics {
-    fn observe(&self, _: &ProbeTarget, outcome: &ProbeOutcome) {
-        self.observe_probe_duration(outcome.duration);
-    }
-}
-
 /// Sends HTTP probes, at most `max_concurrent` at a time across every caller. Cheap to clone.
 #[derive(Clone)]
 pub struct Prober {

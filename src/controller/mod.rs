@@ -28,10 +28,10 @@ use tokio_util::sync::CancellationToken;
 use crate::api::HealthScope;
 use crate::leader::LeaderState;
 use crate::metrics::Metrics;
-use crate::prober::{ProbeObserver, ProbeOutcome, ProbeTarget, Prober};
+use crate::prober::{ProbeObserver, Prober};
 use cache::{DependencyIndex, WorkloadCaches};
 use probes::Probes;
-use reconcile::{Context, Stats};
+use reconcile::Context;
 
 pub use reconcile::{HEALTH_CHANGED, STATUS_FIELD_MANAGER};
 
@@ -67,8 +67,8 @@ pub struct ControllerConfig {
     /// Kinds without a built-in cache that scopes may hold (each is watched while a scope
     /// names it); others are `unknown`.
     pub extra_kinds: cache::ExtraKinds,
-    /// Where reconcile, status-write, probe and leader metrics go.
-    pub metrics: Option<Metrics>,
+    /// Where the controller's, the probes' and the wiring loop's metrics go.
+    pub metrics: Metrics,
 }
 
 impl Default for ControllerConfig {
@@ -85,7 +85,7 @@ impl Default for ControllerConfig {
             wiring_resync: Some(wiring::DEFAULT_RESYNC),
             repair_labels: true,
             extra_kinds: cache::ExtraKinds::None,
-            metrics: None,
+            metrics: Metrics::default(),
         }
     }
 }
@@ -96,8 +96,8 @@ pub struct ControllerHandle {
     pub scopes: Store<HealthScope>,
     /// The workload caches.
     pub caches: WorkloadCaches,
-    /// Counts of reconciles, status writes and events.
-    pub stats: Arc<Stats>,
+    /// The controller's metrics (reconciles, status writes, events, ...).
+    pub metrics: crate::metrics::ControllerMetrics,
     ready: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -171,19 +171,15 @@ pub fn start(
         events.recv().await.map(|event| (event, events))
     });
     let controller = Controller::for_stream(scope_stream, scopes.clone());
-    let observer = config
-        .metrics
-        .clone()
-        .map(|m| Arc::new(ProbeMetrics(m)) as Arc<dyn ProbeObserver>);
-    let prober = Prober::new(config.probe_concurrency.max(1), observer)?;
+    let observer: Arc<dyn ProbeObserver> = Arc::new(config.metrics.probes.clone());
+    let prober = Prober::new(config.probe_concurrency.max(1), Some(observer))?;
     let probes = Probes::new(
         prober,
         trigger.clone(),
-        config.metrics.clone(),
+        config.metrics.probes.clone(),
         shutdown.clone(),
     );
     let unresolved = wiring::UnresolvedMembers::default();
-    let stats = Arc::new(Stats::default());
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -201,8 +197,8 @@ pub fn start(
         recorder,
         config.min_probe_interval,
         config.probe_methods.clone(),
-        stats.clone(),
-        config.metrics.clone(),
+        config.metrics.controller.clone(),
+        config.metrics.probes.clone(),
         wiring_on.then(|| dirty.clone()),
         unresolved.clone(),
     ));
@@ -215,7 +211,7 @@ pub fn start(
             leader.clone(),
             resync,
             config.repair_labels,
-            config.metrics.clone(),
+            config.metrics.wiring.clone(),
             unresolved,
             trigger,
         );
@@ -225,7 +221,7 @@ pub fn start(
     // Workload, EndpointSlice and probe changes name the scopes to reconcile at once.
     let triggers = futures::stream::poll_fn(move |cx| triggered.poll_recv(cx));
     // Gaining leadership re-evaluates every scope; losing it stops probing.
-    let became_leader = leadership_gained(leader, probes, config.metrics.clone());
+    let became_leader = leadership_gained(leader, probes, config.metrics.controller.clone());
 
     // Deleted scopes get no reconcile: forget their probes, index entries and metrics here.
     let janitor_ctx = ctx.clone();
@@ -268,37 +264,24 @@ pub fn start(
     Ok(ControllerHandle {
         scopes,
         caches,
-        stats,
+        metrics: config.metrics.controller.clone(),
         ready,
         task,
     })
 }
 
-/// Records every probe's duration.
-struct ProbeMetrics(Metrics);
-
-impl ProbeObserver for ProbeMetrics {
-    fn observe(&self, _target: &ProbeTarget, outcome: &ProbeOutcome) {
-        self.0.observe_probe_duration(outcome.duration);
-    }
-}
-
 fn leadership_gained(
     leader: LeaderState,
     probes: Probes,
-    metrics: Option<Metrics>,
+    metrics: crate::metrics::ControllerMetrics,
 ) -> impl futures::Stream<Item = ()> + Send {
-    if let Some(metrics) = &metrics {
-        metrics.set_leader(leader.is_leader());
-    }
+    metrics.set_leader(leader.is_leader());
     let state = (leader, probes, metrics);
     futures::stream::unfold(state, |(mut leader, probes, metrics)| async move {
         loop {
             let before = leader.is_leader();
             let now = leader.changed().await;
-            if let Some(metrics) = &metrics {
-                metrics.set_leader(now);
-            }
+            metrics.set_leader(now);
             if now == before && !now {
                 // The elector stopped: no more changes will come.
                 return None;

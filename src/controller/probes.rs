@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::cache::Trigger;
 use crate::api::{HealthScope, WorkloadReference};
 use crate::health::ProbeResult;
-use crate::metrics::Metrics;
+use crate::metrics::ProbeMetrics;
 use crate::prober::{ProbeOutcome, ProbeTarget, Prober};
 
 /// What a scope wants probed.
@@ -41,7 +41,7 @@ pub struct Probes {
     tasks: Arc<Mutex<HashMap<ObjectRef<HealthScope>, ProbeTask>>>,
     prober: Prober,
     trigger: Trigger,
-    metrics: Option<Metrics>,
+    metrics: ProbeMetrics,
     shutdown: CancellationToken,
 }
 
@@ -49,7 +49,7 @@ impl Probes {
     pub fn new(
         prober: Prober,
         trigger: Trigger,
-        metrics: Option<Metrics>,
+        metrics: ProbeMetrics,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -126,7 +126,7 @@ async fn probe_loop(
     prober: Prober,
     results: watch::Sender<Option<Arc<Vec<ProbeResult>>>>,
     trigger: Trigger,
-    metrics: Option<Metrics>,
+    metrics: ProbeMetrics,
     stop: CancellationToken,
 ) {
     // The next round starts one interval after the previous one started, or as soon as it ends
@@ -142,14 +142,12 @@ async fn probe_loop(
             _ = stop.cancelled() => return,
             round = probe_round(&plan, &prober) => round,
         };
-        if let Some(metrics) = &metrics {
-            let success = round.iter().all(|r| r.outcomes.iter().all(|o| o.ok));
-            metrics.set_probe_success(
-                scope.namespace.as_deref().unwrap_or_default(),
-                &scope.name,
-                success,
-            );
-        }
+        let success = round.iter().all(|r| r.outcomes.iter().all(|o| o.ok));
+        metrics.set_success(
+            scope.namespace.as_deref().unwrap_or_default(),
+            &scope.name,
+            success,
+        );
         let changed = results.send_if_modified(|current| {
             if current.as_deref().is_some_and(|c| same_verdicts(c, &round)) {
                 return false;

@@ -22,7 +22,9 @@ use crate::api::probe::ProbeSettings;
 use crate::api::{Health, HealthScope, HealthScopeStatus, WorkloadReference};
 use crate::health::{ProbeResult, ScopeStatusInput, scope_status};
 use crate::leader::LeaderState;
-use crate::metrics::{Metrics, PatchResult, ReconcileResult, WorkloadCounts};
+use crate::metrics::{
+    ControllerMetrics, PatchResult, ProbeMetrics, ReconcileResult, WorkloadCounts,
+};
 use crate::prober::ProbeOutcome;
 
 /// The field manager of every status write.
@@ -49,14 +51,6 @@ pub enum ReconcileError {
     WriteTimeout { scope: String, timeout: Duration },
 }
 
-/// Counts of what reconciles did, for logs, metrics and tests.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub reconciles: std::sync::atomic::AtomicU64,
-    pub status_writes: std::sync::atomic::AtomicU64,
-    pub events: std::sync::atomic::AtomicU64,
-}
-
 /// A status this replica wrote and the resourceVersion of the object it was based on.
 type Written = (Option<String>, HealthScopeStatus);
 
@@ -72,8 +66,8 @@ pub struct Context {
     pub min_probe_interval: Duration,
     /// HTTP methods probes may use.
     pub probe_methods: Vec<String>,
-    pub stats: Arc<Stats>,
-    pub metrics: Option<Metrics>,
+    pub metrics: ControllerMetrics,
+    pub probe_metrics: ProbeMetrics,
     /// Pinged when a scope is new or its spec changed, so the wiring loop plans its namespace.
     pub scope_changed: Option<ChangedObjects>,
     /// Why AppConfigs naming a scope add no member, as the wiring loop found.
@@ -101,8 +95,8 @@ impl Context {
         recorder: Recorder,
         min_probe_interval: Duration,
         probe_methods: Vec<String>,
-        stats: Arc<Stats>,
-        metrics: Option<Metrics>,
+        metrics: ControllerMetrics,
+        probe_metrics: ProbeMetrics,
         scope_changed: Option<ChangedObjects>,
         unresolved: UnresolvedMembers,
     ) -> Self {
@@ -116,8 +110,8 @@ impl Context {
             recorder,
             min_probe_interval,
             probe_methods,
-            stats,
             metrics,
+            probe_metrics,
             scope_changed,
             unresolved,
             generations: Default::default(),
@@ -160,9 +154,9 @@ impl Context {
             tracing::debug!(scope = %key, "forgetting a deleted scope");
             self.probes.stop(&key);
             self.index.remove(&key);
-            if let Some(metrics) = &self.metrics {
-                metrics.forget_scope(key.namespace.as_deref().unwrap_or_default(), &key.name);
-            }
+            let namespace = key.namespace.as_deref().unwrap_or_default();
+            self.metrics.forget_scope(namespace, &key.name);
+            self.probe_metrics.forget_scope(namespace, &key.name);
             if let Ok(mut generations) = self.generations.lock() {
                 generations.remove(&key);
             }
@@ -195,23 +189,18 @@ pub async fn reconcile(
 ) -> Result<Action, ReconcileError> {
     let started = Instant::now();
     let result = evaluate_and_write(&scope, &ctx).await;
-    if let Some(metrics) = &ctx.metrics {
-        let outcome = match &result {
-            // Every reconcile that evaluated and wrote asks to come back at the probe interval:
-            // counted as what it is, a success.
-            Ok(_) => ReconcileResult::Success,
-            Err(_) => ReconcileResult::Error,
-        };
-        metrics.observe_reconcile(outcome, started.elapsed());
-    }
+    let outcome = match &result {
+        // Every reconcile that evaluated and wrote asks to come back at the probe interval:
+        // counted as what it is, a success.
+        Ok(_) => ReconcileResult::Success,
+        Err(_) => ReconcileResult::Error,
+    };
+    ctx.metrics.observe_reconcile(outcome, started.elapsed());
     tracing::debug!(scope = %ObjectRef::from_obj(&*scope), took = ?started.elapsed(), ok = result.is_ok(), "reconciled");
     result
 }
 
 async fn evaluate_and_write(scope: &HealthScope, ctx: &Context) -> Result<Action, ReconcileError> {
-    ctx.stats
-        .reconciles
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let key = ObjectRef::from_obj(scope);
     let settings = probe_settings(scope, ctx.min_probe_interval);
     let interval = settings.interval;
@@ -274,12 +263,10 @@ async fn evaluate_and_write(scope: &HealthScope, ctx: &Context) -> Result<Action
         now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
         unresolved: &ctx.unresolved.get(&key),
     });
-    if let (Some(metrics), Some(health), Some(counts)) = (
-        &ctx.metrics,
-        desired.health,
-        desired.scope_health_condition.as_ref(),
-    ) {
-        metrics.record_scope(&namespace, &key.name, health, WorkloadCounts::from(counts));
+    if let (Some(health), Some(counts)) = (desired.health, desired.scope_health_condition.as_ref())
+    {
+        ctx.metrics
+            .record_scope(&namespace, &key.name, health, WorkloadCounts::from(counts));
     }
     write_if_changed(ctx, scope, &key, desired).await?;
     if let Ok(mut failures) = ctx.failures.lock() {
@@ -409,14 +396,12 @@ async fn write_if_changed(
         api.patch_status(&name, &params, &Patch::Apply(&body)),
     )
     .await;
-    if let Some(metrics) = &ctx.metrics {
-        metrics.status_patch(match &outcome {
-            Err(_) => PatchResult::Timeout,
-            Ok(Err(kube::Error::Api(status))) if status.code == 409 => PatchResult::Conflict,
-            Ok(Err(_)) => PatchResult::Error,
-            Ok(Ok(_)) => PatchResult::Success,
-        });
-    }
+    ctx.metrics.status_patch(match &outcome {
+        Err(_) => PatchResult::Timeout,
+        Ok(Err(kube::Error::Api(status))) if status.code == 409 => PatchResult::Conflict,
+        Ok(Err(_)) => PatchResult::Error,
+        Ok(Ok(_)) => PatchResult::Success,
+    });
     let failure = match outcome {
         Err(_) => Some(ReconcileError::WriteTimeout {
             scope: scope_name.clone(),
@@ -435,9 +420,6 @@ async fn write_if_changed(
         }
         return Err(failure);
     }
-    ctx.stats
-        .status_writes
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         scope = %scope_name,
         health = %desired.health.unwrap_or_default(),
@@ -484,11 +466,10 @@ async fn announce(
         .await
         .unwrap_or_else(|_| Err(kube::Error::Service("timed out".into())))
     {
-        Ok(()) => {
-            ctx.stats
-                .events
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        Ok(()) => ctx.metrics.event(match event.type_ {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }),
         Err(error) => {
             tracing::warn!(scope = %scope_name, %error, "could not record the health event")
         }

@@ -34,7 +34,7 @@ use crate::membership::{
     self, ComponentLookup, OamLookup, WIRING_FIELD_MANAGER, WorkloadScopes, desired_memberships,
     refs_by_scope, scope_label_changes, workload_refs_apply,
 };
-use crate::metrics::Metrics;
+use crate::metrics::WiringMetrics;
 
 /// How often every namespace is planned again when nothing changes.
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
@@ -529,7 +529,7 @@ impl Wiring {
         leader: LeaderState,
         resync: Duration,
         repair_labels: bool,
-        metrics: Option<Metrics>,
+        metrics: WiringMetrics,
         unresolved: UnresolvedMembers,
         trigger: super::cache::Trigger,
     ) -> Self {
@@ -1008,7 +1008,7 @@ impl NamespaceIndex {
 /// marked again after [`retry_delay`].
 struct Writer {
     client: Client,
-    metrics: Option<Metrics>,
+    metrics: WiringMetrics,
     changed: ChangedObjects,
     retry_ceiling: Duration,
     slots: Arc<tokio::sync::Semaphore>,
@@ -1104,9 +1104,7 @@ impl Writer {
     }
 
     fn finish(&self, action: &Action, result: Result<(), kube::Error>) {
-        if let Some(metrics) = &self.metrics {
-            metrics.wiring_write(action.metric_target(), result.is_ok());
-        }
+        self.metrics.write(action.metric_target(), result.is_ok());
         let Ok(mut state) = self.state.lock() else {
             return;
         };

@@ -29,7 +29,7 @@ use crate::admission::{
     OamKind, ObjectKey, Overlay, Recording, Snapshot, object_name, with_warnings,
 };
 use crate::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WebhookMetrics};
 
 /// Most rounds of live reads for one request: enough for the longest chain, a
 /// ContainerizedWorkload's child (parent, then its ApplicationConfiguration, then Components).
@@ -44,12 +44,12 @@ pub const MISS_MEMORY: Duration = Duration::from_secs(5);
 const MISS_MEMORY_ENTRIES: usize = 4096;
 
 /// What the admission routes need: the cache, a client for live reads, the objects recently
-/// found absent, and optionally the metrics to record requests in.
+/// found absent, and the metrics to record requests in.
 #[derive(Clone)]
 pub struct AdmissionState {
     pub snapshot: Arc<dyn Snapshot>,
     pub client: Client,
-    pub metrics: Option<Metrics>,
+    pub metrics: WebhookMetrics,
     absent: Arc<Mutex<HashMap<ObjectKey, Instant>>>,
 }
 
@@ -58,7 +58,7 @@ impl AdmissionState {
         Self {
             snapshot,
             client,
-            metrics: None,
+            metrics: WebhookMetrics::default(),
             absent: Arc::default(),
         }
     }
@@ -96,8 +96,8 @@ impl AdmissionState {
 
     /// Records every admission request in `metrics`: healthscope_webhook_requests_total,
     /// _request_duration_seconds, _requests_in_flight, _request_bytes and _rejected_total.
-    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = Some(metrics);
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        self.metrics = metrics.webhook.clone();
         self
     }
 }
@@ -165,9 +165,7 @@ pub(super) fn settle_unread(
          live reads or {} ms); warnings about missing objects may be incomplete",
         LIVE_READ_BUDGET.as_millis()
     );
-    if let Some(metrics) = &state.metrics {
-        metrics.webhook_lookups_unfinished();
-    }
+    state.metrics.lookups_unfinished();
     // First, so the API server's cap on warning length never drops it.
     let mut response = read.outcome;
     let mut warnings = vec![format!(

@@ -16,7 +16,7 @@ use crate::admission::{
     APPLICATION_CONFIGURATION_PATH, APPLICATION_CONFIGURATION_VALIDATE_PATH, HEALTH_RULE_PATH,
     HEALTH_SCOPE_PATH, WORKLOAD_PATH, healthrule, healthscope, object_name, workload,
 };
-use crate::metrics::Metrics;
+use crate::metrics::WebhookMetrics;
 
 /// Why a request was denied, as the `reason` label of healthscope_webhook_rejected_total.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,11 +78,11 @@ fn answer(
 }
 
 async fn record_metrics(
-    State(metrics): State<Metrics>,
+    State(metrics): State<WebhookMetrics>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let _in_flight = metrics.webhook_in_flight();
+    let _in_flight = metrics.in_flight();
     let started = std::time::Instant::now();
     let bytes = request
         .headers()
@@ -98,9 +98,9 @@ async fn record_metrics(
         None => None,
     };
     if let Some(reason) = rejected {
-        metrics.webhook_rejected(reason.as_str());
+        metrics.rejected(reason.as_str());
     }
-    metrics.observe_webhook_request(
+    metrics.observe_request(
         operation,
         response.status().as_u16(),
         started.elapsed(),
@@ -126,13 +126,10 @@ pub fn router(state: AdmissionState) -> axum::Router {
         .route(HEALTH_SCOPE_PATH, post(healthscope_route))
         .route(HEALTH_RULE_PATH, post(healthrule_route))
         .with_state(state);
-    match metrics {
-        Some(metrics) => router.layer(axum::middleware::from_fn_with_state(
-            metrics,
-            record_metrics,
-        )),
-        None => router,
-    }
+    router.layer(axum::middleware::from_fn_with_state(
+        metrics,
+        record_metrics,
+    ))
 }
 
 async fn healthscope_route(AdmissionReviewRequest(request): AdmissionReviewRequest) -> Response {
@@ -302,8 +299,8 @@ mod tests {
 
     #[tokio::test]
     async fn requests_and_rejections_are_counted_in_the_metrics() {
-        let metrics = Metrics::new();
-        let app = router(offline_state().with_metrics(metrics.clone()));
+        let metrics = crate::metrics::Metrics::new();
+        let app = router(offline_state().with_metrics(&metrics));
         let scope = |method: &str| {
             json!({"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope",
                 "metadata": {"name": "s", "namespace": "ns"}, "spec": {"probe-method": method}})
