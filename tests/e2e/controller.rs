@@ -448,18 +448,13 @@ async fn controller_does_not_rewrite_an_unchanged_status() {
     let scope = healthy_scope_over_ready_web(&ctx, 2).await;
     let version = scope.metadata.resource_version.clone();
     // The write that made it healthy is counted once the patch call has returned.
-    let stats = handle.stats.clone();
+    let metrics = handle.metrics.clone();
     let writes = support::eventually(Duration::from_secs(2), "the first write counted", || {
-        let n = stats
-            .status_writes
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let n = metrics.status_writes();
         async move { (n >= 1).then_some(n) }
     })
     .await;
-    let reconciles = handle
-        .stats
-        .reconciles
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let reconciles = handle.metrics.reconciles();
 
     tokio::time::sleep(Duration::from_millis(4500)).await;
     let after = ctx.api::<HealthScope>().get("app").await.unwrap();
@@ -468,18 +463,11 @@ async fn controller_does_not_rewrite_an_unchanged_status() {
         "the scope was rewritten"
     );
     assert_eq!(
-        handle
-            .stats
-            .status_writes
-            .load(std::sync::atomic::Ordering::Relaxed),
+        handle.metrics.status_writes(),
         writes,
         "status writes while nothing changed"
     );
-    let cycles = handle
-        .stats
-        .reconciles
-        .load(std::sync::atomic::Ordering::Relaxed)
-        - reconciles;
+    let cycles = handle.metrics.reconciles() - reconciles;
     assert!(
         cycles >= 2,
         "the periodic evaluation kept running ({cycles} reconciles in 4.5 s)"
@@ -490,12 +478,9 @@ async fn controller_does_not_rewrite_an_unchanged_status() {
 
 /// Waits until a controller has counted at least `n` status writes.
 async fn writes_reach(handle: &ControllerHandle, n: u64) {
-    let stats = handle.stats.clone();
+    let metrics = handle.metrics.clone();
     support::eventually(Duration::from_secs(2), "status writes counted", || {
-        let done = stats
-            .status_writes
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= n;
+        let done = metrics.status_writes() >= n;
         async move { done.then_some(()) }
     })
     .await;
@@ -522,13 +507,7 @@ async fn controller_standby_never_writes_and_takes_over_when_the_leader_stops() 
     .await;
     // Counted once the patch call has returned, just after the API server has it.
     writes_reach(&a, 2).await;
-    assert_eq!(
-        b.stats
-            .status_writes
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0,
-        "the standby wrote status"
-    );
+    assert_eq!(b.metrics.status_writes(), 0, "the standby wrote status");
 
     // The leader stops: it releases the lease and the standby writes the next change.
     stop_a.cancel();

@@ -63,7 +63,7 @@ impl WebhookUnderTest {
             .expect("the OAM caches sync");
         let metrics = healthscope::metrics::Metrics::new();
         let state = AdmissionState::new(Arc::new(cache.clone()), ctx.client.clone())
-            .with_metrics(metrics.clone());
+            .with_metrics(&metrics);
         let server = TestWebhookServer::start(router(state)).await;
 
         let url = |path: &str| format!("https://{}{path}", server.addr);
