@@ -100,6 +100,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 
 use crate::support;
+use crate::support::builders::{deployment, deployment_ref, deployment_status, from};
 use crate::support::scopes::{create_scope, health, wait_scope, workload_diagnosis};
 
 /// A controller for the test's namespace only, so parallel tests never see each other.
@@ -122,37 +123,23 @@ fn start_controller(
 }
 
 async fn create_deployment(ctx: &TestContext, name: &str, replicas: i32) {
-    let deployment: Deployment = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": name, "labels": { "app.oam.dev/component": name } },
-        "spec": {
-            "replicas": replicas,
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": { "containers": [{ "name": "app", "image": "example.invalid/app:1" }] }
-            }
-        }
-    }))
-    .unwrap();
+    let labels = serde_json::json!({ "app.oam.dev/component": name });
     ctx.api::<Deployment>()
-        .create(&PostParams::default(), &deployment)
+        .create(
+            &PostParams::default(),
+            &deployment(name, labels, Some(replicas)),
+        )
         .await
         .unwrap();
 }
 
-/// Sets a Deployment's status by hand, as its controller would.
+/// Sets a Deployment's status by hand, as its controller would: `ready` of 2 replicas ready.
 async fn set_ready(ctx: &TestContext, name: &str, ready: i32) {
-    let status = serde_json::json!({
-        "status": { "observedGeneration": 1, "replicas": 2, "readyReplicas": ready, "availableReplicas": ready, "updatedReplicas": 2 }
-    });
+    let status = deployment_status(ready, 2);
     ctx.api::<Deployment>()
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .unwrap();
-}
-
-fn deployment_ref(name: &str) -> WorkloadReference {
-    WorkloadReference::new("apps/v1", "Deployment", name)
 }
 
 /// Deployment `web` with 2 of 2 replicas ready, and scope `app` over it with `probe_interval`;
@@ -535,25 +522,7 @@ async fn controller_standby_never_writes_and_takes_over_when_the_leader_stops() 
 use healthscope::api::{ApplicationConfiguration, Component};
 use healthscope::membership::{WIRING_FIELD_MANAGER, scope_label_key};
 
-fn from<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
-    serde_json::from_value(value).unwrap()
-}
-
-fn oam_appconfig(name: &str, instance: &str, scopes: &[&str]) -> ApplicationConfiguration {
-    let scopes: Vec<serde_json::Value> = scopes
-        .iter()
-        .map(|s| serde_json::json!({"scopeRef": {"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope", "name": s}}))
-        .collect();
-    from(serde_json::json!({
-        "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
-        "metadata": {"name": name},
-        "spec": {"components": [{
-            "componentName": "web",
-            "parameterValues": [{"name": "instance-name", "value": instance}],
-            "scopes": scopes,
-        }]},
-    }))
-}
+use crate::support::builders::{appconfig, component, oam_labels};
 
 async fn scope_refs(ctx: &TestContext, name: &str) -> Vec<String> {
     let scope = ctx.api::<HealthScope>().get(name).await.unwrap();
@@ -600,36 +569,20 @@ async fn controller_wiring_wires_and_unwires_an_appconfig_without_the_webhook() 
     .expect("the controller starts");
 
     let pp = PostParams::default();
-    let component: Component = from(serde_json::json!({
-        "apiVersion": "core.oam.dev/v1alpha2", "kind": "Component",
-        "metadata": {"name": "web"},
-        "spec": {
-            "workload": {"apiVersion": "apps/v1", "kind": "Deployment", "spec": {}},
-            "parameters": [{"name": "instance-name", "fieldPaths": ["metadata.name"]}],
-        },
-    }));
     ctx.api::<Component>()
-        .create(&pp, &component)
+        .create(&pp, &component("web", "apps/v1", "Deployment"))
         .await
         .unwrap();
     create_scope(&ctx, "health", vec![], HealthScopeSpec::default()).await;
     create_scope(&ctx, "other", vec![], HealthScopeSpec::default()).await;
     // The workload the OAM runtime would render for the AppConfig.
-    let deployment: Deployment = from(serde_json::json!({
-        "metadata": {"name": "web-1", "labels": {"app.oam.dev/name": "shop", "app.oam.dev/component": "web"}},
-        "spec": {
-            "selector": {"matchLabels": {"app": "web-1"}},
-            "template": {"metadata": {"labels": {"app": "web-1"}},
-                         "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]}},
-        },
-    }));
     ctx.api::<Deployment>()
-        .create(&pp, &deployment)
+        .create(&pp, &deployment("web-1", oam_labels("shop", "web"), None))
         .await
         .unwrap();
 
     ctx.api::<ApplicationConfiguration>()
-        .create(&pp, &oam_appconfig("shop", "web-1", &["health"]))
+        .create(&pp, &appconfig("shop", "web", "web-1", &["health"]))
         .await
         .unwrap();
     support::eventually(
@@ -713,6 +666,7 @@ async fn controller_wiring_wires_and_unwires_an_appconfig_without_the_webhook() 
 
 // --- HTTP probes against a real app on a test host -----------------------------------------------
 
+use crate::support::builders::{endpoint_slice, service};
 use crate::support::netns::{Answer, TestHost};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -723,19 +677,11 @@ async fn controller_http_probe_follows_a_real_app_200_500_and_hang() {
     support::install_crds(&ctx.client, &healthscope::api::crds()).await;
     let host = TestHost::start();
     let pp = PostParams::default();
-    let svc: Service = from(serde_json::json!({
-        "metadata": {"name": "web"},
-        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
-    }));
-    ctx.api::<Service>().create(&pp, &svc).await.unwrap();
-    let slice: EndpointSlice = from(serde_json::json!({
-        "metadata": {"name": "web-a", "labels": {"kubernetes.io/service-name": "web",
-            "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [host.ip().to_string()], "conditions": {"ready": true},
-                       "targetRef": {"kind": "Pod", "name": "web-0"}}]
-    }));
+    ctx.api::<Service>()
+        .create(&pp, &service("web", serde_json::json!({})))
+        .await
+        .unwrap();
+    let slice = endpoint_slice("web", "http", &host.ip().to_string());
     ctx.api::<EndpointSlice>()
         .create(&pp, &slice)
         .await

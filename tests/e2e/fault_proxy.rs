@@ -24,10 +24,12 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
-use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::support::builders::{
+    appconfig, component, deployment, deployment_status, from, health_scope, oam_labels,
+};
 use crate::support::fault_proxy::{Counts, Fault, FaultProxy, Rule, WatchCut};
 use crate::support::{self, TestContext};
 
@@ -45,71 +47,17 @@ fn init_log() {
     }
 }
 
-fn from<T: DeserializeOwned>(value: Value) -> T {
-    serde_json::from_value(value).expect("a valid test object")
-}
-
-fn health_scope(name: &str) -> HealthScope {
-    from(
-        json!({"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope",
-                "metadata": {"name": name}, "spec": {"workloadRefs": []}}),
-    )
-}
-
-/// Component `web`: a Deployment named by the `instance-name` parameter.
-fn component() -> Component {
-    from(json!({
-        "apiVersion": "core.oam.dev/v1alpha2", "kind": "Component",
-        "metadata": {"name": "web"},
-        "spec": {
-            "workload": {"apiVersion": "apps/v1", "kind": "Deployment", "spec": {}},
-            "parameters": [{"name": "instance-name", "fieldPaths": ["metadata.name"]}],
-        },
-    }))
-}
-
-/// An ApplicationConfiguration rendering component `web` as `instance`, in `scopes`.
-fn appconfig(name: &str, instance: &str, scopes: &[&str]) -> ApplicationConfiguration {
-    let scopes: Vec<Value> = scopes
-        .iter()
-        .map(|s| json!({"scopeRef": {"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope", "name": s}}))
-        .collect();
-    from(json!({
-        "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
-        "metadata": {"name": name},
-        "spec": {"components": [{
-            "componentName": "web",
-            "parameterValues": [{"name": "instance-name", "value": instance}],
-            "scopes": scopes,
-        }]},
-    }))
-}
-
-/// The Deployment the OAM runtime would render for AppConfig `app`, 2 replicas, no status yet.
-fn deployment(name: &str, app: &str) -> Deployment {
-    from(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "labels": {"app.oam.dev/name": app, "app.oam.dev/component": "web", "team": "a"}},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}},
-                         "spec": {"containers": [{"name": "web", "image": "registry.example.com/web:1"}]}},
-        },
-    }))
+/// The Deployment the OAM runtime would render for component `web` of AppConfig `app`,
+/// 2 replicas, no status yet.
+fn rendered_deployment(name: &str, app: &str) -> Deployment {
+    let mut labels = oam_labels(app, "web");
+    labels["team"] = json!("a");
+    deployment(name, labels, Some(2))
 }
 
 /// Sets a Deployment's status as its (absent) controller would: `ready` of 2 replicas ready.
 async fn set_ready(deployments: &Api<Deployment>, name: &str, ready: i32) {
-    let status = json!({"status": {
-        "observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
-        "readyReplicas": ready, "availableReplicas": ready, "unavailableReplicas": 2 - ready,
-        "conditions": [
-            {"type": "Available", "status": if ready == 2 { "True" } else { "False" },
-             "reason": "MinimumReplicasAvailable", "message": "-"},
-            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable", "message": "-"},
-        ],
-    }});
+    let status = deployment_status(ready, 2);
     deployments
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await
@@ -303,12 +251,12 @@ impl Run {
         let deployments: Api<Deployment> = ctx.api();
         let apps: Api<ApplicationConfiguration> = ctx.api();
         ctx.api::<Component>()
-            .create(&pp, &component())
+            .create(&pp, &component("web", "apps/v1", "Deployment"))
             .await
             .unwrap();
         for scope in ["front", "back", "all"] {
             ctx.api::<HealthScope>()
-                .create(&pp, &health_scope(scope))
+                .create(&pp, &health_scope(scope, json!({})))
                 .await
                 .unwrap();
         }
@@ -318,17 +266,17 @@ impl Run {
             ("web-3", "shop-3"),
         ] {
             deployments
-                .create(&pp, &deployment(name, app))
+                .create(&pp, &rendered_deployment(name, app))
                 .await
                 .unwrap();
         }
-        apps.create(&pp, &appconfig("shop-1", "web-1", &["front", "all"]))
+        apps.create(&pp, &appconfig("shop-1", "web", "web-1", &["front", "all"]))
             .await
             .unwrap();
-        apps.create(&pp, &appconfig("shop-2", "web-2", &["back", "all"]))
+        apps.create(&pp, &appconfig("shop-2", "web", "web-2", &["back", "all"]))
             .await
             .unwrap();
-        apps.create(&pp, &appconfig("shop-3", "web-3", &["all"]))
+        apps.create(&pp, &appconfig("shop-3", "web", "web-3", &["all"]))
             .await
             .unwrap();
         let refs: &[(&str, &[&str])] = &[
@@ -387,7 +335,7 @@ impl Run {
         // shop-2 leaves "back": its ref there and web-2's label for it go.
         tokio::time::sleep(pace).await;
         let params = PatchParams::apply("fault-proxy-test").force();
-        let mut shop2 = appconfig("shop-2", "web-2", &["all"]);
+        let mut shop2 = appconfig("shop-2", "web", "web-2", &["all"]);
         shop2.metadata.namespace = Some(self.ctx.namespace.clone());
         apps.patch("shop-2", &params, &Patch::Apply(&shop2))
             .await
@@ -924,11 +872,11 @@ async fn fault_proxy_lost_status_answers_keep_health_events() {
     .await;
     let pp = PostParams::default();
     let deployments: Api<Deployment> = run.ctx.api();
-    let mut web = deployment("web", "none");
+    let mut web = rendered_deployment("web", "none");
     web.metadata.labels = None;
     deployments.create(&pp, &web).await.unwrap();
     set_ready(&deployments, "web", 2).await;
-    let mut scope = health_scope("app");
+    let mut scope = health_scope("app", json!({}));
     scope.spec.workload_refs = vec![healthscope::api::WorkloadReference::new(
         "apps/v1",
         "Deployment",
@@ -1025,20 +973,20 @@ async fn fault_proxy_expired_appconfig_watches_still_see_a_delete_promptly() {
     let ctx = &run.ctx;
     let deployments: Api<Deployment> = ctx.api();
     ctx.api::<Component>()
-        .create(&pp, &component())
+        .create(&pp, &component("web", "apps/v1", "Deployment"))
         .await
         .unwrap();
     ctx.api::<HealthScope>()
-        .create(&pp, &health_scope("s"))
+        .create(&pp, &health_scope("s", json!({})))
         .await
         .unwrap();
     deployments
-        .create(&pp, &deployment("web-1", "solo"))
+        .create(&pp, &rendered_deployment("web-1", "solo"))
         .await
         .unwrap();
     set_ready(&deployments, "web-1", 2).await;
     ctx.api::<ApplicationConfiguration>()
-        .create(&pp, &appconfig("solo", "web-1", &["s"]))
+        .create(&pp, &appconfig("solo", "web", "web-1", &["s"]))
         .await
         .unwrap();
     run.converge(
@@ -1092,7 +1040,7 @@ async fn fault_proxy_expired_deployment_watches_still_see_a_delete_promptly() {
     let pp = PostParams::default();
     let ctx = &run.ctx;
     let deployments: Api<Deployment> = ctx.api();
-    let mut scope = health_scope("t");
+    let mut scope = health_scope("t", json!({}));
     scope.spec.probe_interval = Some(30);
     scope.spec.workload_refs = vec![healthscope::api::WorkloadReference::new(
         "apps/v1",
@@ -1100,7 +1048,7 @@ async fn fault_proxy_expired_deployment_watches_still_see_a_delete_promptly() {
         "web",
     )];
     ctx.api::<HealthScope>().create(&pp, &scope).await.unwrap();
-    let mut web = deployment("web", "none");
+    let mut web = rendered_deployment("web", "none");
     web.metadata.labels = None;
     deployments.create(&pp, &web).await.unwrap();
     set_ready(&deployments, "web", 2).await;
@@ -1148,7 +1096,7 @@ async fn fault_proxy_flapping_watches_keep_the_caches_fresh() {
     run.step_timeout = Duration::from_secs(35);
     let pp = PostParams::default();
     let deployments: Api<Deployment> = run.ctx.api();
-    let mut scope = health_scope("t");
+    let mut scope = health_scope("t", json!({}));
     scope.spec.workload_refs = vec![healthscope::api::WorkloadReference::new(
         "apps/v1",
         "Deployment",
@@ -1159,7 +1107,7 @@ async fn fault_proxy_flapping_watches_keep_the_caches_fresh() {
         .create(&pp, &scope)
         .await
         .unwrap();
-    let mut web = deployment("web", "none");
+    let mut web = rendered_deployment("web", "none");
     web.metadata.labels = None;
     deployments.create(&pp, &web).await.unwrap();
     set_ready(&deployments, "web", 2).await;

@@ -27,6 +27,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::support::builders::{
+    self, AppConfig, appconfig, deployment, deployment_status, oam_labels, within,
+};
 use crate::support::rbac::{ChartRbac, ServiceAccountUnderTest, render_chart};
 use crate::support::tls::TestWebhookServer;
 use crate::support::{self, TEST_NAMESPACE_LABEL, TestContext, unique_name};
@@ -67,56 +70,35 @@ fn review(
 const DEPLOYMENT: (&str, &str, &str) = ("apps", "v1", "Deployment");
 const APPCONFIG: (&str, &str, &str) = ("core.oam.dev", "v1alpha2", "ApplicationConfiguration");
 
-/// A Deployment rendered by AppConfig `app` for component `component`, with `labels` added.
+/// The JSON of a Deployment in namespace NS rendered by AppConfig `app` for component
+/// `component` (labelled as the OAM runtime does, and `app: <name>`), with `labels` added.
 fn oam_deployment(name: &str, app: &str, component: &str, labels: Value) -> Value {
-    let mut all = json!({"app.oam.dev/name": app, "app.oam.dev/component": component, "app": name});
+    let mut all = oam_labels(app, component);
+    all["app"] = json!(name);
     if let (Some(all), Some(extra)) = (all.as_object_mut(), labels.as_object()) {
         all.extend(extra.clone());
     }
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": NS, "labels": all},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}},
-                         "spec": {"containers": [{"name": "web", "image": "registry.example.com/web:1"}]}}
-        }
-    })
+    serde_json::to_value(within(deployment(name, all, Some(1)), NS)).unwrap()
 }
 
 /// A snapshot with AppConfig `app` whose component `component` (a Deployment) is in `scope`.
 fn snapshot_with(app: &str, component: &str, scope: &str) -> Overlay {
     let mut overlay = Overlay::default();
+    overlay.add(within(
+        builders::component(component, "apps/v1", "Deployment"),
+        NS,
+    ));
     overlay.add(
-        serde_json::from_value::<Component>(json!({
-            "apiVersion": "core.oam.dev/v1alpha2", "kind": "Component",
-            "metadata": {"name": component, "namespace": NS},
-            "spec": {"workload": {"apiVersion": "apps/v1", "kind": "Deployment"}}
-        }))
-        .unwrap(),
+        AppConfig::new(app)
+            .namespace(NS)
+            .component(component, &[scope])
+            .build(),
     );
-    overlay.add(
-        serde_json::from_value::<ApplicationConfiguration>(json!({
-            "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
-            "metadata": {"name": app, "namespace": NS},
-            "spec": {"components": [{"componentName": component, "scopes": [
-                {"scopeRef": {"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope", "name": scope}}]}]}
-        }))
-        .unwrap(),
-    );
-    overlay.add(HealthScope::new(scope, HealthScopeSpec::default()).within(NS));
+    overlay.add(within(
+        HealthScope::new(scope, HealthScopeSpec::default()),
+        NS,
+    ));
     overlay
-}
-
-trait Within {
-    fn within(self, ns: &str) -> Self;
-}
-impl Within for HealthScope {
-    fn within(mut self, ns: &str) -> Self {
-        self.metadata.namespace = Some(ns.to_string());
-        self
-    }
 }
 
 /// The webhook over HTTPS with `snapshot`, and a client that trusts its CA. The routes' client
@@ -482,9 +464,7 @@ async fn fault_webhook_answers_each_version_in_kind_with_the_same_uid() {
             let mut r = review(
                 APPCONFIG,
                 "CREATE",
-                json!({
-                    "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
-                    "metadata": {"name": "other", "namespace": NS}, "spec": {"components": []}}),
+                AppConfig::new("other").namespace(NS).json(),
                 Value::Null,
                 uid,
             );
@@ -496,8 +476,11 @@ async fn fault_webhook_answers_each_version_in_kind_with_the_same_uid() {
             review(
                 ("core.oam.dev", "v1alpha2", "HealthScope"),
                 "CREATE",
-                serde_json::to_value(HealthScope::new("s", HealthScopeSpec::default()).within(NS))
-                    .unwrap(),
+                serde_json::to_value(within(
+                    HealthScope::new("s", HealthScopeSpec::default()),
+                    NS,
+                ))
+                .unwrap(),
                 Value::Null,
                 uid,
             ),
@@ -732,10 +715,10 @@ async fn deregister(ctx: &TestContext, name: &str) {
         .await;
 }
 
-fn plain_deployment(name: &str) -> Deployment {
-    let mut object = oam_deployment(name, "app", "web", json!({}));
-    object["metadata"]["namespace"] = Value::Null; // the request's namespace applies
-    serde_json::from_value(object).unwrap()
+/// A Deployment rendered by AppConfig `app` for component `web`: the workload webhook is called
+/// for it.
+fn rendered_deployment(name: &str) -> Deployment {
+    deployment(name, oam_labels("app", "web"), Some(1))
 }
 
 #[tokio::test]
@@ -773,7 +756,7 @@ async fn fault_webhook_down_with_ignore_admits_and_the_controller_back_fills() {
             deployments
                 .create(
                     &PostParams::default(),
-                    &plain_deployment(&format!("web-{n}")),
+                    &rendered_deployment(&format!("web-{n}")),
                 )
                 .await
                 .expect("creating a Deployment with the webhook down (Ignore)");
@@ -785,15 +768,8 @@ async fn fault_webhook_down_with_ignore_admits_and_the_controller_back_fills() {
     // An application created while the webhook is down: its Component, scope and rendered
     // workload, then the AppConfig itself. All are admitted, none is wired.
     let pp = PostParams::default();
-    let component: Component = serde_json::from_value(json!({
-        "apiVersion": "core.oam.dev/v1alpha2", "kind": "Component",
-        "metadata": {"name": "web"},
-        "spec": {"workload": {"apiVersion": "apps/v1", "kind": "Deployment"},
-                 "parameters": [{"name": "instance", "fieldPaths": ["metadata.name"]}]}
-    }))
-    .unwrap();
     ctx.api::<Component>()
-        .create(&pp, &component)
+        .create(&pp, &builders::component("web", "apps/v1", "Deployment"))
         .await
         .unwrap();
     ctx.api::<HealthScope>()
@@ -801,19 +777,11 @@ async fn fault_webhook_down_with_ignore_admits_and_the_controller_back_fills() {
         .await
         .unwrap();
     ctx.api::<Deployment>()
-        .create(&pp, &plain_deployment("rendered"))
+        .create(&pp, &rendered_deployment("rendered"))
         .await
         .unwrap();
-    let app: ApplicationConfiguration = serde_json::from_value(json!({
-        "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
-        "metadata": {"name": "app"},
-        "spec": {"components": [{"componentName": "web",
-            "parameterValues": [{"name": "instance", "value": "rendered"}],
-            "scopes": [{"scopeRef": {"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope", "name": "scope"}}]}]}
-    }))
-    .unwrap();
     ctx.api::<ApplicationConfiguration>()
-        .create(&pp, &app)
+        .create(&pp, &appconfig("app", "web", "rendered", &["scope"]))
         .await
         .expect("creating an ApplicationConfiguration with the webhook down (Ignore)");
     let after = fail_open(ctx.client.clone(), webhook.clone()).await;
@@ -892,7 +860,7 @@ async fn fault_webhook_hanging_is_cut_off_by_timeout_seconds() {
                 match deployments
                     .create(
                         &PostParams::default(),
-                        &plain_deployment(&format!("hang-{n}")),
+                        &rendered_deployment(&format!("hang-{n}")),
                     )
                     .await
                 {
@@ -922,21 +890,13 @@ struct OwnControlPlane {
 }
 
 impl OwnControlPlane {
-    fn bin() -> PathBuf {
-        std::env::var_os("KUBE_TESTENV_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/testenv/kube-testenv")
-            })
-    }
-
     fn start(dir: &Path, port: Option<u16>) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("apiserver.log"))
             .unwrap();
-        let mut cmd = Command::new(Self::bin());
+        let mut cmd = Command::new(support::testenv_bin());
         cmd.arg("--dir").arg(dir);
         if let Some(port) = port {
             cmd.arg("--port").arg(port.to_string());
@@ -1001,36 +961,6 @@ impl Drop for OwnControlPlane {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn restart_deployment(name: &str) -> Deployment {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "web", "image": "registry.example.com/web:1"}]}
-            }
-        }
-    }))
-    .unwrap()
-}
-
-/// The status the absent Deployment controller would write, with `ready` of 2 replicas ready.
-fn deployment_status(ready: i32) -> serde_json::Value {
-    serde_json::json!({"status": {
-        "observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
-        "readyReplicas": ready, "availableReplicas": ready, "unavailableReplicas": 2 - ready,
-        "conditions": [
-            {"type": "Available", "status": if ready == 2 { "True" } else { "False" },
-             "reason": "MinimumReplicasAvailable", "message": "-"},
-            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable", "message": "-"}
-        ]
-    }})
 }
 
 async fn scope_health(scopes: &Api<HealthScope>, name: &str) -> Option<Health> {
@@ -1104,7 +1034,7 @@ async fn fault_apiserver_restart_watches_recover_and_status_converges() {
         .patch_status(
             "web",
             &PatchParams::default(),
-            &Patch::Merge(deployment_status(1)),
+            &Patch::Merge(deployment_status(1, 2)),
         )
         .await
         .unwrap();
@@ -1339,7 +1269,7 @@ async fn fault_apiserver_throttling_429_is_backed_off_and_converges() {
         .patch_status(
             "web",
             &PatchParams::default(),
-            &Patch::Merge(deployment_status(1)),
+            &Patch::Merge(deployment_status(1, 2)),
         )
         .await
         .unwrap();
@@ -1393,14 +1323,17 @@ async fn ready_deployment_in_scope(
     let deployments = Api::<Deployment>::namespaced(client.clone(), namespace);
     let scopes = Api::<HealthScope>::namespaced(client.clone(), namespace);
     deployments
-        .create(&PostParams::default(), &restart_deployment("web"))
+        .create(
+            &PostParams::default(),
+            &deployment("web", json!({}), Some(2)),
+        )
         .await
         .unwrap();
     deployments
         .patch_status(
             "web",
             &PatchParams::default(),
-            &Patch::Merge(deployment_status(2)),
+            &Patch::Merge(deployment_status(2, 2)),
         )
         .await
         .unwrap();

@@ -4,15 +4,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use healthscope::api::{ContainerizedWorkload, HealthStatus, WorkloadReference};
-use healthscope::health::{WorkloadLookup, evaluate, ready_endpoints, service};
+use healthscope::health::{evaluate, ready_endpoints, service};
 use healthscope::prober::{ProbeTarget, Prober};
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::core::DynamicObject;
 use serde_json::json;
 
+use crate::support::builders::{
+    self, Workloads, deployment, deployment_status_at, endpoint_slice, from,
+};
 use crate::support::netns::{Answer, TestHost, link_exists, netns_exists};
 use crate::support::{self, TestContext};
 
@@ -61,25 +63,12 @@ async fn health_netns_test_host_serves_http() {
 async fn health_probe_reaches_endpoint_slice_address() {
     let ctx = TestContext::new("health-probe-slice").await;
     let host = TestHost::start();
-    let svc: Service = serde_json::from_value(json!({
-        "metadata": {"name": "web"},
-        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
-    }))
-    .unwrap();
     let svc = ctx
         .api::<Service>()
-        .create(&PostParams::default(), &svc)
+        .create(&PostParams::default(), &builders::service("web", json!({})))
         .await
         .unwrap();
-    let slice: EndpointSlice = serde_json::from_value(json!({
-        "metadata": {"name": "web-a", "labels": {"kubernetes.io/service-name": "web",
-            "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [host.ip().to_string()], "conditions": {"ready": true},
-                       "targetRef": {"kind": "Pod", "name": "web-0"}}]
-    }))
-    .unwrap();
+    let slice = endpoint_slice("web", "http", &host.ip().to_string());
     ctx.api::<EndpointSlice>()
         .create(&PostParams::default(), &slice)
         .await
@@ -109,88 +98,8 @@ async fn health_probe_reaches_endpoint_slice_address() {
     );
 }
 
-/// The caches as the controller would hold them, read once from the API server.
-#[derive(Default)]
-struct Snapshot {
-    deployments: Vec<Arc<Deployment>>,
-    services: Vec<Arc<Service>>,
-    slices: Vec<Arc<EndpointSlice>>,
-    cws: Vec<Arc<ContainerizedWorkload>>,
-}
-
-fn named<K: kube::Resource>(objects: &[Arc<K>], name: &str) -> Option<Arc<K>> {
-    objects
-        .iter()
-        .find(|o| o.meta().name.as_deref() == Some(name))
-        .cloned()
-}
-
-impl Snapshot {
-    async fn read(ctx: &TestContext) -> Self {
-        async fn all<K>(ctx: &TestContext) -> Vec<Arc<K>>
-        where
-            K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-                + Clone
-                + serde::de::DeserializeOwned
-                + std::fmt::Debug,
-            K::DynamicType: Default,
-        {
-            let api = ctx.api::<K>();
-            let list = api.list(&ListParams::default()).await.unwrap();
-            list.items.into_iter().map(Arc::new).collect()
-        }
-        Self {
-            deployments: all(ctx).await,
-            services: all(ctx).await,
-            slices: all(ctx).await,
-            cws: all(ctx).await,
-        }
-    }
-}
-
-impl WorkloadLookup for Snapshot {
-    fn deployment(&self, _: &str, name: &str) -> Option<Arc<Deployment>> {
-        named(&self.deployments, name)
-    }
-    fn statefulset(&self, _: &str, _: &str) -> Option<Arc<StatefulSet>> {
-        None
-    }
-    fn daemonset(&self, _: &str, _: &str) -> Option<Arc<DaemonSet>> {
-        None
-    }
-    fn replicaset(&self, _: &str, _: &str) -> Option<Arc<ReplicaSet>> {
-        None
-    }
-    fn service(&self, _: &str, name: &str) -> Option<Arc<Service>> {
-        named(&self.services, name)
-    }
-    fn endpoint_slices(&self, _: &str, service: &str) -> Vec<Arc<EndpointSlice>> {
-        self.slices
-            .iter()
-            .filter(|s| {
-                s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("kubernetes.io/service-name"))
-                    .is_some_and(|n| n == service)
-            })
-            .cloned()
-            .collect()
-    }
-    fn containerized_workload(&self, _: &str, name: &str) -> Option<Arc<ContainerizedWorkload>> {
-        named(&self.cws, name)
-    }
-    fn dynamic(
-        &self,
-        _: &str,
-        reference: &WorkloadReference,
-    ) -> Result<Option<Arc<DynamicObject>>, String> {
-        Err(format!("{} is not watched in this test", reference.kind))
-    }
-}
-
 async fn judge(ctx: &TestContext, reference: &WorkloadReference) -> (HealthStatus, String) {
-    let snapshot = Snapshot::read(ctx).await;
+    let snapshot = Workloads::read(ctx).await;
     let condition = evaluate(&ctx.namespace, reference, &snapshot);
     (condition.health_status, condition.diagnosis)
 }
@@ -202,15 +111,9 @@ async fn health_rules_judge_objects_from_the_api_server() {
     let ctx = TestContext::new("health-rules-api").await;
     support::install_crds(&ctx.client, &healthscope::api::crds()).await;
     let deployments = ctx.api::<Deployment>();
-    let deployment: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "web", "labels": {"app.oam.dev/component": "web"}},
-        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
-                 "template": {"metadata": {"labels": {"app": "web"}},
-                              "spec": {"containers": [{"name": "web", "image": "web:1"}]}}}
-    }))
-    .unwrap();
+    let labels = json!({"app.oam.dev/component": "web"});
     deployments
-        .create(&PostParams::default(), &deployment)
+        .create(&PostParams::default(), &deployment("web", labels, Some(2)))
         .await
         .unwrap();
     let web = WorkloadReference::new("apps/v1", "Deployment", "web");
@@ -222,8 +125,7 @@ async fn health_rules_judge_objects_from_the_api_server() {
         )
     );
 
-    let rolled_out = json!({"status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
-                                       "readyReplicas": 2, "availableReplicas": 2}});
+    let rolled_out = deployment_status_at(1, 2, 2);
     deployments
         .patch_status("web", &PatchParams::default(), &Patch::Merge(&rolled_out))
         .await
@@ -232,7 +134,7 @@ async fn health_rules_judge_objects_from_the_api_server() {
         judge(&ctx, &web).await,
         (HealthStatus::Healthy, "Ready: 2/2 replicas".to_string())
     );
-    let condition = evaluate(&ctx.namespace, &web, &Snapshot::read(&ctx).await);
+    let condition = evaluate(&ctx.namespace, &web, &Workloads::read(&ctx).await);
     assert_eq!(condition.component_name.as_deref(), Some("web"));
     assert!(condition.target_workload.uid.is_some());
 
@@ -250,30 +152,18 @@ async fn health_rules_judge_objects_from_the_api_server() {
     );
 
     // A ContainerizedWorkload whose children were rendered by hand, as its controller would.
-    let svc: Service = serde_json::from_value(json!({
-        "metadata": {"name": "web"},
-        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}
-    }))
-    .unwrap();
     ctx.api::<Service>()
-        .create(&PostParams::default(), &svc)
+        .create(&PostParams::default(), &builders::service("web", json!({})))
         .await
         .unwrap();
-    let slice: EndpointSlice = serde_json::from_value(json!({
-        "metadata": {"name": "web-a", "labels": {"kubernetes.io/service-name": "web"}},
-        "addressType": "IPv4", "ports": [{"port": 8080}],
-        "endpoints": [{"addresses": ["10.213.255.2"]}]
-    }))
-    .unwrap();
+    let slice = endpoint_slice("web", "http", "10.213.255.2");
     ctx.api::<EndpointSlice>()
         .create(&PostParams::default(), &slice)
         .await
         .unwrap();
     let cws = ctx.api::<ContainerizedWorkload>();
-    let cw: ContainerizedWorkload =
-        serde_json::from_value(json!({"apiVersion": "core.oam.dev/v1alpha2",
-            "kind": "ContainerizedWorkload", "metadata": {"name": "app"}, "spec": {}}))
-        .unwrap();
+    let cw: ContainerizedWorkload = from(json!({"apiVersion": "core.oam.dev/v1alpha2",
+        "kind": "ContainerizedWorkload", "metadata": {"name": "app"}, "spec": {}}));
     cws.create(&PostParams::default(), &cw).await.unwrap();
     let app = WorkloadReference::new("core.oam.dev/v1alpha2", "ContainerizedWorkload", "app");
     assert_eq!(
@@ -298,8 +188,7 @@ async fn health_rules_judge_objects_from_the_api_server() {
                 .to_string()
         )
     );
-    let caught_up = json!({"status": {"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3,
-                                      "readyReplicas": 3, "availableReplicas": 3}});
+    let caught_up = deployment_status_at(2, 3, 3);
     deployments
         .patch_status("web", &PatchParams::default(), &Patch::Merge(&caught_up))
         .await

@@ -11,11 +11,11 @@ use healthscope::api::{
 };
 use healthscope::controller::{self, ControllerConfig, cache::ExtraKinds};
 use healthscope::leader::LeaderState;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::support::builders::claim_crd;
 use crate::support::scopes::{create_scope, health, wait_scope, workload_diagnosis};
 use crate::support::webhook::WebhookUnderTest;
 use crate::support::{self, TEST_NAMESPACE_LABEL, TestContext};
@@ -24,20 +24,7 @@ use crate::support::{self, TEST_NAMESPACE_LABEL, TestContext};
 /// subresource; returns its apiVersion.
 async fn claim_kind(ctx: &TestContext) -> String {
     let group = format!("{}.example.com", ctx.namespace);
-    let crd: CustomResourceDefinition = serde_json::from_value(json!({
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": format!("claims.{group}")},
-        "spec": {
-            "group": group, "scope": "Namespaced",
-            "names": {"plural": "claims", "singular": "claim", "kind": "Claim", "listKind": "ClaimList"},
-            "versions": [{"name": "v1", "served": true, "storage": true,
-                "subresources": {"status": {}},
-                "schema": {"openAPIV3Schema": {"type": "object",
-                    "x-kubernetes-preserve-unknown-fields": true}}}],
-        },
-    }))
-    .unwrap();
-    support::install_crds(&ctx.client, &[crd]).await;
+    support::install_crds(&ctx.client, &[claim_crd(&group)]).await;
     format!("{group}/v1")
 }
 

@@ -16,7 +16,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{self, TestContext};
+use crate::support::{self, TestContext, builders};
 
 #[tokio::test]
 async fn install_admin_server_answers_from_a_real_reflector() {
@@ -1356,19 +1356,11 @@ async fn install_rbac_grants_what_healthscope_does_and_nothing_else() {
         )
         .await
         .unwrap();
-    let deployment: Deployment = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": "web" },
-        "spec": {
-            "selector": { "matchLabels": { "app": "web" } },
-            "template": {
-                "metadata": { "labels": { "app": "web" } },
-                "spec": { "containers": [{ "name": "web", "image": "web" }] },
-            },
-        },
-    }))
-    .unwrap();
     ctx.api::<Deployment>()
-        .create(&PostParams::default(), &deployment)
+        .create(
+            &PostParams::default(),
+            &builders::deployment("web", serde_json::json!({}), None),
+        )
         .await
         .unwrap();
     let label = serde_json::json!({ "metadata": { "labels": { "healthscope.core.oam.dev/rbac-scope": "true" } } });
@@ -1515,11 +1507,7 @@ async fn install_rbac_grants_what_healthscope_does_and_nothing_else() {
         Api::<healthscope::api::ApplicationConfiguration>::namespaced(sa.clone(), ns)
             .create(
                 &PostParams::default(),
-                &serde_json::from_value(serde_json::json!({
-                    "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
-                    "metadata": { "name": "nope" }, "spec": { "components": [] },
-                }))
-                .unwrap(),
+                &builders::AppConfig::new("nope").build(),
             )
             .await
     ));
@@ -1544,13 +1532,6 @@ async fn install_crd_schema_checks_probe_settings_without_the_webhook() {
     support::install_crds(&ctx.client, &healthscope::api::crds()).await;
     let scopes = ctx.api::<HealthScope>();
     let pp = PostParams::default();
-    let scope = |name: &str, spec: serde_json::Value| -> HealthScope {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope",
-            "metadata": {"name": name}, "spec": spec,
-        }))
-        .unwrap()
-    };
     let refused = [
         (
             serde_json::json!({"probe-timeout": 0}),
@@ -1587,7 +1568,10 @@ async fn install_crd_schema_checks_probe_settings_without_the_webhook() {
     ];
     for (i, (spec, field)) in refused.into_iter().enumerate() {
         let err = scopes
-            .create(&pp, &scope(&format!("bad-{i}"), spec.clone()))
+            .create(
+                &pp,
+                &builders::health_scope(&format!("bad-{i}"), spec.clone()),
+            )
             .await
             .expect_err("refused by the schema");
         assert!(err.to_string().contains(field), "{spec}: {err}");
@@ -1595,7 +1579,7 @@ async fn install_crd_schema_checks_probe_settings_without_the_webhook() {
     scopes
         .create(
             &pp,
-            &scope(
+            &builders::health_scope(
                 "good",
                 serde_json::json!({"probe-method": "HEAD", "probe-endpoint": "/healthz?deep=1",
                     "probe-timeout": 5, "probe-interval": 5}),

@@ -17,6 +17,9 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams
 use kube::core::ApiResource;
 use serde_json::json;
 
+use crate::support::builders::{
+    AppConfig, claim_crd, deployment_status_at, endpoint_slice, health_scope_json,
+};
 use crate::support::netns::{Answer, TestHost};
 use crate::support::oam::{
     self, HEALTHSCOPE_USER, RUNTIME_USER, RuntimeContext, helm, kubectl, requests_of, run,
@@ -29,16 +32,17 @@ use crate::support::{self, eventually};
 const WAIT: Duration = Duration::from_secs(120);
 const APP_PORT: u16 = support::netns::APP_PORT;
 
-/// The seed's HealthScope, with short probe settings.
+/// The seed's HealthScope, with short probe settings, as a manifest for kubectl.
 fn scope_yaml(name: &str) -> String {
-    format!(
-        "apiVersion: core.oam.dev/v1alpha2\nkind: HealthScope\nmetadata: {{name: {name}}}\n\
-         spec:\n  probe-method: GET\n  probe-endpoint: /health\n  probe-timeout: 1\n  \
-         probe-interval: 2\n  workloadRefs: []\n"
-    )
+    let spec = json!({"probe-method": "GET", "probe-endpoint": "/health",
+                      "probe-timeout": 1, "probe-interval": 2});
+    health_scope_json(name, spec).to_string()
 }
 
 /// A Component rendering a ContainerizedWorkload that listens on the test host's app port.
+/// Not the shared `builders::component`: the runtime renders this one, so it carries the
+/// container and its named port (the rendered Service's port, which the probe uses), and some
+/// tests edit its image to make a new revision.
 fn component_yaml(name: &str) -> String {
     format!(
         "apiVersion: core.oam.dev/v1alpha2\nkind: Component\nmetadata: {{name: {name}}}\nspec:\n  \
@@ -46,28 +50,6 @@ fn component_yaml(name: &str) -> String {
          spec:\n      containers:\n        - name: app\n          image: registry.example/app:1\n          \
          ports: [{{containerPort: {APP_PORT}, name: http}}]\n"
     )
-}
-
-/// An ApplicationConfiguration whose components name scopes in the nested `scopeRef` form.
-fn appconfig_yaml(name: &str, components: &[(&str, &[&str])]) -> String {
-    let mut yaml = format!(
-        "apiVersion: core.oam.dev/v1alpha2\nkind: ApplicationConfiguration\nmetadata: {{name: {name}}}\n\
-         spec:\n  components:\n"
-    );
-    for (component, scopes) in components {
-        yaml.push_str(&format!(
-            "    - componentName: {component}\n      scopes:\n"
-        ));
-        for scope in *scopes {
-            yaml.push_str(&format!(
-                "        - scopeRef: {{apiVersion: core.oam.dev/v1alpha2, kind: HealthScope, name: {scope}}}\n"
-            ));
-        }
-        if scopes.is_empty() {
-            yaml.push_str("        []\n");
-        }
-    }
-    yaml
 }
 
 fn scopes(rc: &RuntimeContext) -> Api<HealthScope> {
@@ -165,11 +147,11 @@ async fn make_ready(rc: &RuntimeContext, name: &str, ready: bool) {
         .expect("the rendered Deployment");
     let replicas = d.spec.replicas.unwrap_or(1);
     let ready_count = if ready { replicas } else { 0 };
-    let status = json!({"status": {
-        "observedGeneration": d.metadata.generation, "replicas": replicas,
-        "updatedReplicas": replicas, "readyReplicas": ready_count,
-        "availableReplicas": ready_count,
-    }});
+    let generation = d
+        .metadata
+        .generation
+        .expect("the API server sets a generation");
+    let status = deployment_status_at(generation, ready_count, replicas);
     deployments
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await
@@ -178,15 +160,8 @@ async fn make_ready(rc: &RuntimeContext, name: &str, ready: bool) {
 
 /// What the EndpointSlice controller would make for Service `name`: the test host, ready.
 async fn add_endpoint(rc: &RuntimeContext, name: &str, host: &TestHost) {
-    let slice: EndpointSlice = serde_json::from_value(json!({
-        "metadata": {"name": format!("{name}-a"), "labels": {"kubernetes.io/service-name": name,
-            "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
-        "addressType": "IPv4",
-        "ports": [{"name": name, "port": APP_PORT, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [host.ip().to_string()], "conditions": {"ready": true},
-                       "targetRef": {"kind": "Pod", "name": format!("{name}-0")}}]
-    }))
-    .expect("an EndpointSlice");
+    // The runtime names the Service's port after the component.
+    let slice = endpoint_slice(name, name, &host.ip().to_string());
     rc.ctx
         .api::<EndpointSlice>()
         .create(&PostParams::default(), &slice)
@@ -209,7 +184,11 @@ async fn wait_health(rc: &RuntimeContext, scope: &str, health: Health) -> Health
 async fn seed_app(rc: &RuntimeContext, scope: &str, component: &str, app: &str) {
     rc.apply(&scope_yaml(scope));
     rc.apply(&component_yaml(component));
-    rc.apply(&appconfig_yaml(app, &[(component, &[scope])]));
+    rc.apply(
+        &AppConfig::new(app)
+            .component(component, &[scope])
+            .manifest(),
+    );
     wait_refs(rc, scope, &[("ContainerizedWorkload", component)]).await;
     wait_children_labelled(rc, component, &[scope]).await;
 }
@@ -447,10 +426,12 @@ async fn oam_runtime_component_removed_from_the_appconfig_leaves_the_scope() {
     rc.apply(&scope_yaml("pair"));
     rc.apply(&component_yaml("front"));
     rc.apply(&component_yaml("back"));
-    rc.apply(&appconfig_yaml(
-        "pair",
-        &[("front", &["pair"]), ("back", &["pair"])],
-    ));
+    rc.apply(
+        &AppConfig::new("pair")
+            .component("front", &["pair"])
+            .component("back", &["pair"])
+            .manifest(),
+    );
     wait_refs(
         &rc,
         "pair",
@@ -462,7 +443,11 @@ async fn oam_runtime_component_removed_from_the_appconfig_leaves_the_scope() {
     .await;
     wait_children_labelled(&rc, "back", &["pair"]).await;
 
-    rc.apply(&appconfig_yaml("pair", &[("front", &["pair"])]));
+    rc.apply(
+        &AppConfig::new("pair")
+            .component("front", &["pair"])
+            .manifest(),
+    );
     wait_refs(&rc, "pair", &[("ContainerizedWorkload", "front")]).await;
     // Stays out: neither the runtime nor healthscope's wiring loop puts it back.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -968,20 +953,7 @@ async fn oam_runtime_wrong_crd_pauses_writes_until_healthscope_crd_is_served() {
 async fn oam_runtime_health_rule_judges_a_rendered_custom_workload() {
     let rc = RuntimeContext::start("oam-runtime-rule").await;
     let group = format!("{}.example.com", rc.namespace());
-    let crd: CustomResourceDefinition = serde_json::from_value(json!({
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": format!("claims.{group}")},
-        "spec": {
-            "group": group, "scope": "Namespaced",
-            "names": {"plural": "claims", "singular": "claim", "kind": "Claim", "listKind": "ClaimList"},
-            "versions": [{"name": "v1", "served": true, "storage": true,
-                "subresources": {"status": {}},
-                "schema": {"openAPIV3Schema": {"type": "object",
-                    "x-kubernetes-preserve-unknown-fields": true}}}],
-        },
-    }))
-    .unwrap();
-    support::install_crds(&rc.ctx.client, &[crd]).await;
+    support::install_crds(&rc.ctx.client, &[claim_crd(&group)]).await;
     let api_version = format!("{group}/v1");
     rc.apply(&format!(
         "apiVersion: core.oam.dev/v1alpha2\nkind: WorkloadDefinition\n\
@@ -1000,7 +972,11 @@ async fn oam_runtime_health_rule_judges_a_rendered_custom_workload() {
         "apiVersion: core.oam.dev/v1alpha2\nkind: Component\nmetadata: {{name: db}}\nspec:\n  \
          workload:\n    apiVersion: {api_version}\n    kind: Claim\n    spec: {{instances: 2}}\n"
     ));
-    rc.apply(&appconfig_yaml("store", &[("db", &["data"])]));
+    rc.apply(
+        &AppConfig::new("store")
+            .component("db", &["data"])
+            .manifest(),
+    );
     wait_refs(&rc, "data", &[("Claim", "db")]).await;
 
     // Rendered without a status: the rule says its health cannot be told yet.

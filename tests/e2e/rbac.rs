@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use healthscope::admission::Overlay;
 use healthscope::api::{
     COMPILED_CONDITION, ContainerizedWorkload, Health, HealthRule, HealthRuleSpec, HealthScope,
     RuleTarget,
@@ -25,9 +26,13 @@ use kube::{Client, Resource};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::support::builders::{
+    AppConfig, component, deployment, deployment_status, endpoint_slice, from, health_scope,
+    oam_labels, service, workload_spec,
+};
 use crate::support::rbac::{
-    ChartRbac, ChartWebhook, ColdSnapshot, Denial, Grant, RoleKind, ServiceAccountUnderTest,
-    render_chart, request_attributes,
+    ChartRbac, ChartWebhook, Denial, Grant, RoleKind, ServiceAccountUnderTest, render_chart,
+    request_attributes,
 };
 use crate::support::{self, TestContext, unique_name};
 
@@ -236,7 +241,10 @@ impl Running {
             namespace,
             &sa.username(),
             sa.client.clone(),
-            Arc::new(ColdSnapshot),
+            // A snapshot that has seen nothing: every lookup misses, so the webhook reads each
+            // object it needs from the API server, as it does for objects created a moment
+            // before their admission.
+            Arc::new(Overlay::default()),
         )
         .await;
         let shutdown = CancellationToken::new();
@@ -374,53 +382,6 @@ where
     }
 }
 
-fn from<T: serde::de::DeserializeOwned>(value: Value) -> T {
-    serde_json::from_value(value).expect("a valid object")
-}
-
-fn oam_labels(component: &str) -> Value {
-    json!({ "app.oam.dev/name": APP, "app.oam.dev/component": component })
-}
-
-fn pod_template(name: &str) -> Value {
-    json!({
-        "metadata": { "labels": { "app": name } },
-        "spec": { "containers": [{ "name": "app", "image": "example.invalid/app:1" }] },
-    })
-}
-
-fn workload_spec(name: &str) -> Value {
-    json!({ "selector": { "matchLabels": { "app": name } }, "template": pod_template(name) })
-}
-
-/// A ready EndpointSlice for Service `service` (the address is never contacted: the scope has
-/// no probe endpoint).
-fn endpoint_slice(service: &str) -> EndpointSlice {
-    from(json!({
-        "metadata": { "name": format!("{service}-a"), "labels": { "kubernetes.io/service-name": service } },
-        "addressType": "IPv4",
-        "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
-        "endpoints": [{ "addresses": ["10.0.0.10"], "conditions": { "ready": true } }],
-    }))
-}
-
-fn service(name: &str, labels: Value) -> Service {
-    from(json!({
-        "metadata": { "name": name, "labels": labels },
-        "spec": { "selector": { "app": name }, "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }] },
-    }))
-}
-
-fn deployment(name: &str, labels: Value) -> Deployment {
-    from(json!({ "metadata": { "name": name, "labels": labels }, "spec": workload_spec(name) }))
-}
-
-/// A Deployment's status as its controller would write it: `ready` of 1 replica ready.
-fn deployment_status(ready: i32) -> Value {
-    json!({ "status": { "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
-                        "readyReplicas": ready, "availableReplicas": ready } })
-}
-
 /// The components of the application: one per built-in workload kind.
 const COMPONENTS: [(&str, &str, &str); 6] = [
     ("web", "apps/v1", "Deployment"),
@@ -435,7 +396,7 @@ const COMPONENTS: [(&str, &str, &str); 6] = [
 async fn set_healthy(admin: &Client, ns: &str) -> Result<(), kube::Error> {
     let pp = PatchParams::default();
     Api::<Deployment>::namespaced(admin.clone(), ns)
-        .patch_status("web", &pp, &Patch::Merge(deployment_status(1)))
+        .patch_status("web", &pp, &Patch::Merge(deployment_status(1, 1)))
         .await?;
     Api::<StatefulSet>::namespaced(admin.clone(), ns)
         .patch_status("db", &pp, &Patch::Merge(json!({ "status": {
@@ -540,21 +501,13 @@ async fn flow(admin: &Client, ns: &str, hs: &Running) -> FlowResult {
     let step = Step::WorkloadsRendered;
     let scopes: Api<HealthScope> = Api::namespaced(admin.clone(), ns);
     scopes
-        .create(
-            &pp,
-            &from(
-                json!({ "apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope",
-            "metadata": { "name": SCOPE }, "spec": { "workloadRefs": [] } }),
-            ),
-        )
+        .create(&pp, &health_scope(SCOPE, json!({})))
         .await
         .map_err(fail(step))?;
     let components: Api<healthscope::api::Component> = Api::namespaced(admin.clone(), ns);
     for (name, api_version, kind) in COMPONENTS {
         components
-            .create(&pp, &from(json!({ "apiVersion": "core.oam.dev/v1alpha2", "kind": "Component",
-                "metadata": { "name": name },
-                "spec": { "workload": { "apiVersion": api_version, "kind": kind, "metadata": { "name": name } } } })))
+            .create(&pp, &component(name, api_version, kind))
             .await
             .map_err(fail(step))?;
     }
@@ -562,7 +515,7 @@ async fn flow(admin: &Client, ns: &str, hs: &Running) -> FlowResult {
     let services: Api<Service> = Api::namespaced(admin.clone(), ns);
     let slices: Api<EndpointSlice> = Api::namespaced(admin.clone(), ns);
     deployments
-        .create(&pp, &deployment("web", oam_labels("web")))
+        .create(&pp, &deployment("web", oam_labels(APP, "web"), None))
         .await
         .map_err(fail(step))?;
     let mut sts = workload_spec("db");
@@ -570,24 +523,25 @@ async fn flow(admin: &Client, ns: &str, hs: &Running) -> FlowResult {
     Api::<StatefulSet>::namespaced(admin.clone(), ns)
         .create(
             &pp,
-            &from(json!({ "metadata": { "name": "db", "labels": oam_labels("db") }, "spec": sts })),
+            &from(json!({ "metadata": { "name": "db", "labels": oam_labels(APP, "db") }, "spec": sts })),
         )
         .await
         .map_err(fail(step))?;
     Api::<DaemonSet>::namespaced(admin.clone(), ns)
-        .create(&pp, &from(json!({ "metadata": { "name": "agent", "labels": oam_labels("agent") }, "spec": workload_spec("agent") })))
+        .create(&pp, &from(json!({ "metadata": { "name": "agent", "labels": oam_labels(APP, "agent") }, "spec": workload_spec("agent") })))
         .await
         .map_err(fail(step))?;
     Api::<ReplicaSet>::namespaced(admin.clone(), ns)
-        .create(&pp, &from(json!({ "metadata": { "name": "cache", "labels": oam_labels("cache") }, "spec": workload_spec("cache") })))
+        .create(&pp, &from(json!({ "metadata": { "name": "cache", "labels": oam_labels(APP, "cache") }, "spec": workload_spec("cache") })))
         .await
         .map_err(fail(step))?;
     services
-        .create(&pp, &service("front", oam_labels("front")))
+        .create(&pp, &service("front", oam_labels(APP, "front")))
         .await
         .map_err(fail(step))?;
     slices
-        .create(&pp, &endpoint_slice("front"))
+        // A ready endpoint, never contacted: the scope has no probe endpoint.
+        .create(&pp, &endpoint_slice("front", "http", "10.0.0.10"))
         .await
         .map_err(fail(step))?;
     let cws: Api<ContainerizedWorkload> = Api::namespaced(admin.clone(), ns);
@@ -596,7 +550,7 @@ async fn flow(admin: &Client, ns: &str, hs: &Running) -> FlowResult {
             &pp,
             &from(
                 json!({ "apiVersion": "core.oam.dev/v1alpha2", "kind": "ContainerizedWorkload",
-            "metadata": { "name": "api", "labels": oam_labels("api") }, "spec": {} }),
+            "metadata": { "name": "api", "labels": oam_labels(APP, "api") }, "spec": {} }),
             ),
         )
         .await
@@ -618,13 +572,12 @@ async fn flow(admin: &Client, ns: &str, hs: &Running) -> FlowResult {
     // The webhook admits it without a warning: what its (cold) cache lacks, the scope and the
     // Components, it reads live, so it knows they exist.
     let step = Step::AppConfigAdmitted;
-    let scope_entry = json!([{ "scopeRef": { "apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope", "name": SCOPE } }]);
-    let entries: Vec<Value> = COMPONENTS
+    let app = COMPONENTS
         .iter()
-        .map(|(name, _, _)| json!({ "componentName": name, "scopes": scope_entry }))
-        .collect();
-    let app = json!({ "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
-        "metadata": { "name": APP }, "spec": { "components": entries } });
+        .fold(AppConfig::new(APP), |app, (name, _, _)| {
+            app.component(name, &[SCOPE])
+        })
+        .json();
     let url = format!("/apis/core.oam.dev/v1alpha2/namespaces/{ns}/applicationconfigurations");
     let request = kube::core::Request::new(url)
         .create(&pp, app.to_string().into_bytes())
@@ -675,7 +628,7 @@ async fn flow(admin: &Client, ns: &str, hs: &Running) -> FlowResult {
     let step = Step::ChildrenLabelledAtAdmission;
     let owner = json!([{ "apiVersion": "core.oam.dev/v1alpha2", "kind": "ContainerizedWorkload",
         "name": "api", "uid": cw.meta().uid, "controller": true }]);
-    let mut child = deployment("api", json!({}));
+    let mut child = deployment("api", json!({}), None);
     child.metadata.owner_references = Some(from(owner.clone()));
     let child = deployments.create(&pp, &child).await.map_err(fail(step))?;
     let mut child_service = service("api", json!({}));
@@ -699,12 +652,12 @@ async fn flow(admin: &Client, ns: &str, hs: &Running) -> FlowResult {
         .patch_status(
             "api",
             &PatchParams::default(),
-            &Patch::Merge(deployment_status(1)),
+            &Patch::Merge(deployment_status(1, 1)),
         )
         .await
         .map_err(fail(step))?;
     slices
-        .create(&pp, &endpoint_slice("api"))
+        .create(&pp, &endpoint_slice("api", "http", "10.0.0.10"))
         .await
         .map_err(fail(step))?;
     done(step, &mut clock);
@@ -790,7 +743,7 @@ async fn flow(admin: &Client, ns: &str, hs: &Running) -> FlowResult {
                 .patch_status(
                     "web",
                     &PatchParams::default(),
-                    &Patch::Merge(deployment_status(ready)),
+                    &Patch::Merge(deployment_status(ready, 1)),
                 )
                 .await
                 .map(drop)

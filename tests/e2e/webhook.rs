@@ -14,63 +14,18 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::client::Body;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use healthscope::controller::{ControllerConfig, ControllerHandle};
 use healthscope::leader::LeaderState;
 use tokio_util::sync::CancellationToken;
 
+use crate::support::builders::{
+    AppConfig, appconfig, component, deployment, deployment_ref, from, health_scope, oam_labels,
+    service,
+};
 use crate::support::webhook::WebhookUnderTest;
 use crate::support::{TestContext, eventually};
-
-fn from<T: DeserializeOwned>(value: Value) -> T {
-    serde_json::from_value(value).expect("a valid test object")
-}
-
-fn health_scope(name: &str, spec: Value) -> HealthScope {
-    let mut spec = spec;
-    spec["workloadRefs"] = json!([]);
-    from(
-        json!({"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope",
-                "metadata": {"name": name}, "spec": spec}),
-    )
-}
-
-/// A Component whose workload is `kind` (apiVersion `api_version`), named by `instance-name`.
-fn component(name: &str, api_version: &str, kind: &str) -> Component {
-    from(json!({
-        "apiVersion": "core.oam.dev/v1alpha2", "kind": "Component",
-        "metadata": {"name": name},
-        "spec": {
-            "workload": {"apiVersion": api_version, "kind": kind, "spec": {}},
-            "parameters": [{"name": "instance-name", "fieldPaths": ["metadata.name"]}],
-        },
-    }))
-}
-
-fn scope_ref(scope: &str) -> Value {
-    json!({"scopeRef": {"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope", "name": scope}})
-}
-
-/// An ApplicationConfiguration with one entry of `component`, rendered as `instance`.
-fn appconfig(
-    name: &str,
-    component: &str,
-    instance: &str,
-    scopes: &[&str],
-) -> ApplicationConfiguration {
-    let scopes: Vec<Value> = scopes.iter().map(|s| scope_ref(s)).collect();
-    from(json!({
-        "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
-        "metadata": {"name": name},
-        "spec": {"components": [{
-            "componentName": component,
-            "parameterValues": [{"name": "instance-name", "value": instance}],
-            "scopes": scopes,
-        }]},
-    }))
-}
 
 async fn refs_of(scopes: &Api<HealthScope>, name: &str) -> Vec<WorkloadReference> {
     let mut refs = scopes
@@ -131,10 +86,6 @@ async fn create_appconfig_reading_warnings(
         .iter()
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .collect()
-}
-
-fn deployment_ref(name: &str) -> WorkloadReference {
-    WorkloadReference::new("apps/v1", "Deployment", name)
 }
 
 fn scope_labels(labels: Option<BTreeMap<String, String>>) -> BTreeMap<String, String> {
@@ -328,16 +279,10 @@ async fn webhook_labels_workloads_and_containerized_workload_children() {
         .create(&pp, &component("api", "apps/v1", "Deployment"))
         .await
         .unwrap();
-    let app: ApplicationConfiguration = from(json!({
-        "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
-        "metadata": {"name": "shop"},
-        "spec": {"components": [
-            {"componentName": "web", "parameterValues": [{"name": "instance-name", "value": "web"}],
-             "scopes": [scope_ref("front"), scope_ref(&long_scope)]},
-            {"componentName": "api", "parameterValues": [{"name": "instance-name", "value": "api"}],
-             "scopes": [scope_ref("front")]},
-        ]},
-    }));
+    let app = AppConfig::new("shop")
+        .rendered("web", "web", &["front", &long_scope])
+        .rendered("api", "api", &["front"])
+        .build();
     let app = ctx
         .api::<ApplicationConfiguration>()
         .create(&pp, &app)
@@ -370,34 +315,28 @@ async fn webhook_labels_workloads_and_containerized_workload_children() {
     // Its Deployment and Service, created right away (the cache may not have the parent yet).
     let owner = json!([{"apiVersion": "core.oam.dev/v1alpha2", "kind": "ContainerizedWorkload",
                         "name": "web", "uid": cw_uid, "controller": true}]);
-    let child: Deployment = from(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "web", "ownerReferences": owner},
-        "spec": {"selector": {"matchLabels": {"app": "web"}},
-                 "template": {"metadata": {"labels": {"app": "web"}},
-                              "spec": {"containers": [{"name": "web", "image": "nginx"}]}}},
-    }));
+    let mut child = deployment("web", json!({}), None);
+    child.metadata.owner_references = Some(from(owner.clone()));
     let child = ctx.api::<Deployment>().create(&pp, &child).await.unwrap();
     assert_eq!(scope_labels(child.metadata.labels), both);
-    let service: Service = from(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "web", "ownerReferences": owner},
-        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
-    }));
-    let service = ctx.api::<Service>().create(&pp, &service).await.unwrap();
-    assert_eq!(scope_labels(service.metadata.labels), both);
+    let mut child_service = service("web", json!({}));
+    child_service.metadata.owner_references = Some(from(owner));
+    let child_service = ctx
+        .api::<Service>()
+        .create(&pp, &child_service)
+        .await
+        .unwrap();
+    assert_eq!(scope_labels(child_service.metadata.labels), both);
 
     // A Deployment rendered from a component, found by its labels; stale labels go.
     let deployments: Api<Deployment> = ctx.api();
-    let api: Deployment = from(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "api", "labels": {"app.oam.dev/name": "shop", "app.oam.dev/component": "api",
-                                                "healthscope.core.oam.dev/old": "true", "team": "a"}},
-        "spec": {"selector": {"matchLabels": {"app": "api"}},
-                 "template": {"metadata": {"labels": {"app": "api"}},
-                              "spec": {"containers": [{"name": "api", "image": "nginx"}]}}},
-    }));
-    let api = deployments.create(&pp, &api).await.unwrap();
+    let mut labels = oam_labels("shop", "api");
+    labels["healthscope.core.oam.dev/old"] = json!("true");
+    labels["team"] = json!("a");
+    let api = deployments
+        .create(&pp, &deployment("api", labels, None))
+        .await
+        .unwrap();
     let labels = api.metadata.labels.clone().unwrap();
     assert_eq!(
         scope_labels(Some(labels.clone())),
@@ -417,13 +356,11 @@ async fn webhook_labels_workloads_and_containerized_workload_children() {
     );
 
     // A Deployment OAM did not render keeps its labels, whatever they are.
-    let plain: Deployment = from(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "plain", "labels": {"healthscope.core.oam.dev/mine": "true"}},
-        "spec": {"selector": {"matchLabels": {"app": "plain"}},
-                 "template": {"metadata": {"labels": {"app": "plain"}},
-                              "spec": {"containers": [{"name": "p", "image": "nginx"}]}}},
-    }));
+    let plain = deployment(
+        "plain",
+        json!({"healthscope.core.oam.dev/mine": "true"}),
+        None,
+    );
     let plain = deployments.create(&pp, &plain).await.unwrap();
     assert_eq!(
         scope_labels(plain.metadata.labels),
@@ -500,6 +437,7 @@ async fn webhook_rejects_invalid_healthscopes_and_malformed_scope_refs() {
     assert!(err.to_string().contains("spec.probe-endpoint"), "{err}");
 
     // An ApplicationConfiguration with a malformed scope reference is rejected, naming it.
+    // (Written out by hand: the shared builders only make well-formed references.)
     let apps: Api<ApplicationConfiguration> = ctx.api();
     let bad: ApplicationConfiguration = from(json!({
         "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
@@ -619,13 +557,11 @@ async fn wiring_reports_a_scope_whose_components_do_not_exist_as_unknown() {
 async fn webhook_answers_within_its_budget_for_2000_missing_components() {
     let ctx = TestContext::new("webhook-budget").await;
     let webhook = WebhookUnderTest::start(&ctx).await;
-    let components: Vec<Value> = (0..2000)
-        .map(|i| json!({"componentName": format!("missing-{i:04}"), "scopes": [scope_ref("s")]}))
-        .collect();
-    let app = json!({
-        "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
-        "metadata": {"name": "huge"}, "spec": {"components": components},
-    });
+    let app = (0..2000)
+        .fold(AppConfig::new("huge"), |app, i| {
+            app.component(&format!("missing-{i:04}"), &["s"])
+        })
+        .json();
     let started = std::time::Instant::now();
     let warnings = create_appconfig_reading_warnings(&ctx, &app).await;
     println!(
@@ -1007,14 +943,10 @@ async fn webhook_forged_reviews_change_nothing() {
         .await
         .unwrap();
     let deployments: Api<Deployment> = ctx.api();
-    let web: Deployment = from(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "web-1", "labels": {"app.oam.dev/name": "shop", "app.oam.dev/component": "web"}},
-        "spec": {"selector": {"matchLabels": {"app": "web"}},
-                 "template": {"metadata": {"labels": {"app": "web"}},
-                              "spec": {"containers": [{"name": "web", "image": "nginx"}]}}},
-    }));
-    deployments.create(&pp, &web).await.unwrap();
+    deployments
+        .create(&pp, &deployment("web-1", oam_labels("shop", "web"), None))
+        .await
+        .unwrap();
     wait_refs(&scopes, "s", &[deployment_ref("web-1")]).await;
     let versions = || async {
         let scope = scopes.get("s").await.unwrap().metadata.resource_version;

@@ -291,6 +291,7 @@ pub async fn apiserver_counter(
         .sum()
 }
 
+pub mod builders;
 pub mod fault_proxy;
 pub mod netns;
 pub mod oam;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use healthscope::admission::Snapshot;
-use healthscope::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
+use healthscope::api::HealthScope;
 use healthscope::webhook::{AdmissionState, router};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
@@ -30,6 +30,7 @@ use kube::config::AuthInfo;
 use kube::{Client, Config};
 use serde_json::{Value, json};
 
+use super::builders::{deployment, from, health_scope_json};
 use super::tls::TestWebhookServer;
 use super::{TEST_NAMESPACE_LABEL, eventually, unique_name};
 
@@ -604,25 +605,6 @@ where
     }
 }
 
-/// A snapshot that has seen nothing: every lookup misses, so the webhook reads each object it
-/// needs from the API server, as it does for objects created a moment before their admission.
-pub struct ColdSnapshot;
-
-impl Snapshot for ColdSnapshot {
-    fn app_configuration(&self, _: &str, _: &str) -> Option<Arc<ApplicationConfiguration>> {
-        None
-    }
-    fn component(&self, _: &str, _: &str) -> Option<Arc<Component>> {
-        None
-    }
-    fn containerized_workload(&self, _: &str, _: &str) -> Option<Arc<ContainerizedWorkload>> {
-        None
-    }
-    fn health_scope(&self, _: &str, _: &str) -> Option<Arc<HealthScope>> {
-        None
-    }
-}
-
 /// The admission webhook serving in this process with the ServiceAccount's client, registered
 /// through the chart's own webhook configurations, narrowed to one test namespace.
 pub struct ChartWebhook {
@@ -736,12 +718,10 @@ impl ChartWebhook {
             namespace,
             &kube::api::ApiResource::erase::<HealthScope>(&()),
         );
-        let scope: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope",
-            "metadata": {"name": "webhook-live-probe"},
-            "spec": {"probe-method": "NOT-A-METHOD", "workloadRefs": []},
-        }))
-        .expect("a HealthScope");
+        let scope: DynamicObject = from(health_scope_json(
+            "webhook-live-probe",
+            json!({"probe-method": "NOT-A-METHOD"}),
+        ));
         eventually(
             PROPAGATION_TIMEOUT,
             "the chart's validating webhooks to be called",
@@ -755,15 +735,11 @@ impl ChartWebhook {
         .await;
         let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
             Api::namespaced(self.admin.clone(), namespace);
-        let deployment = serde_json::from_value(json!({
-            "metadata": {"name": "webhook-live-probe", "labels": {"app.oam.dev/name": "none"}},
-            "spec": {
-                "selector": {"matchLabels": {"app": "probe"}},
-                "template": {"metadata": {"labels": {"app": "probe"}},
-                             "spec": {"containers": [{"name": "c", "image": "busybox"}]}},
-            },
-        }))
-        .expect("a Deployment");
+        let deployment = deployment(
+            "webhook-live-probe",
+            json!({"app.oam.dev/name": "none"}),
+            None,
+        );
         eventually(
             PROPAGATION_TIMEOUT,
             "the chart's mutating webhooks to be called",

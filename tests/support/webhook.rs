@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use serde_json::json;
 
+use super::builders::{AppConfig, deployment, from, health_scope_json};
 use super::tls::TestWebhookServer;
 use super::{TEST_NAMESPACE_LABEL, TestContext, eventually, unique_name};
 
@@ -62,8 +63,8 @@ impl WebhookUnderTest {
             .await
             .expect("the OAM caches sync");
         let metrics = healthscope::metrics::Metrics::new();
-        let state = AdmissionState::new(Arc::new(cache.clone()), ctx.client.clone())
-            .with_metrics(&metrics);
+        let state =
+            AdmissionState::new(Arc::new(cache.clone()), ctx.client.clone()).with_metrics(&metrics);
         let server = TestWebhookServer::start(router(state)).await;
 
         let url = |path: &str| format!("https://{}{path}", server.addr);
@@ -204,12 +205,10 @@ impl WebhookUnderTest {
             &ctx.namespace,
             &kube::api::ApiResource::erase::<healthscope::api::HealthScope>(&()),
         );
-        let probe: kube::api::DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope",
-            "metadata": {"name": "webhook-live-probe"},
-            "spec": {"probe-method": "NOT-A-METHOD", "workloadRefs": []},
-        }))
-        .expect("a HealthScope");
+        let probe: kube::api::DynamicObject = from(health_scope_json(
+            "webhook-live-probe",
+            json!({"probe-method": "NOT-A-METHOD"}),
+        ));
         eventually(
             LIVE_TIMEOUT,
             "the HealthScope webhook to answer",
@@ -224,28 +223,16 @@ impl WebhookUnderTest {
 
         // An application with no scopes: its workloads must carry no scope labels.
         let apps: Api<healthscope::api::ApplicationConfiguration> = ctx.api();
-        let app: healthscope::api::ApplicationConfiguration = serde_json::from_value(json!({
-            "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
-            "metadata": {"name": "webhook-live-probe"}, "spec": {"components": []},
-        }))
-        .expect("an ApplicationConfiguration");
+        let app = AppConfig::new("webhook-live-probe").build();
         apps.create(&PostParams::default(), &app)
             .await
             .expect("creating the probe ApplicationConfiguration");
         let deployments: Api<Deployment> = ctx.api();
-        let deployment: Deployment = serde_json::from_value(json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "webhook-live-probe", "labels": {
-                "app.oam.dev/name": "webhook-live-probe",
-                "healthscope.core.oam.dev/stale": "true",
-            }},
-            "spec": {
-                "selector": {"matchLabels": {"app": "probe"}},
-                "template": {"metadata": {"labels": {"app": "probe"}},
-                             "spec": {"containers": [{"name": "c", "image": "busybox"}]}},
-            },
-        }))
-        .expect("a Deployment");
+        let labels = json!({
+            "app.oam.dev/name": "webhook-live-probe",
+            "healthscope.core.oam.dev/stale": "true",
+        });
+        let deployment = deployment("webhook-live-probe", labels, None);
         eventually(LIVE_TIMEOUT, "the workload webhook to answer", || async {
             match deployments.create(&dry_run, &deployment).await {
                 Ok(created) => {
