@@ -14,3 +14,4 @@ mod oam_runtime;
 mod rbac;
 mod testenv;
 mod webhook;
+mod webhook_server;
