@@ -4,7 +4,9 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod admin;
 mod controller;
+mod crds;
 mod fault_proxy;
 mod faults;
 mod health;
