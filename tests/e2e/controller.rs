@@ -522,7 +522,7 @@ async fn controller_standby_never_writes_and_takes_over_when_the_leader_stops() 
 use healthscope::api::{ApplicationConfiguration, Component};
 use healthscope::membership::{WIRING_FIELD_MANAGER, scope_label_key};
 
-use crate::support::builders::{appconfig, component, oam_labels};
+use crate::support::builders::{AppConfig, appconfig, component, oam_labels};
 
 async fn scope_refs(ctx: &TestContext, name: &str) -> Vec<String> {
     let scope = ctx.api::<HealthScope>().get(name).await.unwrap();
@@ -609,11 +609,8 @@ async fn controller_wiring_wires_and_unwires_an_appconfig_without_the_webhook() 
     );
 
     // The AppConfig moves its component from "health" to "other".
-    let patch = serde_json::json!({"spec": {"components": [{
-        "componentName": "web",
-        "parameterValues": [{"name": "instance-name", "value": "web-1"}],
-        "scopes": [{"scopeRef": {"apiVersion": "core.oam.dev/v1alpha2", "kind": "HealthScope", "name": "other"}}],
-    }]}});
+    let moved = AppConfig::new("shop").rendered("web", "web-1", &["other"]);
+    let patch = serde_json::json!({"spec": moved.json()["spec"]});
     ctx.api::<ApplicationConfiguration>()
         .patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
         .await

@@ -12,9 +12,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use crate::support::builders::{
-    self, Workloads, deployment, deployment_status_at, endpoint_slice, from,
-};
+use crate::support::builders::{self, Workloads, deployment, deployment_status_at, endpoint_slice};
 use crate::support::netns::{Answer, TestHost, link_exists, netns_exists};
 use crate::support::{self, TestContext};
 
@@ -162,9 +160,12 @@ async fn health_rules_judge_objects_from_the_api_server() {
         .await
         .unwrap();
     let cws = ctx.api::<ContainerizedWorkload>();
-    let cw: ContainerizedWorkload = from(json!({"apiVersion": "core.oam.dev/v1alpha2",
-        "kind": "ContainerizedWorkload", "metadata": {"name": "app"}, "spec": {}}));
-    cws.create(&PostParams::default(), &cw).await.unwrap();
+    cws.create(
+        &PostParams::default(),
+        &builders::containerized_workload("app", json!({})),
+    )
+    .await
+    .unwrap();
     let app = WorkloadReference::new("core.oam.dev/v1alpha2", "ContainerizedWorkload", "app");
     assert_eq!(
         judge(&ctx, &app).await,

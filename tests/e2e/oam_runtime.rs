@@ -578,18 +578,16 @@ async fn oam_runtime_own_updates_go_through_and_delete_unwires() {
 async fn oam_runtime_spec_example_probe_timeout_equal_to_interval_is_accepted() {
     let rc = RuntimeContext::start("oam-runtime-spec-example").await;
     // The OAM spec's HealthScope example (with the workloadRefs the runtime's CRD requires).
-    rc.apply(
-        "apiVersion: core.oam.dev/v1alpha2\nkind: HealthScope\nmetadata: {name: example-health-scope}\n\
-         spec:\n  probe-timeout: 5\n  probe-interval: 5\n  workloadRefs: []\n",
-    );
+    let example = json!({"probe-timeout": 5, "probe-interval": 5});
+    rc.apply(&health_scope_json("example-health-scope", example).to_string());
     let scope = wait_health(&rc, "example-health-scope", Health::Healthy).await;
     assert_eq!(scope.spec.probe_timeout, Some(5));
     // Above the interval is still refused, with the reason (by the CRD schema itself).
     let (ok, out) = try_run(
         rc.kubectl().args(["apply", "-f", "-"]),
         Some(
-            "apiVersion: core.oam.dev/v1alpha2\nkind: HealthScope\nmetadata: {name: too-slow}\n\
-             spec:\n  probe-timeout: 6\n  probe-interval: 5\n  workloadRefs: []\n",
+            &health_scope_json("too-slow", json!({"probe-timeout": 6, "probe-interval": 5}))
+                .to_string(),
         ),
     );
     assert!(
@@ -885,10 +883,7 @@ async fn oam_runtime_wrong_crd_pauses_writes_until_healthscope_crd_is_served() {
     run_with_input(
         kubectl(&kubeconfig).args(["apply", "-n", "default", "-f", "-"]),
         // The runtime's CRD knows no probe-method or probe-endpoint (strict decoding refuses them).
-        Some(
-            "apiVersion: core.oam.dev/v1alpha2\nkind: HealthScope\nmetadata: {name: paused}\n\
-             spec: {workloadRefs: []}\n",
-        ),
+        Some(&health_scope_json("paused", json!({})).to_string()),
     );
     let log_dir = tempfile::tempdir().unwrap();
     let log_path = log_dir.path().join("healthscope.log");

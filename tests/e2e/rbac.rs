@@ -27,8 +27,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::builders::{
-    AppConfig, component, deployment, deployment_status, endpoint_slice, from, health_scope,
-    oam_labels, service, workload_spec,
+    AppConfig, component, containerized_workload, deployment, deployment_status, endpoint_slice,
+    from, health_scope, oam_labels, service, workload_spec,
 };
 use crate::support::rbac::{
     ChartRbac, ChartWebhook, Denial, Grant, RoleKind, ServiceAccountUnderTest, render_chart,
@@ -546,13 +546,7 @@ async fn flow(admin: &Client, ns: &str, hs: &Running) -> FlowResult {
         .map_err(fail(step))?;
     let cws: Api<ContainerizedWorkload> = Api::namespaced(admin.clone(), ns);
     let cw = cws
-        .create(
-            &pp,
-            &from(
-                json!({ "apiVersion": "core.oam.dev/v1alpha2", "kind": "ContainerizedWorkload",
-            "metadata": { "name": "api", "labels": oam_labels(APP, "api") }, "spec": {} }),
-            ),
-        )
+        .create(&pp, &containerized_workload("api", oam_labels(APP, "api")))
         .await
         .map_err(fail(step))?;
     cws.patch_status(

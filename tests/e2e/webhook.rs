@@ -21,8 +21,8 @@ use healthscope::leader::LeaderState;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::builders::{
-    AppConfig, appconfig, component, deployment, deployment_ref, from, health_scope, oam_labels,
-    service,
+    AppConfig, appconfig, component, containerized_workload, deployment, deployment_ref, from,
+    health_scope, oam_labels, service,
 };
 use crate::support::webhook::WebhookUnderTest;
 use crate::support::{TestContext, eventually};
@@ -296,13 +296,10 @@ async fn webhook_labels_workloads_and_containerized_workload_children() {
     assert!(scope_label_key(&long_scope).len() <= "healthscope.core.oam.dev/".len() + 63);
 
     // The ContainerizedWorkload the OAM runtime would render, owned by the application.
-    let cw: ContainerizedWorkload = from(json!({
-        "apiVersion": "core.oam.dev/v1alpha2", "kind": "ContainerizedWorkload",
-        "metadata": {"name": "web", "labels": {"app.oam.dev/name": "shop", "app.oam.dev/component": "web"},
-            "ownerReferences": [{"apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
-                                 "name": "shop", "uid": app_uid, "controller": true}]},
-        "spec": {"containers": []},
-    }));
+    let mut cw = containerized_workload("web", oam_labels("shop", "web"));
+    cw.metadata.owner_references = Some(from(json!([{
+        "apiVersion": "core.oam.dev/v1alpha2", "kind": "ApplicationConfiguration",
+        "name": "shop", "uid": app_uid, "controller": true}])));
     let cw = ctx
         .api::<ContainerizedWorkload>()
         .create(&pp, &cw)
@@ -822,11 +819,8 @@ async fn webhook_cache_syncs_and_follows_the_oam_objects() {
         .create(&pp, &appconfig("shop", "web", "web-1", &[]))
         .await
         .unwrap();
-    let cw: ContainerizedWorkload = from(json!({
-        "apiVersion": "core.oam.dev/v1alpha2", "kind": "ContainerizedWorkload",
-        "metadata": {"name": "cw"}, "spec": {}}));
     ctx.api::<ContainerizedWorkload>()
-        .create(&pp, &cw)
+        .create(&pp, &containerized_workload("cw", json!({})))
         .await
         .unwrap();
 
@@ -882,9 +876,7 @@ async fn webhook_reads_cache_misses_live() {
         .create(&pp, &appconfig("shop", "web", "web", &["front"]))
         .await
         .unwrap();
-    let cw: ContainerizedWorkload = from(json!({
-        "apiVersion": "core.oam.dev/v1alpha2", "kind": "ContainerizedWorkload",
-        "metadata": {"name": "web", "labels": {"app.oam.dev/name": "shop"}}, "spec": {}}));
+    let cw = containerized_workload("web", json!({"app.oam.dev/name": "shop"}));
     ctx.api::<ContainerizedWorkload>()
         .create(&pp, &cw)
         .await

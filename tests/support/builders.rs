@@ -9,8 +9,9 @@
 //! - Workloads: [`deployment`] (labels, replicas) over [`workload_spec`], [`deployment_status`]
 //!   (what the absent Deployment controller writes), [`service`], [`endpoint_slice`] (a Pod
 //!   endpoint listed by the EndpointSlice controller, so the probe may use it).
-//! - OAM: [`health_scope`], [`component`], [`AppConfig`] / [`appconfig`] (scopes in the nested
-//!   `scopeRef` form), [`scope_ref`], [`deployment_ref`], [`oam_labels`].
+//! - OAM: [`containerized_workload`], [`health_scope`], [`component`], [`AppConfig`] /
+//!   [`appconfig`] (scopes in the nested `scopeRef` form), [`scope_ref`], [`deployment_ref`],
+//!   [`oam_labels`].
 //! - Custom kinds: [`claim_crd`].
 //! - Lookups: [`Workloads`], the health rules' view of one namespace.
 
@@ -136,6 +137,16 @@ pub fn endpoint_slice(service: &str, port_name: &str, address: &str) -> Endpoint
 }
 
 // ---- OAM ----------------------------------------------------------------------------------------
+
+/// ContainerizedWorkload `name` with `labels`, no containers (no runtime renders it in these
+/// tests: they write its `status.resources` and its children themselves when they need them).
+pub fn containerized_workload(name: &str, labels: Value) -> ContainerizedWorkload {
+    from(json!({
+        "apiVersion": OAM_API_VERSION, "kind": "ContainerizedWorkload",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {},
+    }))
+}
 
 /// HealthScope `name` as JSON, with `spec` (its probe settings; `workloadRefs` empty unless
 /// given).
