@@ -65,8 +65,8 @@ pub const METRIC_NAMES: [&str; 16] = [
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WebhookRequestLabels {
-    operation: String,
-    code: String,
+    operation: &'static str,
+    code: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -236,9 +236,12 @@ macro_rules! unscraped_default {
     };
 }
 
-/// The admission webhook's requests.
+/// The admission webhook's requests. One shared allocation: every request clones it.
 #[derive(Clone, Debug)]
-pub struct WebhookMetrics {
+pub struct WebhookMetrics(Arc<WebhookFamilies>);
+
+#[derive(Debug)]
+struct WebhookFamilies {
     requests: Family<WebhookRequestLabels, Counter>,
     duration: Histogram,
     in_flight: Gauge,
@@ -289,40 +292,45 @@ impl WebhookMetrics {
             "Admission requests answered before every object they name was read (live-read budget spent)",
             lookups_unfinished.clone(),
         );
-        Self {
+        Self(Arc::new(WebhookFamilies {
             requests,
             duration,
             in_flight,
             request_bytes,
             rejected,
             lookups_unfinished,
-        }
+        }))
     }
 
     /// Counts one AdmissionReview request as in flight until the returned guard is dropped.
     pub fn in_flight(&self) -> InFlight {
-        self.in_flight.inc();
+        self.0.in_flight.inc();
         InFlight {
-            gauge: self.in_flight.clone(),
+            gauge: self.0.in_flight.clone(),
         }
     }
 
     /// Records one answered AdmissionReview: `operation` as in the request (CREATE, UPDATE, ...;
     /// "unknown" when the body could not be read), the HTTP status code, and how long it took.
-    pub fn observe_request(&self, operation: &str, code: u16, duration: Duration, bytes: usize) {
-        self.requests
-            .get_or_create(&WebhookRequestLabels {
-                operation: operation.to_string(),
-                code: code.to_string(),
-            })
+    pub fn observe_request(
+        &self,
+        operation: &'static str,
+        code: u16,
+        duration: Duration,
+        bytes: usize,
+    ) {
+        self.0
+            .requests
+            .get_or_create(&WebhookRequestLabels { operation, code })
             .inc();
-        self.duration.observe(duration.as_secs_f64());
-        self.request_bytes.observe(bytes as f64);
+        self.0.duration.observe(duration.as_secs_f64());
+        self.0.request_bytes.observe(bytes as f64);
     }
 
     /// Counts one denied admission. `reason` must come from a small fixed set (it is a label).
     pub fn rejected(&self, reason: &str) {
-        self.rejected
+        self.0
+            .rejected
             .get_or_create(&ReasonLabels {
                 reason: reason.to_string(),
             })
@@ -331,7 +339,7 @@ impl WebhookMetrics {
 
     /// Counts one admission answered before every object it names was read.
     pub fn lookups_unfinished(&self) {
-        self.lookups_unfinished.inc();
+        self.0.lookups_unfinished.inc();
     }
 }
 

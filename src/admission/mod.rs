@@ -20,8 +20,8 @@ pub mod workload;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
+use kube::core::GroupVersionKind;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse};
-use kube::core::{DynamicObject, GroupVersionKind};
 
 use crate::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
 use crate::membership::{ComponentLookup, OamLookup};
@@ -233,12 +233,15 @@ impl OverlayObject for HealthScope {
 }
 
 /// An allowing response to `request`, echoing its uid.
-pub fn allow(request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+pub fn allow<K: kube::Resource>(request: &AdmissionRequest<K>) -> AdmissionResponse {
     AdmissionResponse::from(request)
 }
 
 /// A denial of `request` with `reason`, echoing its uid.
-pub fn deny(request: &AdmissionRequest<DynamicObject>, reason: impl ToString) -> AdmissionResponse {
+pub fn deny<K: kube::Resource>(
+    request: &AdmissionRequest<K>,
+    reason: impl ToString,
+) -> AdmissionResponse {
     AdmissionResponse::from(request).deny(reason)
 }
 
@@ -264,7 +267,7 @@ pub fn api_version_of(gvk: &GroupVersionKind) -> String {
 }
 
 /// `namespace/name` of the request's object, for messages.
-pub fn object_name(request: &AdmissionRequest<DynamicObject>) -> String {
+pub fn object_name<K: kube::Resource>(request: &AdmissionRequest<K>) -> String {
     match &request.namespace {
         Some(ns) => format!("{ns}/{}", request.name),
         None => request.name.clone(),
@@ -272,7 +275,10 @@ pub fn object_name(request: &AdmissionRequest<DynamicObject>) -> String {
 }
 
 /// A denial for a request routed to a handler of another kind.
-pub fn wrong_kind(request: &AdmissionRequest<DynamicObject>, expected: &str) -> AdmissionResponse {
+pub fn wrong_kind<K: kube::Resource>(
+    request: &AdmissionRequest<K>,
+    expected: &str,
+) -> AdmissionResponse {
     deny(
         request,
         format!(
@@ -321,15 +327,16 @@ pub(crate) mod tests {
         })
     }
 
-    pub(crate) fn request(
+    /// An admission request, its objects read as `K` (as the route for that kind reads them).
+    pub(crate) fn request<K: kube::Resource + serde::de::DeserializeOwned>(
         kind: (&str, &str, &str),
         operation: &str,
         object: Option<Value>,
         old_object: Option<Value>,
         dry_run: bool,
-    ) -> AdmissionRequest<DynamicObject> {
+    ) -> AdmissionRequest<K> {
         let body = review_json(kind, operation, object, old_object, dry_run);
-        crate::webhook::decode_admission_review(&serde_json::to_vec(&body).unwrap()).unwrap()
+        crate::webhook::decode_review(&serde_json::to_vec(&body).unwrap()).unwrap()
     }
 
     /// An AdmissionReview whose object nests `depth` objects deep (unknown fields are skipped
@@ -355,7 +362,7 @@ pub(crate) mod tests {
 
     #[test]
     fn responses_echo_the_uid_in_admission_v1() {
-        let req = request(
+        let req: AdmissionRequest<kube::core::DynamicObject> = request(
             ("core.oam.dev", "v1alpha2", "HealthScope"),
             "CREATE",
             Some(

@@ -8,16 +8,86 @@ use std::collections::BTreeMap;
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation};
-use kube::core::DynamicObject;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::{InNamespace, Snapshot, allow, api_version_of, deny, object_name, with_warnings};
 use crate::membership::{LabelChanges, WorkloadScopes, scope_label_changes, workload_scopes};
 
 /// Labels a workload CREATE or UPDATE; any other operation is allowed unchanged.
+/// What admission reads of a workload: its name, namespace, labels and owners. The route decodes
+/// the AdmissionReview's objects into this rather than into whole objects, so a workload's spec,
+/// status and managed fields are skipped by the JSON reader without being built.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(from = "WorkloadWire")]
+pub struct WorkloadObject {
+    pub metadata: ObjectMeta,
+}
+
+#[derive(Deserialize)]
+struct WorkloadWire {
+    #[serde(default)]
+    metadata: MetadataWire,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MetadataWire {
+    name: Option<String>,
+    namespace: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    owner_references: Option<Vec<OwnerReference>>,
+}
+
+impl From<WorkloadWire> for WorkloadObject {
+    fn from(wire: WorkloadWire) -> Self {
+        let MetadataWire {
+            name,
+            namespace,
+            labels,
+            owner_references,
+        } = wire.metadata;
+        Self {
+            metadata: ObjectMeta {
+                name,
+                namespace,
+                labels,
+                owner_references,
+                ..ObjectMeta::default()
+            },
+        }
+    }
+}
+
+/// Any workload kind: the kind is the request's, not the object's.
+impl kube::Resource for WorkloadObject {
+    type DynamicType = ();
+    type Scope = kube::core::DynamicResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
 pub fn review(
-    request: &AdmissionRequest<DynamicObject>,
+    request: &AdmissionRequest<WorkloadObject>,
     snapshot: &dyn Snapshot,
 ) -> AdmissionResponse {
     if !matches!(request.operation, Operation::Create | Operation::Update) {
@@ -36,12 +106,18 @@ pub fn review(
         namespace,
     };
     let api_version = api_version_of(&request.kind);
-    let mut meta = object.metadata.clone();
     // On CREATE with generateName the name is not known yet; the request carries what is.
-    if meta.name.is_none() && !request.name.is_empty() {
-        meta.name = Some(request.name.clone());
-    }
-    let scopes = match workload_scopes(&api_version, &request.kind.kind, &meta, &lookup) {
+    let named;
+    let meta = if object.metadata.name.is_none() && !request.name.is_empty() {
+        named = ObjectMeta {
+            name: Some(request.name.clone()),
+            ..object.metadata.clone()
+        };
+        &named
+    } else {
+        &object.metadata
+    };
+    let scopes = match workload_scopes(&api_version, &request.kind.kind, meta, &lookup) {
         WorkloadScopes::NotOam => return allow(request),
         WorkloadScopes::Unresolved(why) => {
             return with_warnings(
@@ -55,8 +131,9 @@ pub fn review(
         }
         WorkloadScopes::Scopes(scopes) => scopes,
     };
-    let current = object.metadata.labels.clone().unwrap_or_default();
-    let changes = scope_label_changes(&current, &scopes);
+    let no_labels = BTreeMap::new();
+    let current = object.metadata.labels.as_ref().unwrap_or(&no_labels);
+    let changes = scope_label_changes(current, &scopes);
     if changes.is_empty() {
         return allow(request);
     }

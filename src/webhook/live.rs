@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use kube::Client;
 use kube::api::Api;
-use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse};
 
 use crate::admission::{
@@ -44,28 +43,39 @@ pub const MISS_MEMORY: Duration = Duration::from_secs(5);
 const MISS_MEMORY_ENTRIES: usize = 4096;
 
 /// What the admission routes need: the cache, a client for live reads, the objects recently
-/// found absent, and the metrics to record requests in.
+/// found absent, and the metrics to record requests in. One shared allocation: every request
+/// clones it.
 #[derive(Clone)]
 pub struct AdmissionState {
-    pub snapshot: Arc<dyn Snapshot>,
-    pub client: Client,
-    pub metrics: WebhookMetrics,
-    absent: Arc<Mutex<HashMap<ObjectKey, Instant>>>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    snapshot: Arc<dyn Snapshot>,
+    client: Client,
+    metrics: WebhookMetrics,
+    absent: Mutex<HashMap<ObjectKey, Instant>>,
 }
 
 impl AdmissionState {
     pub fn new(snapshot: Arc<dyn Snapshot>, client: Client) -> Self {
         Self {
-            snapshot,
-            client,
-            metrics: WebhookMetrics::default(),
-            absent: Arc::default(),
+            shared: Arc::new(Shared {
+                snapshot,
+                client,
+                metrics: WebhookMetrics::default(),
+                absent: Mutex::default(),
+            }),
         }
+    }
+
+    pub fn metrics(&self) -> &WebhookMetrics {
+        &self.shared.metrics
     }
 
     /// Takes the keys remembered as absent out of `keys` and records them in `overlay`.
     fn recall_absent(&self, keys: &mut BTreeSet<ObjectKey>, overlay: &mut Overlay) {
-        let Ok(absent) = self.absent.lock() else {
+        let Ok(absent) = self.shared.absent.lock() else {
             return;
         };
         keys.retain(|key| {
@@ -78,7 +88,7 @@ impl AdmissionState {
     }
 
     fn remember_absent(&self, keys: impl IntoIterator<Item = ObjectKey>) {
-        let Ok(mut absent) = self.absent.lock() else {
+        let Ok(mut absent) = self.shared.absent.lock() else {
             return;
         };
         let now = Instant::now();
@@ -96,9 +106,16 @@ impl AdmissionState {
 
     /// Records every admission request in `metrics`: healthscope_webhook_requests_total,
     /// _request_duration_seconds, _requests_in_flight, _request_bytes and _rejected_total.
-    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
-        self.metrics = metrics.webhook.clone();
-        self
+    pub fn with_metrics(self, metrics: &Metrics) -> Self {
+        let shared = &self.shared;
+        Self {
+            shared: Arc::new(Shared {
+                snapshot: shared.snapshot.clone(),
+                client: shared.client.clone(),
+                metrics: metrics.webhook.clone(),
+                absent: Mutex::default(),
+            }),
+        }
     }
 }
 
@@ -119,7 +136,7 @@ pub async fn with_live_reads<T>(
     let mut overlay = Overlay::default();
     for _ in 0..MAX_LOOKUP_ROUNDS {
         let mut misses = {
-            let recording = Recording::new(&*state.snapshot, &overlay);
+            let recording = Recording::new(&*state.shared.snapshot, &overlay);
             let outcome = decide(&recording);
             let misses = recording.misses();
             if misses.is_empty() {
@@ -138,10 +155,10 @@ pub async fn with_live_reads<T>(
             break;
         }
         reads_left -= misses.len();
-        let absent = read_live(&state.client, misses, &mut overlay, deadline - now).await;
+        let absent = read_live(&state.shared.client, misses, &mut overlay, deadline - now).await;
         state.remember_absent(absent);
     }
-    let recording = Recording::new(&*state.snapshot, &overlay);
+    let recording = Recording::new(&*state.shared.snapshot, &overlay);
     let outcome = decide(&recording);
     let unread = recording.misses().len();
     LiveRead { outcome, unread }
@@ -149,9 +166,9 @@ pub async fn with_live_reads<T>(
 
 /// The response to send: unchanged when every object was read; otherwise with a warning that
 /// some were not, counted and logged with the object's name.
-pub(super) fn settle_unread(
+pub(super) fn settle_unread<K: kube::Resource>(
     state: &AdmissionState,
-    request: &AdmissionRequest<DynamicObject>,
+    request: &AdmissionRequest<K>,
     read: LiveRead<AdmissionResponse>,
 ) -> AdmissionResponse {
     if read.unread == 0 {
@@ -165,7 +182,7 @@ pub(super) fn settle_unread(
          live reads or {} ms); warnings about missing objects may be incomplete",
         LIVE_READ_BUDGET.as_millis()
     );
-    state.metrics.lookups_unfinished();
+    state.shared.metrics.lookups_unfinished();
     // First, so the API server's cap on warning length never drops it.
     let mut response = read.outcome;
     let mut warnings = vec![format!(

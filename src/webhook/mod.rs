@@ -25,7 +25,7 @@ pub use live::{
 };
 pub use review::{
     AdmissionReviewRequest, BadAdmissionReview, check_content_type, decode_admission_review,
-    limit_request_bodies, review_response,
+    decode_review, limit_request_bodies, review_response,
 };
 pub use routes::{RejectReason, router};
 pub use server::{BoundWebhookServer, bind, serve};

@@ -195,10 +195,19 @@ pub fn check_content_type(headers: &HeaderMap) -> Result<(), BadAdmissionReview>
 pub fn decode_admission_review(
     body: &[u8],
 ) -> Result<AdmissionRequest<DynamicObject>, BadAdmissionReview> {
+    decode_review(body)
+}
+
+/// Decodes an AdmissionReview whose objects are read as `K`: a type that holds only what a
+/// decision reads skips the rest of each object without building it.
+pub fn decode_review<K>(body: &[u8]) -> Result<AdmissionRequest<K>, BadAdmissionReview>
+where
+    K: kube::Resource + serde::de::DeserializeOwned,
+{
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(BadAdmissionReview::EmptyBody);
     }
-    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).map_err(|e| {
+    let review: AdmissionReview<K> = serde_json::from_slice(body).map_err(|e| {
         let message = e.to_string();
         if message.contains("recursion limit") {
             BadAdmissionReview::TooDeep(message)
@@ -223,12 +232,17 @@ pub fn decode_admission_review(
     review.try_into().map_err(|_| BadAdmissionReview::NoRequest)
 }
 
-/// Extracts the [`AdmissionRequest`] of a request whose body is an AdmissionReview; rejects
-/// anything else with a [`BadAdmissionReview`] response.
+/// Extracts the [`AdmissionRequest`] of a request whose body is an AdmissionReview, its objects
+/// read as `K` (whole, by default); rejects anything else with a [`BadAdmissionReview`]
+/// response.
 #[derive(Debug)]
-pub struct AdmissionReviewRequest(pub AdmissionRequest<DynamicObject>);
+pub struct AdmissionReviewRequest<K: kube::Resource = DynamicObject>(pub AdmissionRequest<K>);
 
-impl<S: Send + Sync> FromRequest<S> for AdmissionReviewRequest {
+impl<S, K> FromRequest<S> for AdmissionReviewRequest<K>
+where
+    S: Send + Sync,
+    K: kube::Resource + serde::de::DeserializeOwned,
+{
     type Rejection = BadAdmissionReview;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
@@ -254,7 +268,7 @@ impl<S: Send + Sync> FromRequest<S> for AdmissionReviewRequest {
                     BadAdmissionReview::Body(e.to_string())
                 }
             })?;
-        decode_admission_review(&body).map(Self)
+        decode_review(&body).map(Self)
     }
 }
 

@@ -894,9 +894,8 @@ async fn webhook_reads_cache_misses_live() {
                     "kind": "ContainerizedWorkload", "name": "web", "uid": "u"}]}},
         },
     });
-    let request =
-        healthscope::webhook::decode_admission_review(&serde_json::to_vec(&review).unwrap())
-            .unwrap();
+    let request: kube::core::admission::AdmissionRequest<workload::WorkloadObject> =
+        healthscope::webhook::decode_review(&serde_json::to_vec(&review).unwrap()).unwrap();
     let state = AdmissionState::new(Arc::new(Overlay::default()), ctx.client.clone());
     let read = with_live_reads(&state, |snapshot| workload::review(&request, snapshot)).await;
     assert_eq!(read.unread, 0, "every object was read within the budget");
