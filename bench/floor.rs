@@ -4,6 +4,8 @@
 //! reaches are the most any handler on this stack can reach on this machine; the webhook benchmark
 //! reports its figures as a ratio to this one.
 //!
+//! It uses the webhook's allocator (mimalloc), so the ratio measures the webhook's own work.
+//!
 //! usage: bench-floor --listen 127.0.0.1:18443 --response-bytes 512
 
 use std::net::SocketAddr;
@@ -19,6 +21,9 @@ use clap::Parser;
 
 /// The webhook's body limit (controller-runtime's 7 MiB: two 3 MiB objects plus overhead).
 const BODY_LIMIT: usize = 7 * 1024 * 1024;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
 #[command(about = "Bare axum + rustls server answering every POST with a fixed body")]
