@@ -1,10 +1,14 @@
-//! The status controller: watch caches, reconcile, status writes, events, and the wiring loop.
+//! The status controller: the process's cache layer, reconcile, status writes, events, the
+//! operators' HealthRules, and the wiring loop.
 //!
-//! A kube-runtime `Controller` over HealthScopes. Each reconcile reads only watch caches
-//! ([`cache`]), judges every referenced workload ([`evaluate`]), folds in the latest HTTP probe
-//! outcome ([`probes`]), and writes the status only when it changed ([`status`], [`reconcile`]).
-//! A scope is reconciled when it changes, when anything its last evaluation read changes, when
-//! its probe outcome changes, and every probe interval regardless.
+//! A kube-runtime `Controller` over HealthScopes, driven by the HealthScope watch of the cache
+//! layer ([`cache`]). Each reconcile reads only those caches, judges every referenced workload
+//! ([`evaluate`], with the rules in force from [`rules`]), folds in the latest HTTP probe outcome
+//! ([`probes`]), and writes the status only when it changed ([`reconcile`]), with an Event on each
+//! health transition ([`events`]). A scope is reconciled when it changes, when anything its last
+//! evaluation read changes, when its probe outcome or a HealthRule for a kind it holds changes,
+//! and every probe interval regardless. The [`wiring`] loop keeps scopes' workloadRefs and
+//! workloads' labels from the stored ApplicationConfigurations.
 
 pub mod cache;
 pub mod evaluate;
