@@ -18,11 +18,12 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Print healthscope's HealthScope CustomResourceDefinition as YAML.
+    /// Print healthscope's CustomResourceDefinitions (HealthScope, HealthRule) as YAML.
     ///
-    /// A superset of the OAM runtime's: install it over the runtime's with
-    /// `healthscope crd | kubectl apply --server-side --force-conflicts -f -` (or let
-    /// `healthscope run --manage-crd` do it). The runtime's other CRDs stay the runtime's.
+    /// The HealthScope CRD is a superset of the OAM runtime's: install them over the runtime's
+    /// with `healthscope crd | kubectl apply --server-side --force-conflicts -f -` (or let
+    /// `healthscope run --manage-crd` keep the HealthScope one). The runtime's other CRDs stay the
+    /// runtime's.
     Crd,
     /// Write a CA and a serving certificate for the webhook Service.
     ///
