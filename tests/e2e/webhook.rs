@@ -949,7 +949,30 @@ async fn webhook_forged_reviews_change_nothing() {
             .resource_version;
         (scope, web)
     };
-    let before = versions().await;
+    // The controller writes the scope's status once it has judged web-1: wait for that and for
+    // everything to stay put, so the comparison below starts from rest.
+    eventually(
+        Duration::from_secs(10),
+        "the scope's status judging web-1",
+        || async {
+            let scope = scopes.get("s").await.ok()?;
+            let judged = scope.status?.health_conditions;
+            judged
+                .iter()
+                .any(|c| c.target_workload.name == "web-1")
+                .then_some(())
+        },
+    )
+    .await;
+    let mut before = versions().await;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = versions().await;
+        if now == before {
+            break;
+        }
+        before = now;
+    }
 
     let stored = serde_json::to_value(apps.get("shop").await.unwrap()).unwrap();
     let mut other_names =
