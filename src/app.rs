@@ -70,7 +70,9 @@ pub struct RunArgs {
     #[arg(long, env = "HEALTHSCOPE_MANAGE_CRD", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub manage_crd: bool,
 
-    /// Watch and manage only this namespace (default: all namespaces).
+    /// Watch and manage only this namespace (default: all namespaces). Every cache follows it,
+    /// the webhook's included: register the webhooks for this namespace only (chart value
+    /// webhook.namespaceSelectorLabels), or admission elsewhere reads what it needs live.
     #[arg(long, env = "HEALTHSCOPE_NAMESPACE")]
     pub namespace: Option<String>,
 
