@@ -14,13 +14,24 @@
 //! so every workload is judged by its CEL expressions instead of the built-in Deployment rule;
 //! the scopes count as converged once every workload's diagnosis names the rule.
 //!
-//! usage: bench-scale [--scopes 1000] [--workloads 10] [--window 60] [--changes 50] [--rule] -- CONTROLLER ARGS...
+//! With `--appconfigs N`, the scopes are wired by the controller's wiring loop instead of listing
+//! their workloads themselves: every namespace gets WORKLOADS Components (`web-00`, ...: a
+//! Deployment template whose name is a parameter), each of N ApplicationConfigurations names
+//! SCOPES/N scopes of its namespace with WORKLOADS components in each (one Deployment per scope
+//! and component, named by the parameter), the Deployments carry the labels the OAM runtime and
+//! the webhook would have given them, and the scopes are created with no workloadRefs. A scope
+//! then counts as converged once the wiring loop has written its WORKLOADS refs and the
+//! controller has judged all of them healthy.
+//!
+//! usage: bench-scale [--scopes 1000] [--workloads 10] [--appconfigs 0] [--window 60] [--changes 50]
+//!        [--rule] [--concurrency 32] [--converge-timeout 600] [--measure NAME] [--stop-signal TERM] [--settle 0]
+//!        -- CONTROLLER ARGS...
 //! The controller command is started with KUBECONFIG pointing at its own kubeconfig.
 
 #[path = "common.rs"]
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -30,11 +41,13 @@ use clap::Parser;
 use common::{BoxError, ControlPlane};
 use futures::{StreamExt, TryStreamExt, stream};
 use healthscope::api::{
-    Health, HealthRule, HealthRuleSpec, HealthScope, HealthScopeSpec, RuleTarget, WorkloadReference,
+    ApplicationConfiguration, Component, Health, HealthRule, HealthRuleSpec, HealthScope,
+    HealthScopeSpec, RuleTarget, WorkloadReference,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 
@@ -61,12 +74,34 @@ struct Args {
     /// Length of the steady-state window (seconds).
     #[arg(long, default_value_t = 60)]
     window: u64,
+    /// After the changes, wait this long (seconds) and report the memory again (e.g. past the
+    /// HTTP client's 90 s idle timeout for pooled connections).
+    #[arg(long, default_value_t = 0)]
+    settle: u64,
     /// Number of workload changes timed to the scope status.
     #[arg(long, default_value_t = 50)]
     changes: usize,
     /// Judge every Deployment by a HealthRule (CEL) instead of the built-in rule.
     #[arg(long)]
     rule: bool,
+    /// ApplicationConfigurations naming the scopes (0: none, the scopes list their workloads).
+    /// Each names SCOPES/N scopes, which must all fit in one namespace of 100 scopes.
+    #[arg(long, default_value_t = 0)]
+    appconfigs: usize,
+    /// Creates in flight while populating the control plane.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// How long the scopes may take to converge once the controller started (seconds).
+    #[arg(long, default_value_t = 600)]
+    converge_timeout: u64,
+    /// Measure the process of this name (a descendant of the controller command, e.g. when that
+    /// runs it under a profiler) instead of the command's own process.
+    #[arg(long)]
+    measure: Option<String>,
+    /// The signal that stops the controller at the end (KILL leaves a profiler the live set
+    /// of the steady state as "leaked", where TERM lets shutdown free it).
+    #[arg(long, default_value = "TERM")]
+    stop_signal: String,
     /// State directory of the private control plane.
     #[arg(long, default_value = "target/bench/scale-testenv")]
     dir: PathBuf,
@@ -78,6 +113,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let args = Args::parse();
+    let layout = Layout {
+        scopes: args.scopes,
+        workloads: args.workloads,
+        appconfigs: args.appconfigs,
+        interval: args.interval,
+    };
+    layout.check()?;
     let dir = std::path::absolute(&args.dir)?;
     std::fs::create_dir_all(&dir)?;
     let policy = dir.join("audit-policy.yaml");
@@ -110,11 +152,20 @@ async fn main() -> Result<(), BoxError> {
     }
 
     let started = Instant::now();
-    let namespaces = populate(&client, args.scopes, args.workloads, args.interval).await?;
+    let namespaces = populate(&client, &layout, args.concurrency).await?;
     println!(
-        "created {} scopes x {} deployments in {} namespaces in {:.1}s",
+        "created {} scopes x {} deployments{} in {} namespaces in {:.1}s",
         args.scopes,
         args.workloads,
+        match args.appconfigs {
+            0 => String::new(),
+            n => format!(
+                ", {n} ApplicationConfigurations ({} scopes x {} components each) and {} Components",
+                layout.scopes_per_app(),
+                args.workloads,
+                args.workloads * args.scopes.div_ceil(SCOPES_PER_NAMESPACE)
+            ),
+        },
         args.scopes.div_ceil(SCOPES_PER_NAMESPACE),
         started.elapsed().as_secs_f64()
     );
@@ -124,25 +175,41 @@ async fn main() -> Result<(), BoxError> {
         &plane.kubeconfig(Some(CONTROLLER_USER)),
         &dir,
     )?;
-    let pid = controller.id();
+    let pid = match &args.measure {
+        Some(name) => find_descendant(controller.id(), name, Duration::from_secs(10))?,
+        None => controller.id(),
+    };
 
-    // Converged: every scope has a health in its status (given by the rule, with --rule).
+    // Converged: every scope is healthy (judged by the rule, with --rule; with --appconfigs, once
+    // the wiring loop has written its refs and all of them were judged).
     let started = Instant::now();
     let judged_by = args.rule.then(|| format!("rule {RULE_NAME}"));
-    wait_all_healthy(
+    let wired_refs = (args.appconfigs > 0).then_some(args.workloads);
+    let converged_at = wait_all_converged(
         &client,
         args.scopes,
         judged_by.as_deref(),
-        Duration::from_secs(600),
+        wired_refs,
+        pid,
+        Duration::from_secs(args.converge_timeout),
     )
     .await?;
     let converge = started.elapsed();
+    if let Some(wired) = converged_at.wired {
+        println!(
+            "all {} scopes wired ({} workloadRefs each, written by the wiring loop) {:.1}s after the controller started",
+            args.scopes,
+            args.workloads,
+            wired.as_secs_f64()
+        );
+    }
     println!(
         "all {} scopes healthy {:.1}s after the controller started",
         args.scopes,
         converge.as_secs_f64()
     );
     let cpu_converge = common::cpu_time(pid).unwrap_or_default();
+    println!("controller RSS when converged: {}", memory_line(pid));
 
     // Let the initial writes settle for one interval, then measure a quiet window.
     tokio::time::sleep(Duration::from_secs(args.interval as u64 + 2)).await;
@@ -153,7 +220,7 @@ async fn main() -> Result<(), BoxError> {
     let cpu_after = common::cpu_time(pid).unwrap_or_default();
     let audit = count_audit(&audit_log, audit_before)?;
     let metrics_after = common::parse_samples(&common::apiserver_metrics(&client).await?);
-    let (rss, hwm) = common::rss_kib(pid).unwrap_or_default();
+    let memory = memory_line(pid);
 
     let cycles = args.window as f64 / args.interval as f64;
     let cpu_per_cycle = (cpu_after - cpu_before).as_secs_f64() / cycles;
@@ -173,11 +240,7 @@ async fn main() -> Result<(), BoxError> {
         "controller CPU to converge from start: {:.2} s",
         cpu_converge.as_secs_f64()
     );
-    println!(
-        "controller RSS: {:.1} MiB now, {:.1} MiB peak (goal <= 128 MiB)",
-        rss as f64 / 1024.0,
-        hwm as f64 / 1024.0
-    );
+    println!("controller RSS: {memory} (goal <= 64 MiB at 1,000 x 10)");
     println!("\ncontroller requests in the window (audit log, user {CONTROLLER_USER}), per cycle:");
     println!("| verb | resource | total | per cycle |\n|---|---|---:|---:|");
     for ((verb, resource), n) in &audit {
@@ -210,14 +273,28 @@ async fn main() -> Result<(), BoxError> {
         "\nworkload change -> scope status over {} changes: p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms (goal p99 <= 2000 ms)",
         ms.len()
     );
-    let (rss, hwm) = common::rss_kib(pid).unwrap_or_default();
+    // `percentile` sorted them: the slowest five, and how many took over a second.
+    let slowest: Vec<String> = ms.iter().rev().take(5).map(|v| format!("{v:.0}")).collect();
     println!(
-        "controller RSS after the changes: {:.1} MiB now, {:.1} MiB peak",
-        rss as f64 / 1024.0,
-        hwm as f64 / 1024.0
+        "slowest changes (ms): {}; {} of {} over 1 s",
+        slowest.join(", "),
+        ms.iter().filter(|v| **v > 1000.0).count(),
+        ms.len()
     );
+    println!("controller RSS after the changes: {}", memory_line(pid));
+    if args.settle > 0 {
+        tokio::time::sleep(Duration::from_secs(args.settle)).await;
+        println!(
+            "controller RSS {}s later, nothing changing: {}",
+            args.settle,
+            memory_line(pid)
+        );
+    }
 
-    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{}", args.stop_signal))
+        .arg(pid.to_string())
+        .status();
     let _ = controller.wait();
     Ok(())
 }
@@ -247,14 +324,69 @@ fn deployment_name(scope: usize, w: usize) -> String {
     format!("scope-{scope:04}-web-{w:02}")
 }
 
-/// Creates the namespaces, Deployments (with a ready status, as the absent Deployment controller
-/// would have written) and HealthScopes listing them. Returns the namespace of each scope index.
-async fn populate(
-    client: &Client,
+/// What the benchmark creates: how many scopes, workloads per scope and AppConfigs.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
     scopes: usize,
     workloads: usize,
+    /// 0: the scopes list their workloads themselves.
+    appconfigs: usize,
     interval: i32,
+}
+
+impl Layout {
+    fn check(&self) -> Result<(), BoxError> {
+        if self.appconfigs == 0 {
+            return Ok(());
+        }
+        let per_app = self.scopes / self.appconfigs;
+        if !self.scopes.is_multiple_of(self.appconfigs)
+            || per_app == 0
+            || !SCOPES_PER_NAMESPACE.is_multiple_of(per_app)
+        {
+            return Err(format!(
+                "--appconfigs {} must divide --scopes {} into groups that divide the {SCOPES_PER_NAMESPACE} \
+                 scopes of a namespace",
+                self.appconfigs, self.scopes
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Scopes each AppConfig names (with AppConfigs).
+    fn scopes_per_app(&self) -> usize {
+        self.scopes / self.appconfigs.max(1)
+    }
+
+    /// The AppConfig naming scope `s`, if the scopes are wired.
+    fn app_of(&self, s: usize) -> Option<usize> {
+        (self.appconfigs > 0).then(|| s / self.scopes_per_app())
+    }
+}
+
+fn app_name(a: usize) -> String {
+    format!("app-{a:04}")
+}
+
+fn component_name(w: usize) -> String {
+    format!("web-{w:02}")
+}
+
+/// Creates the namespaces, Deployments (with a ready status, as the absent Deployment controller
+/// would have written) and HealthScopes listing them; with AppConfigs, the Components and
+/// AppConfigs too, and the scopes without refs. Returns the namespace of each scope index.
+async fn populate(
+    client: &Client,
+    layout: &Layout,
+    concurrency: usize,
 ) -> Result<Vec<String>, BoxError> {
+    let Layout {
+        scopes,
+        workloads,
+        appconfigs,
+        interval,
+    } = *layout;
     let namespaces: Vec<String> = (0..scopes.div_ceil(SCOPES_PER_NAMESPACE))
         .map(|i| format!("bench-{i:02}"))
         .collect();
@@ -271,24 +403,69 @@ async fn populate(
     }
     let ns_of = |i: usize| namespaces[i / SCOPES_PER_NAMESPACE].clone();
 
+    if appconfigs > 0 {
+        let jobs = namespaces
+            .iter()
+            .flat_map(|ns| (0..workloads).map(move |w| (ns.clone(), w)));
+        stream::iter(jobs)
+            .map(|(ns, w)| {
+                let api = Api::<Component>::namespaced(client.clone(), &ns);
+                async move {
+                    api.create(&PostParams::default(), &component(w)?)
+                        .await
+                        .map(|_| ())
+                        .map_err(BoxError::from)
+                }
+            })
+            .buffer_unordered(concurrency)
+            .try_collect::<Vec<_>>()
+            .await?;
+    }
+
+    let phase = Instant::now();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let total = scopes * workloads;
     let jobs = (0..scopes).flat_map(|s| (0..workloads).map(move |w| (s, w)));
     stream::iter(jobs)
         .map(|(s, w)| {
             let client = client.clone();
             let ns = ns_of(s);
-            async move { create_deployment(&client, &ns, s, w).await }
+            let app = layout.app_of(s).map(app_name);
+            let done = &done;
+            async move {
+                create_deployment(&client, &ns, s, w, app.as_deref()).await?;
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if n.is_multiple_of(10_000) && n < total {
+                    println!(
+                        "  {n}/{total} deployments created ({:.0}s)",
+                        phase.elapsed().as_secs_f64()
+                    );
+                }
+                Ok::<_, kube::Error>(())
+            }
         })
-        .buffer_unordered(32)
+        .buffer_unordered(concurrency)
         .try_collect::<Vec<_>>()
         .await?;
+    println!(
+        "  {total} deployments created with their status in {:.1}s",
+        phase.elapsed().as_secs_f64()
+    );
 
+    let phase = Instant::now();
     stream::iter(0..scopes)
         .map(|s| {
             let api = Api::<HealthScope>::namespaced(client.clone(), &ns_of(s));
             async move {
-                let refs = (0..workloads)
-                    .map(|w| WorkloadReference::new("apps/v1", "Deployment", deployment_name(s, w)))
-                    .collect();
+                // Wired scopes start empty: the wiring loop writes their refs.
+                let refs = match appconfigs {
+                    0 => (0..workloads)
+                        .map(|w| {
+                            WorkloadReference::new("apps/v1", "Deployment", deployment_name(s, w))
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
                 let scope = HealthScope::new(
                     &scope_name(s),
                     HealthScopeSpec {
@@ -300,25 +477,114 @@ async fn populate(
                 api.create(&PostParams::default(), &scope).await.map(|_| ())
             }
         })
-        .buffer_unordered(32)
+        .buffer_unordered(concurrency)
         .try_collect::<Vec<_>>()
         .await?;
+    println!(
+        "  {scopes} scopes created in {:.1}s",
+        phase.elapsed().as_secs_f64()
+    );
+
+    if appconfigs > 0 {
+        let phase = Instant::now();
+        let per_app = layout.scopes_per_app();
+        stream::iter(0..appconfigs)
+            .map(|a| {
+                let api = Api::<ApplicationConfiguration>::namespaced(
+                    client.clone(),
+                    &ns_of(a * per_app),
+                );
+                async move {
+                    let app = app_config(a, per_app, workloads)?;
+                    api.create(&PostParams::default(), &app)
+                        .await
+                        .map(|_| ())
+                        .map_err(BoxError::from)
+                }
+            })
+            .buffer_unordered(concurrency)
+            .try_collect::<Vec<_>>()
+            .await?;
+        println!(
+            "  {appconfigs} ApplicationConfigurations created in {:.1}s",
+            phase.elapsed().as_secs_f64()
+        );
+    }
     Ok((0..scopes).map(ns_of).collect())
 }
 
+/// Component `web-WW`: a Deployment template (as the Deployments below) whose name is the
+/// parameter `instance`.
+fn component(w: usize) -> Result<Component, serde_json::Error> {
+    let name = component_name(w);
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "core.oam.dev/v1alpha2",
+        "kind": "Component",
+        "metadata": {"name": name},
+        "spec": {
+            "workload": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "spec": {
+                    "replicas": 2,
+                    "template": {
+                        "spec": {"containers": [{"name": "web", "image": "registry.example.com/web:1"}]}
+                    }
+                }
+            },
+            "parameters": [{"name": "instance", "fieldPaths": ["metadata.name"]}]
+        }
+    }))
+}
+
+/// AppConfig `a`: scopes `a * per_app ..` each with one entry per component, the workload named
+/// after the scope by the `instance` parameter.
+fn app_config(
+    a: usize,
+    per_app: usize,
+    workloads: usize,
+) -> Result<ApplicationConfiguration, serde_json::Error> {
+    let components: Vec<serde_json::Value> = (a * per_app..(a + 1) * per_app)
+        .flat_map(|s| {
+            (0..workloads).map(move |w| {
+                serde_json::json!({
+                    "componentName": component_name(w),
+                    "parameterValues": [{"name": "instance", "value": deployment_name(s, w)}],
+                    "scopes": [{"scopeRef": {"apiVersion": "core.oam.dev/v1alpha2",
+                                             "kind": "HealthScope", "name": scope_name(s)}}]
+                })
+            })
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "core.oam.dev/v1alpha2",
+        "kind": "ApplicationConfiguration",
+        "metadata": {"name": app_name(a)},
+        "spec": {"components": components}
+    }))
+}
+
+/// A Deployment of scope `s` with 2 of 2 replicas ready. With `app`, it carries the labels the
+/// OAM runtime renders (its AppConfig and component) besides the scope label the webhook adds.
 async fn create_deployment(
     client: &Client,
     ns: &str,
     s: usize,
     w: usize,
+    app: Option<&str>,
 ) -> Result<(), kube::Error> {
     let api = Api::<Deployment>::namespaced(client.clone(), ns);
     let name = deployment_name(s, w);
     let scope_label = format!("healthscope.core.oam.dev/{}", scope_name(s));
+    let mut labels = serde_json::json!({scope_label: "true", "app": name});
+    if let Some(app) = app {
+        labels["app.oam.dev/name"] = app.into();
+        labels["app.oam.dev/component"] = component_name(w).into();
+    }
     let deployment: Deployment = serde_json::from_value(serde_json::json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": name, "labels": {scope_label: "true", "app": name}},
+        "metadata": {"name": name, "labels": labels},
         "spec": {
             "replicas": 2,
             "selector": {"matchLabels": {"app": name}},
@@ -371,6 +637,51 @@ fn spawn_controller(command: &[String], kubeconfig: &Path, dir: &Path) -> Result
         .map_err(|e| format!("spawning {program}: {e}"))?)
 }
 
+/// One line on the controller's memory: RSS (and peak), anonymous vs file-backed, threads and
+/// open sockets.
+fn memory_line(pid: u32) -> String {
+    let (rss, hwm) = common::rss_kib(pid).unwrap_or_default();
+    let (anon, file, threads) = common::rss_parts(pid).unwrap_or_default();
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    format!(
+        "{:.1} MiB now, {:.1} MiB peak ({:.1} MiB anonymous, {:.1} MiB file-backed; {threads} threads, {} sockets)",
+        mib(rss),
+        mib(hwm),
+        mib(anon),
+        mib(file),
+        common::sockets(pid)
+    )
+}
+
+/// The process named `name` (its `comm`) among `root` and its descendants, waiting up to
+/// `timeout` for it to appear.
+fn find_descendant(root: u32, name: &str, timeout: Duration) -> Result<u32, BoxError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut family = vec![root];
+        let mut i = 0;
+        while i < family.len() {
+            let pid = family[i];
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == name {
+                return Ok(pid);
+            }
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            family.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+            i += 1;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no process {name:?} under {root} after {timeout:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Creates the HealthRule for apps/v1 Deployment that `--rule` judges by.
 async fn create_rule(client: &Client) -> Result<(), BoxError> {
     let rule = HealthRule::new(
@@ -398,12 +709,16 @@ fn scope_health(scope: &HealthScope) -> Option<Health> {
 }
 
 /// Healthy, and, when `judged_by` is given, every workload's diagnosis starts with it (a scope
-/// judged before the controller saw the rule is not yet what is being measured).
-fn converged(scope: &HealthScope, judged_by: Option<&str>) -> bool {
+/// judged before the controller saw the rule is not yet what is being measured); with
+/// `wired_refs`, once the scope holds that many refs and a judgement of each.
+fn converged(scope: &HealthScope, judged_by: Option<&str>, wired_refs: Option<usize>) -> bool {
     let Some(status) = scope.status.as_ref() else {
         return false;
     };
     status.health == Some(Health::Healthy)
+        && wired_refs.is_none_or(|n| {
+            scope.spec.workload_refs.len() == n && status.health_conditions.len() == n
+        })
         && judged_by.is_none_or(|prefix| {
             !status.health_conditions.is_empty()
                 && status
@@ -413,32 +728,83 @@ fn converged(scope: &HealthScope, judged_by: Option<&str>) -> bool {
         })
 }
 
-async fn wait_all_healthy(
+/// When (after the start) every scope was wired (with `wired_refs`) and converged.
+struct Converged {
+    wired: Option<Duration>,
+}
+
+/// Follows the HealthScopes on a watch until all `scopes` have converged, printing progress
+/// (and the controller's RSS) every 30 s.
+async fn wait_all_converged(
     client: &Client,
     scopes: usize,
     judged_by: Option<&str>,
+    wired_refs: Option<usize>,
+    pid: u32,
     timeout: Duration,
-) -> Result<(), BoxError> {
+) -> Result<Converged, BoxError> {
     let api = Api::<HealthScope>::all(client.clone());
-    let deadline = Instant::now() + timeout;
+    let mut events = watcher::watcher(api, watcher::Config::default().page_size(500))
+        .default_backoff()
+        .boxed();
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut healthy: HashSet<String> = HashSet::new();
+    let mut wired: HashSet<String> = HashSet::new();
+    let mut all_wired = None;
+    let mut report = started + Duration::from_secs(30);
+    let mut progress = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let list = api.list(&Default::default()).await?;
-        let healthy = list
-            .items
-            .iter()
-            .filter(|s| converged(s, judged_by))
-            .count();
-        if healthy >= scopes {
-            return Ok(());
+        tokio::select! {
+            event = events.next() => match event {
+                Some(Ok(Event::Apply(scope) | Event::InitApply(scope))) => {
+                    let key = format!("{}/{}", scope.namespace().unwrap_or_default(), scope.name_any());
+                    if wired_refs.is_some_and(|n| scope.spec.workload_refs.len() == n) {
+                        wired.insert(key.clone());
+                    }
+                    if converged(&scope, judged_by, wired_refs) {
+                        healthy.insert(key);
+                    } else {
+                        healthy.remove(&key);
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => eprintln!("watching HealthScopes: {e}"),
+                None => return Err("the HealthScope watch ended".into()),
+            },
+            _ = progress.tick() => {}
         }
-        if Instant::now() > deadline {
+        if wired_refs.is_some() && all_wired.is_none() && wired.len() >= scopes {
+            all_wired = Some(started.elapsed());
+        }
+        if healthy.len() >= scopes {
+            return Ok(Converged { wired: all_wired });
+        }
+        let now = Instant::now();
+        if now >= report {
+            report += Duration::from_secs(30);
+            let (rss, hwm) = common::rss_kib(pid).unwrap_or_default();
+            let wiring = match wired_refs {
+                Some(_) => format!("{}/{scopes} wired, ", wired.len()),
+                None => String::new(),
+            };
+            println!(
+                "  {:.0}s: {wiring}{}/{scopes} converged; controller RSS {:.1} MiB (peak {:.1})",
+                started.elapsed().as_secs_f64(),
+                healthy.len(),
+                rss as f64 / 1024.0,
+                hwm as f64 / 1024.0
+            );
+        }
+        if now > deadline {
             let by = judged_by.map(|j| format!(" by {j}")).unwrap_or_default();
             return Err(format!(
-                "only {healthy}/{scopes} scopes judged healthy{by} after {timeout:?}"
+                "only {}/{scopes} scopes judged healthy{by} after {timeout:?} ({} wired)",
+                healthy.len(),
+                wired.len()
             )
             .into());
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -515,14 +881,26 @@ async fn freshness(
 ) -> Result<Vec<Duration>, BoxError> {
     let scopes_api = Api::<HealthScope>::all(client.clone());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (listed_tx, listed) = tokio::sync::oneshot::channel();
     let watch = tokio::spawn(async move {
         let mut events = watcher::watcher(scopes_api, watcher::Config::default()).boxed();
+        let mut listed_tx = Some(listed_tx);
         while let Some(event) = events.next().await {
-            if let Ok(Event::Apply(scope)) = event {
-                let _ = tx.send((Instant::now(), scope.name_any(), scope_health(&scope)));
+            match event {
+                Ok(Event::Apply(scope)) => {
+                    let _ = tx.send((Instant::now(), scope.name_any(), scope_health(&scope)));
+                }
+                Ok(Event::InitDone) => {
+                    if let Some(listed) = listed_tx.take() {
+                        let _ = listed.send(());
+                    }
+                }
+                _ => {}
             }
         }
     });
+    // A change made while the watch still lists would be seen in the list, not as an event.
+    listed.await?;
     let mut out = Vec::new();
     let scopes = namespaces.len();
     // Pairs of changes: one Deployment of a scope to 1/2 ready (unhealthy), then back.
