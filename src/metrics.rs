@@ -386,9 +386,34 @@ pub struct ControllerMetrics {
     workloads: Family<HealthLabels, Gauge>,
     scope_health: Family<ScopeHealthLabels, Gauge>,
     leader: Gauge,
-    /// Per-scope workload counts, so `healthscope_workloads` is the sum over the scopes that
-    /// exist now (a deleted scope's workloads drop out of it).
-    scope_counts: Arc<Mutex<BTreeMap<(String, String), WorkloadCounts>>>,
+    /// Per-scope workload counts and their sum, so `healthscope_workloads` is the sum over the
+    /// scopes that exist now (a deleted scope's workloads drop out of it), kept up to date one
+    /// scope at a time.
+    scope_counts: Arc<Mutex<ScopeCounts>>,
+}
+
+#[derive(Debug, Default)]
+struct ScopeCounts {
+    by_scope: BTreeMap<(String, String), WorkloadCounts>,
+    total: WorkloadCounts,
+}
+
+impl ScopeCounts {
+    /// Replaces one scope's counts (`None`: the scope is gone) and returns the new total.
+    fn set(&mut self, key: (String, String), counts: Option<WorkloadCounts>) -> WorkloadCounts {
+        let old = match counts {
+            Some(counts) => self.by_scope.insert(key, counts),
+            None => self.by_scope.remove(&key),
+        };
+        let old = old.unwrap_or_default();
+        let new = counts.unwrap_or_default();
+        self.total = WorkloadCounts {
+            healthy: self.total.healthy - old.healthy + new.healthy,
+            unhealthy: self.total.unhealthy - old.unhealthy + new.unhealthy,
+            unknown: self.total.unknown - old.unknown + new.unknown,
+        };
+        self.total
+    }
 }
 
 unscraped_default!(ControllerMetrics);
@@ -551,12 +576,12 @@ impl ControllerMetrics {
                 })
                 .set(i64::from(h == health));
         }
-        let mut scopes = self
+        let total = self
             .scope_counts
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        scopes.insert((namespace.to_string(), scope.to_string()), counts);
-        self.set_workload_totals(&scopes);
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .set((namespace.to_string(), scope.to_string()), Some(counts));
+        self.set_workload_totals(total);
     }
 
     /// Drops every series of a scope that no longer exists (or that this replica stopped
@@ -569,22 +594,15 @@ impl ControllerMetrics {
                 health: h.as_str(),
             });
         }
-        let mut scopes = self
+        let total = self
             .scope_counts
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        scopes.remove(&(namespace.to_string(), scope.to_string()));
-        self.set_workload_totals(&scopes);
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .set((namespace.to_string(), scope.to_string()), None);
+        self.set_workload_totals(total);
     }
 
-    fn set_workload_totals(&self, scopes: &BTreeMap<(String, String), WorkloadCounts>) {
-        let total = scopes
-            .values()
-            .fold(WorkloadCounts::default(), |acc, c| WorkloadCounts {
-                healthy: acc.healthy + c.healthy,
-                unhealthy: acc.unhealthy + c.unhealthy,
-                unknown: acc.unknown + c.unknown,
-            });
+    fn set_workload_totals(&self, total: WorkloadCounts) {
         for (health, value) in [
             (Health::Healthy, total.healthy),
             (Health::Unhealthy, total.unhealthy),
@@ -872,6 +890,14 @@ mod tests {
         );
         assert_eq!(
             sample(&text, "healthscope_workloads{health=\"unknown\"}"),
+            Some(3.0)
+        );
+
+        // A scope judged again replaces its counts.
+        m.controller
+            .record_scope("a", "one", Health::Unhealthy, counts(2, 1, 0));
+        assert_eq!(
+            sample(&m.encode(), "healthscope_workloads{health=\"healthy\"}"),
             Some(3.0)
         );
 
