@@ -328,9 +328,24 @@ pub(crate) mod testing {
         pub services: BTreeMap<String, Arc<Service>>,
         pub slices: Vec<Arc<EndpointSlice>>,
         pub cws: BTreeMap<String, Arc<ContainerizedWorkload>>,
-        pub dynamic: BTreeMap<String, Arc<DynamicObject>>,
+        /// Objects of other kinds, by group, kind and name (see [`Objects::add_dynamic`]).
+        pub dynamic: BTreeMap<(String, String, String), Arc<DynamicObject>>,
         pub dynamic_error: Option<String>,
         pub rules: RuleSet,
+    }
+
+    impl Objects {
+        /// Holds an object of a kind without a built-in cache, under its apiVersion's group,
+        /// its kind and its name (any version of the kind finds it).
+        pub fn add_dynamic(&mut self, object: DynamicObject) {
+            let types = object.types.clone().unwrap_or_default();
+            let key = (
+                crate::api::group_of(&types.api_version).to_string(),
+                types.kind,
+                object.metadata.name.clone().unwrap_or_default(),
+            );
+            self.dynamic.insert(key, Arc::new(object));
+        }
     }
 
     impl WorkloadLookup for Objects {
@@ -381,7 +396,14 @@ pub(crate) mod testing {
         ) -> Result<Option<Arc<DynamicObject>>, String> {
             match &self.dynamic_error {
                 Some(e) => Err(e.clone()),
-                None => Ok(self.dynamic.get(&reference.name).cloned()),
+                None => Ok(self
+                    .dynamic
+                    .get(&(
+                        reference.group().to_string(),
+                        reference.kind.clone(),
+                        reference.name.clone(),
+                    ))
+                    .cloned()),
             }
         }
     }
@@ -499,13 +521,10 @@ mod tests {
     #[test]
     fn a_rule_judges_a_kind_without_a_built_in_rule_but_not_one_being_deleted() {
         let mut objects = Objects::default();
-        objects.dynamic.insert(
-            "w".into(),
-            Arc::new(from_json(
-                json!({"apiVersion": "example.com/v1", "kind": "Widget",
+        objects.add_dynamic(from_json(
+            json!({"apiVersion": "example.com/v1", "kind": "Widget",
                 "metadata": {"name": "w"}, "spec": {"size": 3}}),
-            )),
-        );
+        ));
         objects.rules = rule(
             ("example.com/v1", "Widget"),
             "object.spec.size == 3",
@@ -515,14 +534,11 @@ mod tests {
         let got = evaluate("ns", &reference, &objects);
         assert_eq!(got.health_status, HealthStatus::Healthy);
         assert_eq!(got.diagnosis, "rule mine: size ok");
-        objects.dynamic.insert(
-            "w".into(),
-            Arc::new(from_json(
-                json!({"apiVersion": "example.com/v1", "kind": "Widget",
+        objects.add_dynamic(from_json(
+            json!({"apiVersion": "example.com/v1", "kind": "Widget",
                 "metadata": {"name": "w", "deletionTimestamp": "2026-01-01T00:00:00Z"},
                 "spec": {"size": 3}}),
-            )),
-        );
+        ));
         let got = evaluate("ns", &reference, &objects);
         assert_eq!(got.health_status, HealthStatus::Unhealthy);
         assert_eq!(got.diagnosis, "terminating: deletion requested");
@@ -542,11 +558,8 @@ mod tests {
             .deployments
             .insert("web".into(), Arc::new(deployment_ready("web")));
         let mut with_widget = Objects::default();
-        with_widget.dynamic.insert(
-            "w".into(),
-            Arc::new(from_json(json!({"apiVersion": "example.com/v1", "kind": "Widget",
-                "metadata": {"name": "w"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}))),
-        );
+        with_widget.add_dynamic(from_json(json!({"apiVersion": "example.com/v1", "kind": "Widget",
+                "metadata": {"name": "w"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}})));
         vec![
             Case {
                 name: "Deployment found: judged by its rule",

@@ -4,21 +4,17 @@
 //! controller judges workloads (`evaluate` with the rules in force), so the document cannot
 //! drift from what the rules do. The bounds and diagnoses the section quotes are checked too.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use kube::core::DynamicObject;
 use serde_json::{Value, json};
 
+use super::evaluate;
 use super::rules::{CompiledRule, MAX_COST, MAX_NESTING, MAX_NODES, RuleSet};
-use super::{WorkloadLookup, evaluate};
+use super::testing::Objects;
 use crate::api::{
-    ContainerizedWorkload, HealthRule, HealthRuleSpec, HealthStatus, MAX_EXPRESSION_LENGTH,
-    RuleTarget, WorkloadReference,
+    HealthRule, HealthRuleSpec, HealthStatus, MAX_EXPRESSION_LENGTH, RuleTarget, WorkloadReference,
 };
 
 const DOC: &str = include_str!("../../docs/health-rules.md");
@@ -160,10 +156,7 @@ fn examples() -> Vec<Example> {
 /// A cluster holding every example's samples, with every example's rule in force: what
 /// `health::evaluate` reads through the controller's caches. A kind without a built-in cache
 /// is served in any version, as the API server serves an object in each version of its kind.
-struct Cluster {
-    rules: RuleSet,
-    objects: BTreeMap<(String, String, String), Arc<DynamicObject>>,
-}
+struct Cluster(Objects);
 
 impl Cluster {
     fn of(examples: &[Example]) -> Self {
@@ -175,19 +168,18 @@ impl Cluster {
                 (&e.rule.spec.target, Arc::new(rule))
             })
             .collect();
-        let objects = examples
-            .iter()
-            .flat_map(|e| &e.samples)
-            .map(|o| (key(&reference_to(o)), Arc::new(o.clone())))
-            .collect();
-        Self {
+        let mut objects = Objects {
             rules: RuleSet::new(compiled),
-            objects,
+            ..Objects::default()
+        };
+        for sample in examples.iter().flat_map(|e| &e.samples) {
+            objects.add_dynamic(sample.clone());
         }
+        Self(objects)
     }
 
     fn judge(&self, reference: &WorkloadReference) -> (String, String) {
-        let condition = evaluate(NAMESPACE, reference, self);
+        let condition = evaluate(NAMESPACE, reference, &self.0);
         let health = match condition.health_status {
             HealthStatus::Healthy => "healthy",
             HealthStatus::Unhealthy => "unhealthy",
@@ -197,14 +189,6 @@ impl Cluster {
     }
 }
 
-fn key(reference: &WorkloadReference) -> (String, String, String) {
-    (
-        reference.group().to_string(),
-        reference.kind.clone(),
-        reference.name.clone(),
-    )
-}
-
 /// A scope's reference to a sample, by the sample's own apiVersion and kind.
 fn reference_to(object: &DynamicObject) -> WorkloadReference {
     let types = object
@@ -212,46 +196,6 @@ fn reference_to(object: &DynamicObject) -> WorkloadReference {
         .clone()
         .expect("a sample has apiVersion and kind");
     WorkloadReference::new(types.api_version, types.kind, object.name_any())
-}
-
-impl WorkloadLookup for Cluster {
-    fn deployment(&self, _: &str, _: &str) -> Option<Arc<Deployment>> {
-        None
-    }
-    fn statefulset(&self, _: &str, _: &str) -> Option<Arc<StatefulSet>> {
-        None
-    }
-    fn daemonset(&self, _: &str, _: &str) -> Option<Arc<DaemonSet>> {
-        None
-    }
-    fn replicaset(&self, _: &str, _: &str) -> Option<Arc<ReplicaSet>> {
-        None
-    }
-    fn service(&self, _: &str, _: &str) -> Option<Arc<Service>> {
-        None
-    }
-    fn endpoint_slices(&self, _: &str, _: &str) -> Vec<Arc<EndpointSlice>> {
-        Vec::new()
-    }
-    fn containerized_workload(&self, _: &str, _: &str) -> Option<Arc<ContainerizedWorkload>> {
-        None
-    }
-    fn dynamic(
-        &self,
-        namespace: &str,
-        reference: &WorkloadReference,
-    ) -> Result<Option<Arc<DynamicObject>>, String> {
-        Ok(self
-            .objects
-            .get(&key(reference))
-            .filter(|o| o.namespace().as_deref() == Some(namespace))
-            .cloned())
-    }
-    fn rule(&self, reference: &WorkloadReference) -> Option<Arc<CompiledRule>> {
-        self.rules
-            .for_kind(&reference.api_version, &reference.kind)
-            .cloned()
-    }
 }
 
 /// A verdict table as the document writes it.
@@ -344,7 +288,7 @@ fn a_rule_judges_only_its_exact_api_version() {
             example.heading
         );
         // Its kind may still be watched in any version of its group.
-        assert!(cluster.rules.names(exact.group(), &exact.kind));
+        assert!(cluster.0.rules.names(exact.group(), &exact.kind));
     }
 }
 
