@@ -104,18 +104,23 @@ fn rule_name(ctx: &TestContext, suffix: &str) -> String {
     format!("{}-{suffix}", ctx.namespace)
 }
 
+/// A controller for the test's namespace; `claims_of` (an apiVersion) also allows that group's
+/// Claims by `--extra-kinds`, as an operator would without a rule.
 fn start_controller(
     ctx: &TestContext,
-    api_version: &str,
+    claims_of: Option<&str>,
     shutdown: &CancellationToken,
 ) -> controller::ControllerHandle {
-    let group = api_version.split_once('/').unwrap().0;
+    let extra_kinds = match claims_of.and_then(|v| v.split_once('/')) {
+        Some((group, _)) => ExtraKinds::parse(&[format!("Claim.{group}")]).unwrap(),
+        None => ExtraKinds::None,
+    };
     controller::start(
         ctx.client.clone(),
         ControllerConfig {
             namespace: Some(ctx.namespace.clone()),
             min_probe_interval: Duration::from_secs(1),
-            extra_kinds: ExtraKinds::parse(&[format!("Claim.{group}")]).unwrap(),
+            extra_kinds,
             ..ControllerConfig::default()
         },
         LeaderState::always(),
@@ -160,7 +165,7 @@ async fn health_rule_judges_a_custom_kind_and_follows_the_rule() {
     )
     .await;
     let shutdown = CancellationToken::new();
-    let handle = start_controller(&ctx, &api_version, &shutdown);
+    let handle = start_controller(&ctx, Some(&api_version), &shutdown);
     let spec = HealthScopeSpec {
         probe_interval: Some(60),
         ..Default::default()
@@ -298,16 +303,7 @@ async fn health_rule_allows_its_kind_to_be_watched() {
     let api_version = claim_kind(&ctx).await;
     create_claim(&ctx, &api_version, "db", 1, json!({"readyInstances": 1})).await;
     let shutdown = CancellationToken::new();
-    let handle = controller::start(
-        ctx.client.clone(),
-        ControllerConfig {
-            namespace: Some(ctx.namespace.clone()),
-            ..ControllerConfig::default()
-        },
-        LeaderState::always(),
-        shutdown.clone(),
-    )
-    .expect("the controller starts");
+    let handle = start_controller(&ctx, None, &shutdown);
     let spec = HealthScopeSpec {
         probe_interval: Some(60),
         ..Default::default()
@@ -444,7 +440,7 @@ async fn health_rule_stored_without_the_webhook_reports_the_compile_error() {
     )
     .await;
     let shutdown = CancellationToken::new();
-    let handle = start_controller(&ctx, &api_version, &shutdown);
+    let handle = start_controller(&ctx, Some(&api_version), &shutdown);
     let rules: Api<HealthRule> = Api::all(ctx.client.clone());
     let name = rule_name(&ctx, "broken");
     let rule = claim_rule(&ctx, &name, &api_version, "object.status.ready ==", None);
