@@ -406,11 +406,50 @@ where
         + Sync
         + 'static,
 {
+    let (store, events) = reflect_typed::<K>(client, namespace, &ctx.shutdown);
+    tokio::spawn(forward(
+        events,
+        (),
+        ctx.index.clone(),
+        ctx.trigger.clone(),
+        ctx.wiring.clone(),
+        ctx.shutdown.clone(),
+    ));
+    store
+}
+
+/// A watch of `K` (in `namespace`, or all namespaces), each object trimmed and reflected into
+/// the returned store: the store, and the watch's events until `shutdown`.
+fn reflect_typed<K>(
+    client: &Client,
+    namespace: &Option<String>,
+    shutdown: &CancellationToken,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + TrimForCache
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
     let api: Api<K> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    spawn_reflector(api, (), ctx)
+    let writer = reflector::store::Writer::new(());
+    let store = writer.as_reader();
+    let events = watcher(api, watcher::Config::default().page_size(100))
+        .backoff(crate::cache::WatchBackoff::default())
+        .modify(|obj: &mut K| obj.trim_for_cache())
+        .reflect(writer)
+        .take_until(shutdown.clone().cancelled_owned());
+    (store, events)
 }
 
 /// What a cached object keeps: only what the health rules, the probes and the wiring loop read.
@@ -456,29 +495,11 @@ impl TrimForCache for Service {}
 impl TrimForCache for EndpointSlice {}
 impl TrimForCache for ContainerizedWorkload {}
 impl TrimForCache for Component {}
-impl TrimForCache for ApplicationConfiguration {}
-
-fn spawn_reflector<K>(api: Api<K>, dt: K::DynamicType, ctx: &WatchCtx) -> Store<K>
-where
-    K: Resource + TrimForCache + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Clone + Default + Eq + Hash + Send + Sync + Unpin,
-{
-    let writer = reflector::store::Writer::new(dt.clone());
-    let store = writer.as_reader();
-    let events = watcher(api, watcher::Config::default().page_size(100))
-        .backoff(crate::cache::WatchBackoff::default())
-        .modify(|obj: &mut K| obj.trim_for_cache())
-        .reflect(writer);
-    tokio::spawn(forward(
-        events,
-        dt,
-        ctx.index.clone(),
-        ctx.trigger.clone(),
-        ctx.wiring.clone(),
-        ctx.shutdown.clone(),
-    ));
-    store
+// Untrimmed: the wiring loop reads which field manager owns which ref, the admin API the status.
+impl TrimForCache for HealthScope {
+    fn trim_for_cache(&mut self) {}
 }
+impl TrimForCache for ApplicationConfiguration {}
 
 /// The ApplicationConfiguration watch: its events feed the wiring loop (and its index of what
 /// each AppConfig names); nothing's health reads an AppConfig.
@@ -487,17 +508,8 @@ fn watch_apps(
     namespace: &Option<String>,
     ctx: &WatchCtx,
 ) -> Store<ApplicationConfiguration> {
-    let api: Api<ApplicationConfiguration> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let writer = reflector::store::Writer::new(());
-    let store = writer.as_reader();
-    let events = watcher(api, watcher::Config::default().page_size(100))
-        .backoff(crate::cache::WatchBackoff::default())
-        .modify(|app: &mut ApplicationConfiguration| app.trim_for_cache())
-        .reflect(writer)
-        .take_until(ctx.shutdown.clone().cancelled_owned());
+    let (store, events) =
+        reflect_typed::<ApplicationConfiguration>(client, namespace, &ctx.shutdown);
     let wiring = ctx.wiring.clone();
     let reader = store.clone();
     tokio::spawn(async move {
@@ -524,16 +536,7 @@ fn watch_scopes(
     scope_events: ScopeEvents,
     shutdown: &CancellationToken,
 ) -> Store<HealthScope> {
-    let api: Api<HealthScope> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let writer = reflector::store::Writer::new(());
-    let store = writer.as_reader();
-    let events = watcher(api, watcher::Config::default().page_size(100))
-        .backoff(crate::cache::WatchBackoff::default())
-        .reflect(writer)
-        .take_until(shutdown.clone().cancelled_owned());
+    let (store, events) = reflect_typed::<HealthScope>(client, namespace, shutdown);
     tokio::spawn(async move {
         let mut events = std::pin::pin!(events);
         while let Some(event) = events.next().await {
