@@ -80,6 +80,11 @@ pub struct RunArgs {
     #[arg(long, env = "HEALTHSCOPE_PROBE_CONCURRENCY", default_value_t = crate::controller::DEFAULT_PROBE_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..))]
     pub probe_concurrency: u32,
 
+    /// Most scopes evaluated (and their status written) at once. Bounds the API connections,
+    /// memory and API-server load of a start-up or relist, when every scope is due together.
+    #[arg(long, env = "HEALTHSCOPE_RECONCILE_CONCURRENCY", default_value_t = crate::controller::DEFAULT_RECONCILE_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..))]
+    pub reconcile_concurrency: u16,
+
     /// HTTP methods probes may send, comma-separated. A scope asking for another method is not
     /// probed: its Service workloads turn unhealthy, saying the method is not enabled. Methods
     /// other than GET and HEAD may change something in the application probed.
@@ -257,6 +262,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             namespace: args.namespace.clone(),
             min_probe_interval: args.min_probe_interval,
             probe_concurrency: args.probe_concurrency as usize,
+            reconcile_concurrency: args.reconcile_concurrency,
             probe_methods: args.probe_methods.clone(),
             repair_labels: args.repair_labels,
             extra_kinds: ExtraKinds::parse(&args.extra_kinds).map_err(RunError::Config)?,

@@ -86,6 +86,7 @@ mod tests {
             "--lease-namespace",
             "--namespace",
             "--probe-concurrency",
+            "--reconcile-concurrency",
             "--min-probe-interval",
             "--log-format",
             "--log-level",

@@ -47,6 +47,10 @@ const FORGET_DELETED_EVERY: Duration = Duration::from_secs(30);
 pub const DEFAULT_PROBE_METHODS: [&str; 2] = ["GET", "HEAD"];
 /// Probes in flight at once across all scopes, unless configured otherwise.
 pub const DEFAULT_PROBE_CONCURRENCY: u32 = 64;
+/// Scopes reconciled at once unless configured otherwise: enough to keep the API server busy
+/// while each waits for its status write, few enough that a start-up burst of thousands of
+/// scopes does not open a connection (and hold a patch in memory) per scope.
+pub const DEFAULT_RECONCILE_CONCURRENCY: u16 = 16;
 
 #[derive(Clone)]
 pub struct ControllerConfig {
@@ -56,6 +60,8 @@ pub struct ControllerConfig {
     pub min_probe_interval: Duration,
     /// Global bound on probes in flight.
     pub probe_concurrency: usize,
+    /// Most reconciles (evaluation and status write) in flight at once.
+    pub reconcile_concurrency: u16,
     /// HTTP methods probes may use; a scope asking for another one is not probed, and its
     /// probed workloads say why ([`DEFAULT_PROBE_METHODS`] unless configured).
     pub probe_methods: Vec<String>,
@@ -81,6 +87,7 @@ impl Default for ControllerConfig {
             namespace: None,
             min_probe_interval: DEFAULT_MIN_PROBE_INTERVAL,
             probe_concurrency: DEFAULT_PROBE_CONCURRENCY as usize,
+            reconcile_concurrency: DEFAULT_RECONCILE_CONCURRENCY,
             probe_methods: DEFAULT_PROBE_METHODS
                 .iter()
                 .map(|m| m.to_string())
@@ -174,7 +181,10 @@ pub fn start(
     let scope_stream = futures::stream::unfold(scope_stream, |mut events| async move {
         events.recv().await.map(|event| (event, events))
     });
-    let controller = Controller::for_stream(scope_stream, scopes.clone());
+    let controller = Controller::for_stream(scope_stream, scopes.clone()).with_config(
+        kube::runtime::controller::Config::default()
+            .concurrency(config.reconcile_concurrency.max(1)),
+    );
     let observer: Arc<dyn ProbeObserver> = Arc::new(config.metrics.probes.clone());
     let prober = Prober::new(config.probe_concurrency.max(1), Some(observer))?;
     let probes = Probes::new(
