@@ -11,7 +11,7 @@
 //!   lookup (the controller's per-workload call, minus its cache lookup).
 //!
 //! The same for a custom kind (a DynamicObject, judged by `health::generic` without a rule), for
-//! the Deployment as served (with its pod template), and the cost of compiling a rule.
+//! a rule on the Deployment as served (with its pod template), and the cost of compiling a rule.
 //! Each figure is the median over `--runs` runs of `--iterations` evaluations.
 //!
 //! usage: bench-rules [--iterations 10000] [--runs 7]
@@ -25,12 +25,15 @@ use std::time::Instant;
 
 use clap::Parser;
 use common::BoxError;
+use healthscope::api::cached::{
+    CachedDaemonSet, CachedDeployment, CachedReplicaSet, CachedStatefulSet,
+};
 use healthscope::api::{
     ContainerizedWorkload, Health, HealthRuleSpec, RuleTarget, WorkloadReference,
 };
 use healthscope::controller::cache::TrimForCache;
 use healthscope::health::{self, CompiledRule, WorkloadLookup};
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::DynamicObject;
@@ -68,7 +71,7 @@ fn main() -> Result<(), BoxError> {
     }
 
     let served = deployment()?;
-    let mut cached = served.clone();
+    let mut cached = CachedDeployment::from(served.clone());
     cached.trim_for_cache(); // what the controller's cache holds and evaluate() reads
     let claim = claim()?;
 
@@ -251,13 +254,6 @@ fn main() -> Result<(), BoxError> {
     );
 
     let d = "Deployment (served, pod template)";
-    row(
-        d,
-        "built-in `health::deployment`",
-        time(runs, n, || {
-            black_box(health::deployment(black_box(&served)));
-        }),
-    );
     row(
         d,
         "rule: `to_value` + `judge`",
@@ -504,22 +500,22 @@ fn claim() -> Result<DynamicObject, serde_json::Error> {
 /// One workload of each judged kind, and the rule in force (if any), as the controller's cache
 /// lookup would answer.
 struct Lookup {
-    deployment: Arc<Deployment>,
+    deployment: Arc<CachedDeployment>,
     dynamic: Arc<DynamicObject>,
     rule: Option<Arc<CompiledRule>>,
 }
 
 impl WorkloadLookup for Lookup {
-    fn deployment(&self, _: &str, _: &str) -> Option<Arc<Deployment>> {
+    fn deployment(&self, _: &str, _: &str) -> Option<Arc<CachedDeployment>> {
         Some(self.deployment.clone())
     }
-    fn statefulset(&self, _: &str, _: &str) -> Option<Arc<StatefulSet>> {
+    fn statefulset(&self, _: &str, _: &str) -> Option<Arc<CachedStatefulSet>> {
         None
     }
-    fn daemonset(&self, _: &str, _: &str) -> Option<Arc<DaemonSet>> {
+    fn daemonset(&self, _: &str, _: &str) -> Option<Arc<CachedDaemonSet>> {
         None
     }
-    fn replicaset(&self, _: &str, _: &str) -> Option<Arc<ReplicaSet>> {
+    fn replicaset(&self, _: &str, _: &str) -> Option<Arc<CachedReplicaSet>> {
         None
     }
     fn service(&self, _: &str, _: &str) -> Option<Arc<Service>> {

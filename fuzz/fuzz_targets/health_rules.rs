@@ -5,9 +5,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use healthscope::api::cached::{
+    CachedDaemonSet, CachedDeployment, CachedReplicaSet, CachedStatefulSet,
+};
 use healthscope::api::{ContainerizedWorkload, HealthStatus, WorkloadReference};
 use healthscope::health::{self, ScopeStatusInput, WorkloadLookup};
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -18,10 +20,10 @@ use serde_json::Value;
 /// Every object of the input, by kind, served to `health::evaluate` the way the caches would be.
 #[derive(Default)]
 struct Objects {
-    deployments: BTreeMap<String, Arc<Deployment>>,
-    statefulsets: BTreeMap<String, Arc<StatefulSet>>,
-    daemonsets: BTreeMap<String, Arc<DaemonSet>>,
-    replicasets: BTreeMap<String, Arc<ReplicaSet>>,
+    deployments: BTreeMap<String, Arc<CachedDeployment>>,
+    statefulsets: BTreeMap<String, Arc<CachedStatefulSet>>,
+    daemonsets: BTreeMap<String, Arc<CachedDaemonSet>>,
+    replicasets: BTreeMap<String, Arc<CachedReplicaSet>>,
     services: BTreeMap<String, Arc<Service>>,
     slices: Vec<Arc<EndpointSlice>>,
     cws: BTreeMap<String, Arc<ContainerizedWorkload>>,
@@ -29,16 +31,16 @@ struct Objects {
 }
 
 impl WorkloadLookup for Objects {
-    fn deployment(&self, _: &str, name: &str) -> Option<Arc<Deployment>> {
+    fn deployment(&self, _: &str, name: &str) -> Option<Arc<CachedDeployment>> {
         self.deployments.get(name).cloned()
     }
-    fn statefulset(&self, _: &str, name: &str) -> Option<Arc<StatefulSet>> {
+    fn statefulset(&self, _: &str, name: &str) -> Option<Arc<CachedStatefulSet>> {
         self.statefulsets.get(name).cloned()
     }
-    fn daemonset(&self, _: &str, name: &str) -> Option<Arc<DaemonSet>> {
+    fn daemonset(&self, _: &str, name: &str) -> Option<Arc<CachedDaemonSet>> {
         self.daemonsets.get(name).cloned()
     }
-    fn replicaset(&self, _: &str, name: &str) -> Option<Arc<ReplicaSet>> {
+    fn replicaset(&self, _: &str, name: &str) -> Option<Arc<CachedReplicaSet>> {
         self.replicasets.get(name).cloned()
     }
     fn service(&self, _: &str, name: &str) -> Option<Arc<Service>> {
@@ -93,10 +95,10 @@ fn add(objects: &mut Objects, refs: &mut Vec<WorkloadReference>, value: Value) {
         };
     }
     match kind.as_str() {
-        "Deployment" => typed!(deployments, Deployment, health::deployment),
-        "StatefulSet" => typed!(statefulsets, StatefulSet, health::statefulset),
-        "DaemonSet" => typed!(daemonsets, DaemonSet, health::daemonset),
-        "ReplicaSet" => typed!(replicasets, ReplicaSet, health::replicaset),
+        "Deployment" => typed!(deployments, CachedDeployment, health::deployment),
+        "StatefulSet" => typed!(statefulsets, CachedStatefulSet, health::statefulset),
+        "DaemonSet" => typed!(daemonsets, CachedDaemonSet, health::daemonset),
+        "ReplicaSet" => typed!(replicasets, CachedReplicaSet, health::replicaset),
         "Service" => {
             if let Ok(svc) = serde_json::from_value::<Service>(value.clone()) {
                 let _ = health::service(&svc, &objects.slices);

@@ -2,6 +2,7 @@
 //! reads, and the rules that belong to them (probe settings, apiVersion parts). No I/O.
 
 // kube's printcolumn(...) arguments repeat `type_ = "string"`, which clippy reads as a duplicate.
+pub mod cached;
 #[allow(clippy::duplicated_attributes)]
 mod healthrule;
 #[allow(clippy::duplicated_attributes)]

@@ -20,7 +20,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
@@ -33,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::rules::RuleBook;
 use super::wiring::WiringFeed;
+use crate::api::cached::{CachedDaemonSet, CachedDeployment, CachedReplicaSet, CachedStatefulSet};
 use crate::api::{ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope};
 
 pub use crate::health::SERVICE_NAME_LABEL;
@@ -86,8 +86,9 @@ pub struct DependencyIndex {
 
 #[derive(Default)]
 struct IndexInner {
-    by_key: HashMap<DependencyKey, HashSet<ObjectRef<HealthScope>>>,
-    by_scope: HashMap<ObjectRef<HealthScope>, BTreeSet<DependencyKey>>,
+    /// Each key is allocated once and shared by both directions and by every scope reading it.
+    by_key: HashMap<Arc<DependencyKey>, HashSet<ObjectRef<HealthScope>>>,
+    by_scope: HashMap<ObjectRef<HealthScope>, Vec<Arc<DependencyKey>>>,
 }
 
 impl DependencyIndex {
@@ -95,6 +96,13 @@ impl DependencyIndex {
         let Ok(mut inner) = self.inner.write() else {
             return;
         };
+        // Most evaluations read what the last one did.
+        let unchanged = inner.by_scope.get(scope).is_some_and(|old| {
+            old.len() == keys.len() && old.iter().zip(&keys).all(|(a, b)| **a == *b)
+        });
+        if unchanged {
+            return;
+        }
         if let Some(old) = inner.by_scope.remove(scope) {
             for key in old {
                 if let Some(scopes) = inner.by_key.get_mut(&key) {
@@ -105,15 +113,21 @@ impl DependencyIndex {
                 }
             }
         }
-        for key in &keys {
+        let mut shared = Vec::with_capacity(keys.len());
+        for key in keys {
+            let key = match inner.by_key.get_key_value(&key) {
+                Some((existing, _)) => existing.clone(),
+                None => Arc::new(key),
+            };
             inner
                 .by_key
                 .entry(key.clone())
                 .or_default()
                 .insert(scope.clone());
+            shared.push(key);
         }
-        if !keys.is_empty() {
-            inner.by_scope.insert(scope.clone(), keys);
+        if !shared.is_empty() {
+            inner.by_scope.insert(scope.clone(), shared);
         }
     }
 
@@ -180,10 +194,10 @@ pub struct WorkloadCaches {
     pub apps: Store<ApplicationConfiguration>,
     pub components: Store<Component>,
     pub scopes: Store<HealthScope>,
-    pub deployments: Store<Deployment>,
-    pub statefulsets: Store<StatefulSet>,
-    pub daemonsets: Store<DaemonSet>,
-    pub replicasets: Store<ReplicaSet>,
+    pub deployments: Store<CachedDeployment>,
+    pub statefulsets: Store<CachedStatefulSet>,
+    pub daemonsets: Store<CachedDaemonSet>,
+    pub replicasets: Store<CachedReplicaSet>,
     pub services: Store<Service>,
     pub endpointslices: Store<EndpointSlice>,
     pub containerized: Store<ContainerizedWorkload>,
@@ -312,10 +326,10 @@ impl WorkloadCaches {
         let apps = watch_apps(&client, &namespace, &ctx);
         let components = typed::<Component>(&client, &namespace, &ctx);
         let scopes = watch_scopes(&client, &namespace, scope_events, &shutdown);
-        let deployments = typed::<Deployment>(&client, &namespace, &ctx);
-        let statefulsets = typed::<StatefulSet>(&client, &namespace, &ctx);
-        let daemonsets = typed::<DaemonSet>(&client, &namespace, &ctx);
-        let replicasets = typed::<ReplicaSet>(&client, &namespace, &ctx);
+        let deployments = typed::<CachedDeployment>(&client, &namespace, &ctx);
+        let statefulsets = typed::<CachedStatefulSet>(&client, &namespace, &ctx);
+        let daemonsets = typed::<CachedDaemonSet>(&client, &namespace, &ctx);
+        let replicasets = typed::<CachedReplicaSet>(&client, &namespace, &ctx);
         let services = typed::<Service>(&client, &namespace, &ctx);
         let endpointslices = typed::<EndpointSlice>(&client, &namespace, &ctx);
         let containerized = typed::<ContainerizedWorkload>(&client, &namespace, &ctx);
@@ -453,51 +467,36 @@ where
 }
 
 /// What a cached object keeps: only what the health rules, the probes and the wiring loop read.
-/// At 10,000 workloads the pod templates, managedFields and last-applied annotations are most
-/// of the memory a cache would hold.
+/// At 10,000 workloads the managedFields and last-applied annotations would be most of the
+/// memory a cache holds (the workload kinds' pod templates are never even deserialized: see
+/// [`crate::api::cached`]).
 pub trait TrimForCache: Resource + Sized {
     fn trim_for_cache(&mut self) {
         self.managed_fields_mut().clear();
         if let Some(annotations) = self.meta_mut().annotations.as_mut() {
             annotations.remove(LAST_APPLIED);
         }
-        self.trim_spec();
     }
-
-    /// Drops the parts of the spec nothing reads; by default nothing.
-    fn trim_spec(&mut self) {}
 }
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-// Health reads replicas, strategies and status: never the pod template.
-impl TrimForCache for Deployment {
-    fn trim_spec(&mut self) {
-        self.spec.template = Default::default();
-    }
-}
-impl TrimForCache for StatefulSet {
-    fn trim_spec(&mut self) {
-        self.spec.template = Default::default();
-    }
-}
-impl TrimForCache for DaemonSet {
-    fn trim_spec(&mut self) {
-        self.spec.template = Default::default();
-    }
-}
-impl TrimForCache for ReplicaSet {
-    fn trim_spec(&mut self) {
-        self.spec.template = None;
-    }
-}
+impl TrimForCache for CachedDeployment {}
+impl TrimForCache for CachedStatefulSet {}
+impl TrimForCache for CachedDaemonSet {}
+impl TrimForCache for CachedReplicaSet {}
 impl TrimForCache for Service {}
 impl TrimForCache for EndpointSlice {}
 impl TrimForCache for ContainerizedWorkload {}
 impl TrimForCache for Component {}
-// Untrimmed: the wiring loop reads which field manager owns which ref, the admin API the status.
+// The wiring loop reads which refs its own field managers own; the admin API reads the status.
 impl TrimForCache for HealthScope {
-    fn trim_for_cache(&mut self) {}
+    fn trim_for_cache(&mut self) {
+        super::wiring::keep_wiring_fields(&mut self.metadata);
+        if let Some(annotations) = self.meta_mut().annotations.as_mut() {
+            annotations.remove(LAST_APPLIED);
+        }
+    }
 }
 impl TrimForCache for ApplicationConfiguration {}
 
@@ -528,8 +527,8 @@ fn watch_apps(
     store
 }
 
-/// The HealthScope watch, untrimmed (the wiring loop reads whose fields its refs are, and the
-/// admin API the status): every scope applied goes to the controller's stream.
+/// The HealthScope watch (trimmed to what the wiring loop and the admin API read): every scope
+/// applied goes to the controller's stream.
 fn watch_scopes(
     client: &Client,
     namespace: &Option<String>,
@@ -787,7 +786,7 @@ mod tests {
 
     #[test]
     fn trimmed_workloads_keep_what_health_reads() {
-        let mut deployment: Deployment = serde_json::from_value(serde_json::json!({
+        let mut deployment: CachedDeployment = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web", "namespace": "ns", "generation": 2,
                 "labels": {"healthscope.core.oam.dev/app": "true"},
                 "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{...}", "keep": "me"},
@@ -802,7 +801,6 @@ mod tests {
         let before = crate::health::deployment(&deployment);
         deployment.trim_for_cache();
         assert_eq!(crate::health::deployment(&deployment), before);
-        assert_eq!(deployment.spec.template, Default::default());
         assert!(
             deployment
                 .metadata

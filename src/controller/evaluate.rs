@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use crate::api::cached::{CachedDaemonSet, CachedDeployment, CachedReplicaSet, CachedStatefulSet};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DynamicObject, GroupVersionKind};
@@ -80,16 +80,16 @@ impl<'a> CacheLookup<'a> {
 }
 
 impl health::WorkloadLookup for CacheLookup<'_> {
-    fn deployment(&self, namespace: &str, name: &str) -> Option<Arc<Deployment>> {
+    fn deployment(&self, namespace: &str, name: &str) -> Option<Arc<CachedDeployment>> {
         self.typed(&self.caches.deployments, namespace, name)
     }
-    fn statefulset(&self, namespace: &str, name: &str) -> Option<Arc<StatefulSet>> {
+    fn statefulset(&self, namespace: &str, name: &str) -> Option<Arc<CachedStatefulSet>> {
         self.typed(&self.caches.statefulsets, namespace, name)
     }
-    fn daemonset(&self, namespace: &str, name: &str) -> Option<Arc<DaemonSet>> {
+    fn daemonset(&self, namespace: &str, name: &str) -> Option<Arc<CachedDaemonSet>> {
         self.typed(&self.caches.daemonsets, namespace, name)
     }
-    fn replicaset(&self, namespace: &str, name: &str) -> Option<Arc<ReplicaSet>> {
+    fn replicaset(&self, namespace: &str, name: &str) -> Option<Arc<CachedReplicaSet>> {
         self.typed(&self.caches.replicasets, namespace, name)
     }
     fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {

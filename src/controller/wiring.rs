@@ -156,6 +156,33 @@ pub fn owned_refs(
         .collect()
 }
 
+/// Keeps of `managedFields` only what [`owned_refs`] reads: the `spec.workloadRefs` owned by
+/// healthscope's field managers. The creator's and the status writer's entries are most of a
+/// cached scope's size (about 12 KB each with ten refs and ten conditions).
+pub fn keep_wiring_fields(meta: &mut ObjectMeta) {
+    let Some(managed) = meta.managed_fields.as_mut() else {
+        return;
+    };
+    managed.retain(|m| {
+        m.operation.as_deref() == Some("Apply")
+            && m.manager.as_deref().is_some_and(|manager| {
+                manager == WIRING_FIELD_MANAGER || membership::is_per_appconfig_manager(manager)
+            })
+    });
+    for entry in managed.iter_mut() {
+        let refs = entry
+            .fields_v1
+            .as_ref()
+            .and_then(|f| f.0.get("f:spec")?.get("f:workloadRefs").cloned());
+        entry.fields_v1 = refs.map(|refs| {
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(
+                serde_json::json!({ "f:spec": { "f:workloadRefs": refs } }),
+            )
+        });
+        entry.time = None;
+    }
+}
+
 /// Field managers of earlier versions (one per ApplicationConfiguration) that still own an
 /// entry of the scope's workloadRefs.
 fn per_appconfig_managers(meta: &ObjectMeta) -> BTreeSet<String> {
@@ -1600,6 +1627,45 @@ mod tests {
             scope("health", &["web-1"], vec![owned_by("kubectl", &["web-1"])]),
         );
         assert_eq!(plan(&s), vec![]);
+    }
+
+    #[test]
+    fn cached_scopes_keep_only_the_refs_healthscope_owns() {
+        let old_manager = membership::field_manager("shop");
+        let mut creator = owned_by("kubectl", &["web-9"]);
+        creator.operation = Some("Update".into());
+        let mut wiring = owned_by(WIRING_FIELD_MANAGER, &["web-1", "web-2"]);
+        if let Some(FieldsV1(fields)) = wiring.fields_v1.as_mut() {
+            fields["f:spec"]["f:probe-interval"] = json!({});
+            fields["f:metadata"] = json!({"f:labels": {}});
+        }
+        let status = ManagedFieldsEntry {
+            manager: Some("healthscope/status".into()),
+            operation: Some("Apply".into()),
+            fields_v1: Some(FieldsV1(json!({"f:status": {"f:conditions": {}}}))),
+            ..Default::default()
+        };
+        let scope = scope(
+            "health",
+            &["web-1", "web-2", "web-3"],
+            vec![creator, wiring, owned_by(&old_manager, &["web-3"]), status],
+        );
+        let mut meta = scope.metadata.clone();
+        keep_wiring_fields(&mut meta);
+        let kept = meta.managed_fields.clone().unwrap_or_default();
+        let managers: Vec<_> = kept.iter().filter_map(|m| m.manager.as_deref()).collect();
+        assert_eq!(managers, [WIRING_FIELD_MANAGER, old_manager.as_str()]);
+        for manager in [WIRING_FIELD_MANAGER, old_manager.as_str()] {
+            let before = scope.metadata.managed_fields.as_deref().unwrap_or_default();
+            assert_eq!(owned_refs(&kept, manager), owned_refs(before, manager));
+        }
+        let fields = kept[0].fields_v1.as_ref().map(|f| f.0.clone());
+        assert_eq!(
+            fields.as_ref().and_then(|f| f.as_object()).map(|f| f.len()),
+            Some(1),
+            "only f:spec is kept: {fields:?}"
+        );
+        assert!(fields.is_some_and(|f| f["f:spec"].get("f:probe-interval").is_none()));
     }
 
     #[test]

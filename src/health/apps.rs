@@ -1,6 +1,6 @@
 //! Deployment, StatefulSet, DaemonSet and ReplicaSet: kstatus's rollout rules.
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use crate::api::cached::{CachedDaemonSet, CachedDeployment, CachedReplicaSet, CachedStatefulSet};
 
 use super::{WorkloadHealth, lifecycle};
 
@@ -59,7 +59,7 @@ fn replica_counts(
 /// A Deployment is healthy when its latest spec is rolled out to every desired replica and each
 /// is ready and available. A paused Deployment is judged by the replicas it runs only: the pause
 /// is the user's choice, so an unfinished rollout does not make it unhealthy.
-pub fn deployment(d: &Deployment) -> WorkloadHealth {
+pub fn deployment(d: &CachedDeployment) -> WorkloadHealth {
     let status = d.status.clone().unwrap_or_default();
     if let Some(verdict) = lifecycle(&d.metadata, status.observed_generation, true) {
         return verdict;
@@ -117,7 +117,7 @@ pub fn deployment(d: &Deployment) -> WorkloadHealth {
 
 /// A StatefulSet is healthy when every desired replica exists and is ready and, for rolling
 /// updates, the update has reached every replica above the partition.
-pub fn statefulset(s: &StatefulSet) -> WorkloadHealth {
+pub fn statefulset(s: &CachedStatefulSet) -> WorkloadHealth {
     let status = s.status.clone().unwrap_or_default();
     if let Some(verdict) = lifecycle(&s.metadata, status.observed_generation, true) {
         return verdict;
@@ -160,7 +160,7 @@ pub fn statefulset(s: &StatefulSet) -> WorkloadHealth {
 
 /// A DaemonSet is healthy when every node that should run it runs the latest revision, ready and
 /// available. With nothing to schedule (0 desired) it is healthy.
-pub fn daemonset(ds: &DaemonSet) -> WorkloadHealth {
+pub fn daemonset(ds: &CachedDaemonSet) -> WorkloadHealth {
     let status = ds.status.clone().unwrap_or_default();
     if let Some(verdict) = lifecycle(&ds.metadata, status.observed_generation, true) {
         return verdict;
@@ -197,7 +197,7 @@ pub fn daemonset(ds: &DaemonSet) -> WorkloadHealth {
 
 /// A ReplicaSet is healthy when it has exactly the desired replicas, all ready and available,
 /// and no `ReplicaFailure` (e.g. pods rejected by a quota).
-pub fn replicaset(rs: &ReplicaSet) -> WorkloadHealth {
+pub fn replicaset(rs: &CachedReplicaSet) -> WorkloadHealth {
     let status = rs.status.clone().unwrap_or_default();
     if let Some(verdict) = lifecycle(&rs.metadata, status.observed_generation, true) {
         return verdict;

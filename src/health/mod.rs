@@ -20,7 +20,7 @@ mod service;
 
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use crate::api::cached::{CachedDaemonSet, CachedDeployment, CachedReplicaSet, CachedStatefulSet};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -112,10 +112,10 @@ fn lifecycle(
 
 /// What the caller's caches hold. Every object is read from the reference's namespace.
 pub trait WorkloadLookup {
-    fn deployment(&self, namespace: &str, name: &str) -> Option<Arc<Deployment>>;
-    fn statefulset(&self, namespace: &str, name: &str) -> Option<Arc<StatefulSet>>;
-    fn daemonset(&self, namespace: &str, name: &str) -> Option<Arc<DaemonSet>>;
-    fn replicaset(&self, namespace: &str, name: &str) -> Option<Arc<ReplicaSet>>;
+    fn deployment(&self, namespace: &str, name: &str) -> Option<Arc<CachedDeployment>>;
+    fn statefulset(&self, namespace: &str, name: &str) -> Option<Arc<CachedStatefulSet>>;
+    fn daemonset(&self, namespace: &str, name: &str) -> Option<Arc<CachedDaemonSet>>;
+    fn replicaset(&self, namespace: &str, name: &str) -> Option<Arc<CachedReplicaSet>>;
     fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>>;
     /// The EndpointSlices labelled `kubernetes.io/service-name: <service>`.
     fn endpoint_slices(&self, namespace: &str, service: &str) -> Vec<Arc<EndpointSlice>>;
@@ -180,30 +180,37 @@ pub fn evaluate(
     let rule = rule.as_deref();
     let judged = match rule_for(reference) {
         Rule::Deployment => judge(lookup.deployment(namespace, name), |o| {
-            let verdict = by_rule(rule, o, &o.metadata, Some("Deployment"));
+            let verdict = by_rule(rule, reference, o, &o.metadata, Some("Deployment"));
             (verdict.unwrap_or_else(|| deployment(o)), &o.metadata)
         }),
         Rule::StatefulSet => judge(lookup.statefulset(namespace, name), |o| {
-            let verdict = by_rule(rule, o, &o.metadata, Some("StatefulSet"));
+            let verdict = by_rule(rule, reference, o, &o.metadata, Some("StatefulSet"));
             (verdict.unwrap_or_else(|| statefulset(o)), &o.metadata)
         }),
         Rule::DaemonSet => judge(lookup.daemonset(namespace, name), |o| {
-            let verdict = by_rule(rule, o, &o.metadata, Some("DaemonSet"));
+            let verdict = by_rule(rule, reference, o, &o.metadata, Some("DaemonSet"));
             (verdict.unwrap_or_else(|| daemonset(o)), &o.metadata)
         }),
         Rule::ReplicaSet => judge(lookup.replicaset(namespace, name), |o| {
-            let verdict = by_rule(rule, o, &o.metadata, Some("ReplicaSet"));
+            let verdict = by_rule(rule, reference, o, &o.metadata, Some("ReplicaSet"));
             (verdict.unwrap_or_else(|| replicaset(o)), &o.metadata)
         }),
         Rule::Service => judge(lookup.service(namespace, name), |o| {
-            let verdict = by_rule(rule, o, &o.metadata, Some("Service")).unwrap_or_else(|| {
-                let slices = lookup.endpoint_slices(namespace, name);
-                service(o, &slices)
-            });
+            let verdict =
+                by_rule(rule, reference, o, &o.metadata, Some("Service")).unwrap_or_else(|| {
+                    let slices = lookup.endpoint_slices(namespace, name);
+                    service(o, &slices)
+                });
             (verdict, &o.metadata)
         }),
         Rule::ContainerizedWorkload => judge(lookup.containerized_workload(namespace, name), |o| {
-            let verdict = by_rule(rule, o, &o.metadata, Some("ContainerizedWorkload"));
+            let verdict = by_rule(
+                rule,
+                reference,
+                o,
+                &o.metadata,
+                Some("ContainerizedWorkload"),
+            );
             (
                 verdict.unwrap_or_else(|| containerized_workload(o, lookup)),
                 &o.metadata,
@@ -211,7 +218,7 @@ pub fn evaluate(
         }),
         Rule::Generic => match lookup.dynamic(namespace, reference) {
             Ok(found) => judge(found, |o| {
-                let verdict = by_rule(rule, o, &o.metadata, None);
+                let verdict = by_rule(rule, reference, o, &o.metadata, None);
                 (verdict.unwrap_or_else(|| generic(o)), &o.metadata)
             }),
             Err(reason) => Some((
@@ -238,6 +245,7 @@ pub fn evaluate(
 /// shares, the rule judges the object as JSON. `replaces` names the built-in rule set aside.
 fn by_rule<T: serde::Serialize>(
     rule: Option<&CompiledRule>,
+    reference: &WorkloadReference,
     object: &T,
     meta: &ObjectMeta,
     replaces: Option<&str>,
@@ -247,7 +255,20 @@ fn by_rule<T: serde::Serialize>(
         return Some(verdict);
     }
     Some(match serde_json::to_value(object) {
-        Ok(json) => rule.judge(&json, replaces),
+        Ok(mut json) => {
+            // Cached objects leave out their type; the rule sees it as the served object has it.
+            if let Some(fields) = json.as_object_mut() {
+                for (field, value) in [
+                    ("apiVersion", &reference.api_version),
+                    ("kind", &reference.kind),
+                ] {
+                    fields
+                        .entry(field)
+                        .or_insert_with(|| serde_json::Value::String(value.clone()));
+                }
+            }
+            rule.judge(&json, replaces)
+        }
         Err(error) => WorkloadHealth::unknown(format!(
             "rule {}: the object cannot be read as JSON: {error}",
             rule.name
@@ -324,7 +345,7 @@ pub(crate) mod testing {
 
     #[derive(Default)]
     pub struct Objects {
-        pub deployments: BTreeMap<String, Arc<Deployment>>,
+        pub deployments: BTreeMap<String, Arc<CachedDeployment>>,
         pub services: BTreeMap<String, Arc<Service>>,
         pub slices: Vec<Arc<EndpointSlice>>,
         pub cws: BTreeMap<String, Arc<ContainerizedWorkload>>,
@@ -349,16 +370,16 @@ pub(crate) mod testing {
     }
 
     impl WorkloadLookup for Objects {
-        fn deployment(&self, _: &str, name: &str) -> Option<Arc<Deployment>> {
+        fn deployment(&self, _: &str, name: &str) -> Option<Arc<CachedDeployment>> {
             self.deployments.get(name).cloned()
         }
-        fn statefulset(&self, _: &str, _: &str) -> Option<Arc<StatefulSet>> {
+        fn statefulset(&self, _: &str, _: &str) -> Option<Arc<CachedStatefulSet>> {
             None
         }
-        fn daemonset(&self, _: &str, _: &str) -> Option<Arc<DaemonSet>> {
+        fn daemonset(&self, _: &str, _: &str) -> Option<Arc<CachedDaemonSet>> {
             None
         }
-        fn replicaset(&self, _: &str, _: &str) -> Option<Arc<ReplicaSet>> {
+        fn replicaset(&self, _: &str, _: &str) -> Option<Arc<CachedReplicaSet>> {
             None
         }
         fn service(&self, _: &str, name: &str) -> Option<Arc<Service>> {
@@ -443,7 +464,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn deployment_ready(name: &str) -> Deployment {
+    fn deployment_ready(name: &str) -> CachedDeployment {
         from_json(json!({
             "metadata": {"name": name, "generation": 1, "uid": "u-1",
                          "labels": {"app.oam.dev/component": "web"}},

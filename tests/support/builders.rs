@@ -17,11 +17,14 @@
 
 use std::sync::Arc;
 
+use healthscope::api::cached::{
+    CachedDaemonSet, CachedDeployment, CachedReplicaSet, CachedStatefulSet,
+};
 use healthscope::api::{
     ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope, WorkloadReference,
 };
 use healthscope::health::WorkloadLookup;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -296,7 +299,7 @@ pub fn claim_crd(group: &str) -> CustomResourceDefinition {
 /// other kind is read; any other lookup misses).
 #[derive(Default)]
 pub struct Workloads {
-    pub deployments: Vec<Arc<Deployment>>,
+    pub deployments: Vec<Arc<CachedDeployment>>,
     pub services: Vec<Arc<Service>>,
     pub slices: Vec<Arc<EndpointSlice>>,
     pub cws: Vec<Arc<ContainerizedWorkload>>,
@@ -333,16 +336,16 @@ impl Workloads {
 }
 
 impl WorkloadLookup for Workloads {
-    fn deployment(&self, _: &str, name: &str) -> Option<Arc<Deployment>> {
+    fn deployment(&self, _: &str, name: &str) -> Option<Arc<CachedDeployment>> {
         named(&self.deployments, name)
     }
-    fn statefulset(&self, _: &str, _: &str) -> Option<Arc<StatefulSet>> {
+    fn statefulset(&self, _: &str, _: &str) -> Option<Arc<CachedStatefulSet>> {
         None
     }
-    fn daemonset(&self, _: &str, _: &str) -> Option<Arc<DaemonSet>> {
+    fn daemonset(&self, _: &str, _: &str) -> Option<Arc<CachedDaemonSet>> {
         None
     }
-    fn replicaset(&self, _: &str, _: &str) -> Option<Arc<ReplicaSet>> {
+    fn replicaset(&self, _: &str, _: &str) -> Option<Arc<CachedReplicaSet>> {
         None
     }
     fn service(&self, _: &str, name: &str) -> Option<Arc<Service>> {
