@@ -323,7 +323,7 @@ async fn controller_kubectl_wait_for_ready_waits_for_a_healthy_scope() {
     );
 
     let wait = |timeout: &str| {
-        let mut command = support::oam::kubectl(&support::env().kubeconfig);
+        let mut command = support::tools::kubectl();
         command.args([
             "wait",
             "--for=condition=Ready",

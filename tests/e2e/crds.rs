@@ -6,7 +6,7 @@
 use healthscope::api::HealthScope;
 use kube::api::PostParams;
 
-use crate::support::oam::repo;
+use crate::support::tools::repo;
 use crate::support::{self, TestContext, builders};
 
 #[test]
@@ -116,7 +116,7 @@ async fn install_crd_schema_checks_probe_settings_without_the_webhook() {
         .expect("the OAM spec's own example settings are accepted");
 
     let explain = |field: &str| {
-        let out = support::oam::kubectl(&support::env().kubeconfig)
+        let out = support::tools::kubectl()
             .args(["explain", field])
             .output()
             .unwrap();

@@ -480,7 +480,7 @@ async fn health_rule_stored_without_the_webhook_reports_the_compile_error() {
 
     // `kubectl get healthrules` shows the target and whether the rule compiled.
     let out = tokio::task::block_in_place(|| {
-        support::oam::kubectl(&support::env().kubeconfig)
+        support::tools::kubectl()
             .args(["get", "healthrule", &name])
             .output()
             .unwrap()
@@ -520,7 +520,7 @@ async fn health_rule_explain_describes_every_field() {
     let ctx = TestContext::new("health-rule-explain").await;
     support::install_crds(&ctx.client, &healthscope::api::crds()).await;
     let explain = |field: &str| {
-        let out = support::oam::kubectl(&support::env().kubeconfig)
+        let out = support::tools::kubectl()
             .args(["explain", field])
             .output()
             .unwrap();

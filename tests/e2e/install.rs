@@ -13,85 +13,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
+use crate::support::tools::{
+    find, helm, helm_template, kubectl, objects, render_chart, repo, run, run_failing,
+};
 use crate::support::{self, TestContext, builders};
-
-fn repo() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A tool installed by `make tools` (scripts/install-tools.sh) into target/tools/bin.
-fn tool(name: &str) -> std::path::PathBuf {
-    let path = repo().join("target/tools/bin").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `make tools` (scripts/install-tools.sh target/tools)",
-        path.display()
-    );
-    path
-}
-
-/// Runs a command to completion; panics with its stderr if it fails.
-fn run(command: &mut std::process::Command) -> String {
-    let output = command
-        .current_dir(repo())
-        .output()
-        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed ({}):\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-/// Runs a command that must fail; returns its stderr.
-fn run_failing(command: &mut std::process::Command) -> String {
-    let output = command.current_dir(repo()).output().unwrap();
-    assert!(!output.status.success(), "{command:?} succeeded");
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn helm() -> std::process::Command {
-    std::process::Command::new(tool("helm"))
-}
-
-fn kubectl() -> std::process::Command {
-    let mut command = std::process::Command::new(tool("kubectl"));
-    command.arg("--kubeconfig").arg(&support::env().kubeconfig);
-    command
-}
-
-/// `helm template` of the chart with a release name, a namespace and extra arguments.
-/// `helm template` of the chart; without a caBundle (most cases here do not need one) by the
-/// explicit choice `certificate.allowMissingCaBundle`.
-fn helm_template(release: &str, namespace: &str, args: &[&str]) -> String {
-    run(helm()
-        .args([
-            "template",
-            release,
-            "charts/healthscope",
-            "--namespace",
-            namespace,
-            "--set",
-            "certificate.allowMissingCaBundle=true",
-        ])
-        .args(args))
-}
-
-/// The objects of a multi-document YAML stream (empty documents skipped).
-fn objects(yaml: &str) -> Vec<serde_json::Value> {
-    serde_saphyr::from_multiple::<serde_json::Value>(yaml)
-        .unwrap_or_else(|e| panic!("parsing rendered YAML: {e}"))
-        .into_iter()
-        .filter(|doc| !doc.is_null())
-        .collect()
-}
-
-fn find<'a>(objects: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
-    objects.iter().filter(|o| o["kind"] == kind).collect()
-}
 
 #[test]
 fn install_plain_manifests_are_the_rendered_chart() {
@@ -154,11 +79,11 @@ fn install_chart_lints_and_renders_in_both_certificate_modes() {
         .args(["template", "healthscope", "charts/healthscope"])
         .args(["--set-string", "certificate.caBundle=PEM"]));
 
-    let cert_manager = objects(&helm_template(
+    let cert_manager = render_chart(
         "healthscope",
         "hs",
         &["--set", "certificate.mode=certManager"],
-    ));
+    );
     let certificate = find(&cert_manager, "Certificate");
     assert_eq!(certificate.len(), 1);
     assert_eq!(
@@ -195,7 +120,7 @@ fn install_chart_lints_and_renders_in_both_certificate_modes() {
         std::fs::write(dir.path().join(file), text).unwrap();
     }
     let file_arg = |key: &str, file: &str| format!("{key}={}", dir.path().join(file).display());
-    let self_signed = objects(&helm_template(
+    let self_signed = render_chart(
         "healthscope",
         "hs",
         &[
@@ -206,7 +131,7 @@ fn install_chart_lints_and_renders_in_both_certificate_modes() {
             "--set-file",
             &file_arg("certificate.tlsKey", "tls.key"),
         ],
-    ));
+    );
     let secret = find(&self_signed, "Secret");
     assert_eq!(secret.len(), 1);
     assert_eq!(secret[0]["type"], "kubernetes.io/tls");
@@ -247,11 +172,11 @@ fn install_chart_lints_and_renders_in_both_certificate_modes() {
     }
 
     // Out of the cluster (development, the demo): the webhook is called at a URL.
-    let local = objects(&helm_template(
+    let local = render_chart(
         "healthscope",
         "hs",
         &["--set", "webhook.urlBase=https://127.0.0.1:9443"],
-    ));
+    );
     let webhook = &find(&local, "MutatingWebhookConfiguration")[0]["webhooks"][0];
     assert_eq!(
         webhook["clientConfig"]["url"],
@@ -263,14 +188,14 @@ fn install_chart_lints_and_renders_in_both_certificate_modes() {
     assert!(webhook["clientConfig"].get("service").is_none());
 
     // A gradual rollout: only labelled namespaces reach the webhooks.
-    let opt_in = objects(&helm_template(
+    let opt_in = render_chart(
         "healthscope",
         "hs",
         &[
             "--set",
             "webhook.namespaceSelectorLabels.rollout=healthscope",
         ],
-    ));
+    );
     for kind in [
         "MutatingWebhookConfiguration",
         "ValidatingWebhookConfiguration",
@@ -319,9 +244,9 @@ fn crd_verbs(objects: &[serde_json::Value]) -> serde_json::Value {
 #[test]
 fn install_chart_crd_and_status_protection_values() {
     // healthscope's CRDs are in crds/: rendered only with --include-crds, and alone.
-    let plain = objects(&helm_template("healthscope", "hs", &[]));
+    let plain = render_chart("healthscope", "hs", &[]);
     assert!(find(&plain, "CustomResourceDefinition").is_empty());
-    let with_crds = objects(&helm_template("healthscope", "hs", &["--include-crds"]));
+    let with_crds = render_chart("healthscope", "hs", &["--include-crds"]);
     let crds: Vec<CustomResourceDefinition> = find(&with_crds, "CustomResourceDefinition")
         .into_iter()
         .map(|crd| serde_json::from_value(crd.clone()).unwrap())
@@ -342,11 +267,7 @@ fn install_chart_crd_and_status_protection_values() {
         serde_json::json!(["list", "watch", "patch"])
     );
     // Off: it still watches the CRD but never writes it.
-    let unmanaged = objects(&helm_template(
-        "healthscope",
-        "hs",
-        &["--set", "crds.manage=false"],
-    ));
+    let unmanaged = render_chart("healthscope", "hs", &["--set", "crds.manage=false"]);
     assert!(!container_args(&unmanaged).contains(&"--manage-crd".to_string()));
     assert_eq!(crd_verbs(&unmanaged), serde_json::json!(["list", "watch"]));
 
@@ -380,23 +301,23 @@ fn install_chart_crd_and_status_protection_values() {
     assert!(binding[0]["spec"].get("matchResources").is_none());
 
     // Narrowed to some namespaces, or off.
-    let narrowed = objects(&helm_template(
+    let narrowed = render_chart(
         "healthscope",
         "hs",
         &[
             "--set",
             "statusProtection.namespaceSelector.matchLabels.team=shop",
         ],
-    ));
+    );
     assert_eq!(
         find(&narrowed, "ValidatingAdmissionPolicyBinding")[0]["spec"]["matchResources"],
         serde_json::json!({ "namespaceSelector": { "matchLabels": { "team": "shop" } } })
     );
-    let off = objects(&helm_template(
+    let off = render_chart(
         "healthscope",
         "hs",
         &["--set", "statusProtection.enabled=false"],
-    ));
+    );
     assert!(find(&off, "ValidatingAdmissionPolicy").is_empty());
     assert!(find(&off, "ValidatingAdmissionPolicyBinding").is_empty());
 
@@ -547,7 +468,7 @@ fn grants(rules: &[serde_json::Value], group: &str, resource: &str, verb: &str) 
 
 #[test]
 fn install_rbac_is_least_privilege() {
-    let rendered = objects(&helm_template("healthscope", "healthscope-system", &[]));
+    let rendered = render_chart("healthscope", "healthscope-system", &[]);
     let (cluster, leases) = rbac_rules(&rendered);
     let text = serde_json::to_string(&(&cluster, &leases)).unwrap();
     assert!(!text.contains('*'), "no wildcards: {text}");
@@ -644,11 +565,11 @@ fn install_rbac_is_least_privilege() {
     assert_eq!(rbac_rules(&plain), (cluster, leases));
 
     // Without label repair, no workload kind can be patched, and healthscope is told so.
-    let no_repair = objects(&helm_template(
+    let no_repair = render_chart(
         "healthscope",
         "healthscope-system",
         &["--set", "wiring.repairLabels=false"],
-    ));
+    );
     let (cluster, _) = rbac_rules(&no_repair);
     for (group, resource) in [
         ("apps", "deployments"),
@@ -668,7 +589,7 @@ fn install_rbac_is_least_privilege() {
 
 #[test]
 fn install_webhook_configurations_follow_the_admission_guidance() {
-    let rendered = objects(&helm_template("healthscope", "healthscope-system", &[]));
+    let rendered = render_chart("healthscope", "healthscope-system", &[]);
     let mut paths = Vec::new();
     for kind in [
         "MutatingWebhookConfiguration",
@@ -762,7 +683,7 @@ fn install_webhook_configurations_follow_the_admission_guidance() {
 
 #[test]
 fn install_deployment_is_hardened_and_probed_on_the_admin_port() {
-    let rendered = objects(&helm_template("healthscope", "healthscope-system", &[]));
+    let rendered = render_chart("healthscope", "healthscope-system", &[]);
     let deployment = find(&rendered, "Deployment")[0];
     assert_eq!(deployment["spec"]["replicas"], 2);
     let pod = &deployment["spec"]["template"]["spec"];

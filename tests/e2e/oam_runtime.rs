@@ -22,9 +22,9 @@ use crate::support::builders::{
 };
 use crate::support::netns::{Answer, TestHost};
 use crate::support::oam::{
-    self, HEALTHSCOPE_USER, RUNTIME_USER, RuntimeContext, helm, kubectl, requests_of, run,
-    run_with_input, runtime_dir, runtime_example, try_run,
+    self, HEALTHSCOPE_USER, RUNTIME_USER, RuntimeContext, requests_of, runtime_dir, runtime_example,
 };
+use crate::support::tools::{helm_on, kubectl_on, repo, run, run_with_input, try_run};
 use crate::support::{self, eventually};
 
 /// The runtime retries some reconciles only after 30 s (a ComponentRevision not made yet, a scope
@@ -280,7 +280,7 @@ async fn oam_runtime_scope_turns_healthy_then_unhealthy_when_the_app_fails_its_p
 
 /// `kubectl get healthscope NAME` columns: NAME, HEALTH, HEALTHY, AGE.
 fn health_column(kubeconfig: &Path, namespace: &str, scope: &str) -> String {
-    let out = run(kubectl(kubeconfig).args([
+    let out = run(kubectl_on(kubeconfig).args([
         "get",
         "healthscope",
         scope,
@@ -463,11 +463,11 @@ async fn oam_runtime_revision_named_workload_follows_status_workloads() {
     let admin = oam::runtime_env().admin_kubeconfig().to_path_buf();
     // The runtime's versioning example: a trait whose definition enables revisions. Its CRD
     // (SimpleRolloutTrait) is not shipped by the runtime; the test defines a minimal one.
-    run(kubectl(&admin)
+    run(kubectl_on(&admin)
         .args(["apply", "-f"])
         .arg(runtime_dir().join("examples/component-versioning/definition.yaml")));
     run_with_input(
-        kubectl(&admin).args(["apply", "-f", "-"]),
+        kubectl_on(&admin).args(["apply", "-f", "-"]),
         Some(
             "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\n\
              metadata: {name: simplerollouttraits.extend.oam.dev}\nspec:\n  group: extend.oam.dev\n  \
@@ -476,7 +476,7 @@ async fn oam_runtime_revision_named_workload_follows_status_workloads() {
              schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}\n",
         ),
     );
-    run(kubectl(&admin).args([
+    run(kubectl_on(&admin).args([
         "wait",
         "--for=condition=Established",
         "crd/simplerollouttraits.extend.oam.dev",
@@ -605,9 +605,9 @@ fn own_plane(name: &str) -> support::TestEnv {
 
 /// healthscope's chart, installed or upgraded as the README says (certificates from a test CA).
 fn helm_healthscope(kubeconfig: &Path, verb: &str, certs: &Path) {
-    run(helm(kubeconfig)
+    run(helm_on(kubeconfig)
         .args([verb, "healthscope"])
-        .arg(oam::repo().join("charts/healthscope"))
+        .arg(repo().join("charts/healthscope"))
         .args(["-n", "healthscope-system", "--create-namespace"])
         .arg("--set-file")
         .arg(format!(
@@ -628,7 +628,7 @@ fn helm_healthscope(kubeconfig: &Path, verb: &str, certs: &Path) {
 
 /// The runtime's chart, installed or upgraded as its README says.
 fn helm_runtime(kubeconfig: &Path, verb: &str) {
-    run(helm(kubeconfig)
+    run(helm_on(kubeconfig)
         .args([verb, "oam"])
         .arg(runtime_dir().join("chart"))
         .args(["-n", "oam-system", "--create-namespace"]));
@@ -670,13 +670,13 @@ async fn assert_working_crds(kubeconfig: &Path, runtime_installed: bool) {
     ];
     // The rest of the working state: healthscope's status protection from its chart, and the
     // runtime's ScopeDefinition (without it the runtime adds no scope refs).
-    run(kubectl(kubeconfig).args([
+    run(kubectl_on(kubeconfig).args([
         "get",
         "validatingadmissionpolicy/healthscope-status",
         "validatingadmissionpolicybinding/healthscope-status",
     ]));
     if runtime_installed {
-        run(kubectl(kubeconfig).args(["get", "scopedefinition", "healthscopes.core.oam.dev"]));
+        run(kubectl_on(kubeconfig).args(["get", "scopedefinition", "healthscopes.core.oam.dev"]));
     }
     for name in runtime_crds.iter().filter(|_| runtime_installed) {
         let crd = crds.get(name).await.unwrap();
@@ -881,7 +881,7 @@ async fn oam_runtime_wrong_crd_pauses_writes_until_healthscope_crd_is_served() {
     let kubeconfig = plane.kubeconfig.clone();
     oam::install_runtime_crds(&kubeconfig, &runtime_dir());
     run_with_input(
-        kubectl(&kubeconfig).args(["apply", "-n", "default", "-f", "-"]),
+        kubectl_on(&kubeconfig).args(["apply", "-n", "default", "-f", "-"]),
         // The runtime's CRD knows no probe-method or probe-endpoint (strict decoding refuses them).
         Some(&health_scope_json("paused", json!({})).to_string()),
     );
@@ -929,7 +929,7 @@ async fn oam_runtime_wrong_crd_pauses_writes_until_healthscope_crd_is_served() {
     // healthscope's CRD, as a user would install it: writes start.
     let crd = run(std::process::Command::new(env!("CARGO_BIN_EXE_healthscope")).arg("crd"));
     run_with_input(
-        kubectl(&kubeconfig).args(["apply", "--server-side", "--force-conflicts", "-f", "-"]),
+        kubectl_on(&kubeconfig).args(["apply", "--server-side", "--force-conflicts", "-f", "-"]),
         Some(&crd),
     );
     eventually(WAIT, "the scope's status written", || async {
@@ -1010,5 +1010,5 @@ async fn oam_runtime_health_rule_judges_a_rendered_custom_workload() {
     assert_eq!(diagnosis, &format!("rule {rule_name}: ready 2/2"));
     set_ready(1).await;
     wait_health(&rc, "data", Health::Unhealthy).await;
-    run(kubectl(&rc.kubeconfig).args(["delete", "healthrule", &rule_name]));
+    run(kubectl_on(&rc.kubeconfig).args(["delete", "healthrule", &rule_name]));
 }

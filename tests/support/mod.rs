@@ -298,4 +298,5 @@ pub mod oam;
 pub mod rbac;
 pub mod scopes;
 pub mod tls;
+pub mod tools;
 pub mod webhook;

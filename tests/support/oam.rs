@@ -12,7 +12,6 @@
 //! FlowSchemas `count-oam-runtime` and `count-healthscope` give each user's requests their own
 //! APF counter, so a test can count what each controller sends.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -23,6 +22,7 @@ use healthscope::leader::LeaderState;
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 
+use super::tools::{helm_template, kubectl_on, repo, run, run_with_input};
 use super::webhook::WebhookUnderTest;
 use super::{TestContext, TestEnv, config_from};
 
@@ -40,11 +40,6 @@ pub struct RuntimeEnv {
 
 static RUNTIME: OnceLock<RuntimeEnv> = OnceLock::new();
 
-/// Repository root.
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// `target/oam-runtime` (or `OAM_RUNTIME_DIR`): the runtime binary, its CRDs, chart and examples.
 pub fn runtime_dir() -> PathBuf {
     let dir = std::env::var_os("OAM_RUNTIME_DIR")
@@ -57,77 +52,6 @@ pub fn runtime_dir() -> PathBuf {
         );
     }
     dir
-}
-
-/// A tool installed by `make tools` into target/tools/bin.
-pub fn tool(name: &str) -> Command {
-    let path = repo().join("target/tools/bin").join(name);
-    assert!(
-        path.exists(),
-        "{} missing: run `make tools`",
-        path.display()
-    );
-    Command::new(path)
-}
-
-/// Runs a command to completion; panics with its output when it fails.
-pub fn run(command: &mut Command) -> String {
-    run_with_input(command, None)
-}
-
-/// Runs a command with `input` on its stdin; panics with its output when it fails.
-pub fn run_with_input(command: &mut Command, input: Option<&str>) -> String {
-    let (ok, stdout, stderr) = finish(command, input);
-    assert!(ok, "{command:?} failed: {stderr}\n{stdout}");
-    stdout
-}
-
-/// Runs a command with `input` on its stdin; whether it succeeded, and its output (stdout, then
-/// stderr).
-pub fn try_run(command: &mut Command, input: Option<&str>) -> (bool, String) {
-    let (ok, stdout, stderr) = finish(command, input);
-    (ok, format!("{stdout}{stderr}"))
-}
-
-/// Runs a command to completion with `input` on its stdin. The wait does not stall the test's
-/// runtime (which also serves the webhook the API server may call meanwhile): tests beside the
-/// runtime use the multi-thread runtime.
-fn finish(command: &mut Command, input: Option<&str>) -> (bool, String, String) {
-    let mut run = || {
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
-        if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
-            stdin.write_all(input.as_bytes()).expect("writing stdin");
-        }
-        child.wait_with_output().expect("waiting for the command")
-    };
-    let out = match tokio::runtime::Handle::try_current() {
-        Ok(_) => tokio::task::block_in_place(run),
-        Err(_) => run(),
-    };
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// kubectl against `kubeconfig`.
-pub fn kubectl(kubeconfig: &Path) -> Command {
-    let mut command = tool("kubectl");
-    command.arg("--kubeconfig").arg(kubeconfig);
-    command
-}
-
-/// helm against `kubeconfig`.
-pub fn helm(kubeconfig: &Path) -> Command {
-    let mut command = tool("helm");
-    command.arg("--kubeconfig").arg(kubeconfig);
-    command
 }
 
 /// The control plane with the OAM runtime running, shared by this test binary.
@@ -200,7 +124,7 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {HEALTHSCOPE
             .collect::<Vec<_>>()
             .join("")
     );
-    run_with_input(kubectl(admin).args(["apply", "-f", "-"]), Some(&users));
+    run_with_input(kubectl_on(admin).args(["apply", "-f", "-"]), Some(&users));
     install_runtime_crds(admin, runtime);
     // Its definitions (plain YAML templates of its chart).
     for definitions in [
@@ -208,7 +132,7 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {HEALTHSCOPE
         "workloaddefinitions",
         "traitdefinitions",
     ] {
-        run(kubectl(admin)
+        run(kubectl_on(admin)
             .args(["apply", "-f"])
             .arg(runtime.join(format!("chart/templates/{definitions}.yaml"))));
     }
@@ -217,10 +141,10 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {HEALTHSCOPE
 
 /// The runtime's CRDs, as its chart installs them (its crds/ folder), established.
 pub fn install_runtime_crds(admin: &Path, runtime: &Path) {
-    run(kubectl(admin)
+    run(kubectl_on(admin)
         .args(["apply", "--server-side", "-f"])
         .arg(runtime.join("chart/crds")));
-    run(kubectl(admin).args([
+    run(kubectl_on(admin).args([
         "wait",
         "--for=condition=Established",
         "--timeout=60s",
@@ -251,18 +175,12 @@ spec:
 
 /// healthscope's status protection, rendered from its chart and applied.
 pub fn apply_status_protection(admin: &Path) {
-    let policy = run(helm(admin)
-        .args(["template", "healthscope"])
-        .arg(repo().join("charts/healthscope"))
-        .args([
-            "--namespace",
-            "healthscope-system",
-            "--show-only",
-            "templates/status-protection.yaml",
-            "--set",
-            "certificate.allowMissingCaBundle=true",
-        ]));
-    run_with_input(kubectl(admin).args(["apply", "-f", "-"]), Some(&policy));
+    let policy = helm_template(
+        "healthscope",
+        "healthscope-system",
+        &["--show-only", "templates/status-protection.yaml"],
+    );
+    run_with_input(kubectl_on(admin).args(["apply", "-f", "-"]), Some(&policy));
 }
 
 /// Set once the status protection policy is seen denying a write.
@@ -397,7 +315,7 @@ impl RuntimeContext {
 
     /// kubectl as the admin user, in this test's namespace.
     pub fn kubectl(&self) -> Command {
-        let mut command = kubectl(&self.kubeconfig);
+        let mut command = kubectl_on(&self.kubeconfig);
         command.args(["--namespace", &self.ctx.namespace]);
         command
     }

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,6 +31,7 @@ use serde_json::{Value, json};
 
 use super::builders::{deployment, from, health_scope_json};
 use super::tls::TestWebhookServer;
+use super::tools::{self, only};
 use super::{TEST_NAMESPACE_LABEL, eventually, unique_name};
 
 /// The namespace and ServiceAccount the chart is rendered for.
@@ -41,43 +41,9 @@ pub const CHART_RELEASE: &str = "healthscope";
 /// How long new RBAC bindings and webhook configurations may take to be in effect.
 const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// `helm template` of the chart with its default values, as objects.
 pub fn render_chart() -> Vec<Value> {
-    let helm = repo().join("target/tools/bin/helm");
-    assert!(
-        helm.exists(),
-        "{} is missing: run `make tools`",
-        helm.display()
-    );
-    let output = std::process::Command::new(&helm)
-        .args(["template", CHART_RELEASE, "charts/healthscope"])
-        .args(["--set", "certificate.allowMissingCaBundle=true"])
-        .args(["--namespace", CHART_NAMESPACE])
-        .current_dir(repo())
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", helm.display()));
-    assert!(
-        output.status.success(),
-        "helm template failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let yaml = String::from_utf8(output.stdout).expect("helm prints UTF-8");
-    serde_saphyr::from_multiple::<Value>(&yaml)
-        .unwrap_or_else(|e| panic!("parsing the rendered chart: {e}"))
-        .into_iter()
-        .filter(|doc| !doc.is_null())
-        .collect()
-}
-
-fn only<T: serde::de::DeserializeOwned>(objects: &[Value], kind: &str) -> T {
-    let found: Vec<&Value> = objects.iter().filter(|o| o["kind"] == kind).collect();
-    assert_eq!(found.len(), 1, "the chart renders one {kind}");
-    serde_json::from_value(found[0].clone())
-        .unwrap_or_else(|e| panic!("the chart's {kind} does not parse: {e}"))
+    tools::render_chart(CHART_RELEASE, CHART_NAMESPACE, &[])
 }
 
 /// Which of the chart's roles a rule belongs to.
@@ -644,7 +610,7 @@ impl ChartWebhook {
         let server = TestWebhookServer::start(app).await;
         let chart_username = service_account_username(CHART_NAMESPACE, CHART_RELEASE);
         let adapt = |kind: &str| -> Value {
-            let mut config = objects_of(chart, kind);
+            let mut config = only::<Value>(chart, kind);
             config["metadata"] = json!({ "name": unique_name(&format!("healthscope-{kind}")) });
             for webhook in config["webhooks"].as_array_mut().into_iter().flatten() {
                 let path = webhook["clientConfig"]["service"]["path"]
@@ -762,10 +728,4 @@ impl ChartWebhook {
             .delete(&self.validating, &dp)
             .await;
     }
-}
-
-fn objects_of(objects: &[Value], kind: &str) -> Value {
-    let found: Vec<&Value> = objects.iter().filter(|o| o["kind"] == kind).collect();
-    assert_eq!(found.len(), 1, "the chart renders one {kind}");
-    found[0].clone()
 }
