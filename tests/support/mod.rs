@@ -295,6 +295,7 @@ pub mod builders;
 pub mod fault_proxy;
 pub mod netns;
 pub mod oam;
+pub mod objects;
 pub mod rbac;
 pub mod scopes;
 pub mod tls;

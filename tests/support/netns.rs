@@ -12,8 +12,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The port the app listens on inside the namespace.
-pub const APP_PORT: u16 = 8080;
+/// The port the app listens on inside the namespace (where the builders' Services and
+/// EndpointSlices send traffic).
+pub use super::objects::APP_PORT;
 
 /// What the app answers to every request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
