@@ -7,8 +7,9 @@
 //! - the parts of a rule's judgement: `serde_json::to_value` of the typed object (what
 //!   `health::evaluate` does before a rule runs), its conversion to a CEL value (inside
 //!   `CompiledRule::judge`), and `judge` on the JSON;
-//! - `health::evaluate` end to end, once without a rule and once with one, over an in-memory
-//!   lookup (the controller's per-workload call, minus its cache lookup).
+//! - `health::evaluate` end to end, once without a rule and once with one, over the tests'
+//!   in-memory lookup of one object per kind (`Workloads`, tests/support/objects.rs): the
+//!   controller's per-workload call, minus its cache lookup.
 //!
 //! The same for a custom kind (a DynamicObject, judged by `health::generic` without a rule), for
 //! a rule on the Deployment as served (with its pod template), and the cost of compiling a rule.
@@ -18,6 +19,8 @@
 
 #[path = "common.rs"]
 mod common;
+#[path = "../tests/support/objects.rs"]
+mod objects;
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -25,18 +28,13 @@ use std::time::Instant;
 
 use clap::Parser;
 use common::BoxError;
-use healthscope::api::cached::{
-    CachedDaemonSet, CachedDeployment, CachedReplicaSet, CachedStatefulSet,
-};
-use healthscope::api::{
-    ContainerizedWorkload, Health, HealthRuleSpec, RuleTarget, WorkloadReference,
-};
+use healthscope::api::cached::CachedDeployment;
+use healthscope::api::{Health, HealthRuleSpec, RuleTarget, WorkloadReference};
 use healthscope::controller::cache::TrimForCache;
-use healthscope::health::{self, CompiledRule, WorkloadLookup};
+use healthscope::health::{self, CompiledRule};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::DynamicObject;
+use objects::Workloads;
 use serde_json::json;
 
 /// The typical Deployment rule: the replicas the spec asks for are ready and the Deployment
@@ -117,13 +115,22 @@ fn main() -> Result<(), BoxError> {
 
     let deployment_ref = WorkloadReference::new("apps/v1", "Deployment", "web");
     let claim_ref = WorkloadReference::new("database.example.com/v1", "PostgresClaim", "orders-db");
-    let lookup = |rule: Option<&Arc<CompiledRule>>| Lookup {
-        deployment: Arc::new(cached.clone()),
-        dynamic: Arc::new(claim.clone()),
-        rule: rule.cloned(),
+    // One workload of each judged kind, and the rule in force (if any), as the controller's
+    // cache lookup would answer.
+    let lookup = |rule: Option<(&HealthRuleSpec, &Arc<CompiledRule>)>| Workloads {
+        deployments: vec![Arc::new(cached.clone())],
+        others: Some(vec![Arc::new(claim.clone())]),
+        rules: rule
+            .map(|(spec, compiled)| (spec.target.clone(), compiled.clone()))
+            .into_iter()
+            .collect(),
+        ..Default::default()
     };
-    let (plain, ruled) = (lookup(None), lookup(Some(&compiled_deployment)));
-    let (plain_claim, ruled_claim) = (lookup(None), lookup(Some(&compiled_claim)));
+    let (plain, ruled) = (
+        lookup(None),
+        lookup(Some((&deployment_rule, &compiled_deployment))),
+    );
+    let (plain_claim, ruled_claim) = (lookup(None), lookup(Some((&claim_rule, &compiled_claim))));
     for (what, lookup, reference, prefix) in [
         ("evaluate, built-in", &plain, &deployment_ref, "Ready"),
         (
@@ -495,46 +502,4 @@ fn claim() -> Result<DynamicObject, serde_json::Error> {
             ]
         }
     }))
-}
-
-/// One workload of each judged kind, and the rule in force (if any), as the controller's cache
-/// lookup would answer.
-struct Lookup {
-    deployment: Arc<CachedDeployment>,
-    dynamic: Arc<DynamicObject>,
-    rule: Option<Arc<CompiledRule>>,
-}
-
-impl WorkloadLookup for Lookup {
-    fn deployment(&self, _: &str, _: &str) -> Option<Arc<CachedDeployment>> {
-        Some(self.deployment.clone())
-    }
-    fn statefulset(&self, _: &str, _: &str) -> Option<Arc<CachedStatefulSet>> {
-        None
-    }
-    fn daemonset(&self, _: &str, _: &str) -> Option<Arc<CachedDaemonSet>> {
-        None
-    }
-    fn replicaset(&self, _: &str, _: &str) -> Option<Arc<CachedReplicaSet>> {
-        None
-    }
-    fn service(&self, _: &str, _: &str) -> Option<Arc<Service>> {
-        None
-    }
-    fn endpoint_slices(&self, _: &str, _: &str) -> Vec<Arc<EndpointSlice>> {
-        Vec::new()
-    }
-    fn containerized_workload(&self, _: &str, _: &str) -> Option<Arc<ContainerizedWorkload>> {
-        None
-    }
-    fn dynamic(
-        &self,
-        _: &str,
-        _: &WorkloadReference,
-    ) -> Result<Option<Arc<DynamicObject>>, String> {
-        Ok(Some(self.dynamic.clone()))
-    }
-    fn rule(&self, _: &WorkloadReference) -> Option<Arc<CompiledRule>> {
-        self.rule.clone()
-    }
 }

@@ -30,6 +30,8 @@
 
 #[path = "common.rs"]
 mod common;
+#[path = "../tests/support/objects.rs"]
+mod objects;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
@@ -411,7 +413,7 @@ async fn populate(
             .map(|(ns, w)| {
                 let api = Api::<Component>::namespaced(client.clone(), &ns);
                 async move {
-                    api.create(&PostParams::default(), &component(w)?)
+                    api.create(&PostParams::default(), &component(w))
                         .await
                         .map(|_| ())
                         .map_err(BoxError::from)
@@ -495,7 +497,7 @@ async fn populate(
                     &ns_of(a * per_app),
                 );
                 async move {
-                    let app = app_config(a, per_app, workloads)?;
+                    let app = app_config(a, per_app, workloads);
                     api.create(&PostParams::default(), &app)
                         .await
                         .map(|_| ())
@@ -513,55 +515,32 @@ async fn populate(
     Ok((0..scopes).map(ns_of).collect())
 }
 
-/// Component `web-WW`: a Deployment template (as the Deployments below) whose name is the
-/// parameter `instance`.
-fn component(w: usize) -> Result<Component, serde_json::Error> {
-    let name = component_name(w);
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "core.oam.dev/v1alpha2",
-        "kind": "Component",
-        "metadata": {"name": name},
-        "spec": {
-            "workload": {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "spec": {
-                    "replicas": 2,
-                    "template": {
-                        "spec": {"containers": [{"name": "web", "image": "registry.example.com/web:1"}]}
-                    }
-                }
-            },
-            "parameters": [{"name": "instance", "fieldPaths": ["metadata.name"]}]
+/// Component `web-WW`: a Deployment template (as the Deployments below) whose name is its
+/// `instance-name` parameter.
+fn component(w: usize) -> Component {
+    let mut component = objects::component(&component_name(w), "apps/v1", "Deployment");
+    component.spec.workload["spec"] = serde_json::json!({
+        "replicas": 2,
+        "template": {
+            "spec": {"containers": [{"name": "web", "image": "registry.example.com/web:1"}]}
         }
-    }))
+    });
+    component
 }
 
 /// AppConfig `a`: scopes `a * per_app ..` each with one entry per component, the workload named
-/// after the scope by the `instance` parameter.
-fn app_config(
-    a: usize,
-    per_app: usize,
-    workloads: usize,
-) -> Result<ApplicationConfiguration, serde_json::Error> {
-    let components: Vec<serde_json::Value> = (a * per_app..(a + 1) * per_app)
-        .flat_map(|s| {
-            (0..workloads).map(move |w| {
-                serde_json::json!({
-                    "componentName": component_name(w),
-                    "parameterValues": [{"name": "instance", "value": deployment_name(s, w)}],
-                    "scopes": [{"scopeRef": {"apiVersion": "core.oam.dev/v1alpha2",
-                                             "kind": "HealthScope", "name": scope_name(s)}}]
-                })
-            })
+/// after the scope through the component's `instance-name` parameter.
+fn app_config(a: usize, per_app: usize, workloads: usize) -> ApplicationConfiguration {
+    (a * per_app..(a + 1) * per_app)
+        .flat_map(|s| (0..workloads).map(move |w| (s, w)))
+        .fold(objects::AppConfig::new(&app_name(a)), |app, (s, w)| {
+            app.rendered(
+                &component_name(w),
+                &deployment_name(s, w),
+                &[&scope_name(s)],
+            )
         })
-        .collect();
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "core.oam.dev/v1alpha2",
-        "kind": "ApplicationConfiguration",
-        "metadata": {"name": app_name(a)},
-        "spec": {"components": components}
-    }))
+        .build()
 }
 
 /// A Deployment of scope `s` with 2 of 2 replicas ready. With `app`, it carries the labels the
@@ -581,20 +560,7 @@ async fn create_deployment(
         labels["app.oam.dev/name"] = app.into();
         labels["app.oam.dev/component"] = component_name(w).into();
     }
-    let deployment: Deployment = serde_json::from_value(serde_json::json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "web", "image": "registry.example.com/web:1"}]}
-            }
-        }
-    }))
-    .map_err(kube::Error::SerdeError)?;
+    let deployment = objects::deployment(&name, labels, Some(2));
     api.create(&PostParams::default(), &deployment).await?;
     api.patch_status(
         &name,
@@ -606,6 +572,8 @@ async fn create_deployment(
 }
 
 /// A Deployment status as the Deployment controller writes it with `ready` of 2 replicas ready.
+/// Unlike the tests' `deployment_status`, it carries the controller's own condition messages,
+/// so the statuses the controller caches have their real size.
 fn ready_status(ready: i32) -> serde_json::Value {
     let available = if ready == 2 { "True" } else { "False" };
     serde_json::json!({"status": {

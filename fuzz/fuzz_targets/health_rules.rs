@@ -2,74 +2,23 @@
 //! without a panic, and a scope built from the verdicts must aggregate consistently.
 #![no_main]
 
-use std::collections::BTreeMap;
+#[path = "../../tests/support/objects.rs"]
+mod objects;
+
 use std::sync::Arc;
 
 use healthscope::api::cached::{
     CachedDaemonSet, CachedDeployment, CachedReplicaSet, CachedStatefulSet,
 };
 use healthscope::api::{ContainerizedWorkload, HealthStatus, WorkloadReference};
-use healthscope::health::{self, ScopeStatusInput, WorkloadLookup};
+use healthscope::health::{self, ScopeStatusInput};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::core::DynamicObject;
 use libfuzzer_sys::fuzz_target;
+use objects::Workloads;
 use serde_json::Value;
-
-/// Every object of the input, by kind, served to `health::evaluate` the way the caches would be.
-#[derive(Default)]
-struct Objects {
-    deployments: BTreeMap<String, Arc<CachedDeployment>>,
-    statefulsets: BTreeMap<String, Arc<CachedStatefulSet>>,
-    daemonsets: BTreeMap<String, Arc<CachedDaemonSet>>,
-    replicasets: BTreeMap<String, Arc<CachedReplicaSet>>,
-    services: BTreeMap<String, Arc<Service>>,
-    slices: Vec<Arc<EndpointSlice>>,
-    cws: BTreeMap<String, Arc<ContainerizedWorkload>>,
-    dynamic: BTreeMap<String, Arc<DynamicObject>>,
-}
-
-impl WorkloadLookup for Objects {
-    fn deployment(&self, _: &str, name: &str) -> Option<Arc<CachedDeployment>> {
-        self.deployments.get(name).cloned()
-    }
-    fn statefulset(&self, _: &str, name: &str) -> Option<Arc<CachedStatefulSet>> {
-        self.statefulsets.get(name).cloned()
-    }
-    fn daemonset(&self, _: &str, name: &str) -> Option<Arc<CachedDaemonSet>> {
-        self.daemonsets.get(name).cloned()
-    }
-    fn replicaset(&self, _: &str, name: &str) -> Option<Arc<CachedReplicaSet>> {
-        self.replicasets.get(name).cloned()
-    }
-    fn service(&self, _: &str, name: &str) -> Option<Arc<Service>> {
-        self.services.get(name).cloned()
-    }
-    fn endpoint_slices(&self, _: &str, service: &str) -> Vec<Arc<EndpointSlice>> {
-        self.slices
-            .iter()
-            .filter(|s| {
-                s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("kubernetes.io/service-name"))
-                    .is_some_and(|n| n == service)
-            })
-            .cloned()
-            .collect()
-    }
-    fn containerized_workload(&self, _: &str, name: &str) -> Option<Arc<ContainerizedWorkload>> {
-        self.cws.get(name).cloned()
-    }
-    fn dynamic(
-        &self,
-        _: &str,
-        reference: &WorkloadReference,
-    ) -> Result<Option<Arc<DynamicObject>>, String> {
-        Ok(self.dynamic.get(&reference.name).cloned())
-    }
-}
 
 fn name_of(value: &Value) -> String {
     value["metadata"]["name"]
@@ -78,8 +27,9 @@ fn name_of(value: &Value) -> String {
         .to_string()
 }
 
-/// Files one JSON object under its `kind`, judging it directly with its kind's rule too.
-fn add(objects: &mut Objects, refs: &mut Vec<WorkloadReference>, value: Value) {
+/// Files one JSON object under its `kind` (served to `health::evaluate` the way the caches
+/// would be), judging it directly with its kind's rule too.
+fn add(objects: &mut Workloads, refs: &mut Vec<WorkloadReference>, value: Value) {
     let kind = value["kind"].as_str().unwrap_or_default().to_string();
     let api_version = value["apiVersion"]
         .as_str()
@@ -90,7 +40,7 @@ fn add(objects: &mut Objects, refs: &mut Vec<WorkloadReference>, value: Value) {
         ($map:ident, $ty:ty, $rule:expr) => {
             if let Ok(obj) = serde_json::from_value::<$ty>(value.clone()) {
                 let _ = $rule(&obj);
-                objects.$map.insert(name.clone(), Arc::new(obj));
+                objects.$map.push(Arc::new(obj));
             }
         };
     }
@@ -103,7 +53,7 @@ fn add(objects: &mut Objects, refs: &mut Vec<WorkloadReference>, value: Value) {
             if let Ok(svc) = serde_json::from_value::<Service>(value.clone()) {
                 let _ = health::service(&svc, &objects.slices);
                 let _ = health::ready_endpoints(&svc, &objects.slices);
-                objects.services.insert(name.clone(), Arc::new(svc));
+                objects.services.push(Arc::new(svc));
             }
         }
         "EndpointSlice" => {
@@ -114,13 +64,13 @@ fn add(objects: &mut Objects, refs: &mut Vec<WorkloadReference>, value: Value) {
         }
         "ContainerizedWorkload" => {
             if let Ok(cw) = serde_json::from_value::<ContainerizedWorkload>(value.clone()) {
-                objects.cws.insert(name.clone(), Arc::new(cw));
+                objects.cws.push(Arc::new(cw));
             }
         }
         _ => {
             if let Ok(obj) = serde_json::from_value::<DynamicObject>(value.clone()) {
                 let _ = health::generic(&obj);
-                objects.dynamic.insert(name.clone(), Arc::new(obj));
+                objects.others.get_or_insert_default().push(Arc::new(obj));
             }
         }
     }
@@ -131,7 +81,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(value) = serde_json::from_slice::<Value>(data) else {
         return;
     };
-    let mut objects = Objects::default();
+    // Any kind is watched: an object of a kind without a built-in rule is judged generically.
+    let mut objects = Workloads {
+        others: Some(Vec::new()),
+        ..Default::default()
+    };
     let mut refs = Vec::new();
     match value {
         Value::Array(items) => items

@@ -13,7 +13,9 @@ use super::TestContext;
 
 impl Workloads {
     /// The Deployments, Services, EndpointSlices and ContainerizedWorkloads of the test's
-    /// namespace, read once from the API server.
+    /// namespace as the controller's caches would hold them, read once from the API server. No
+    /// other kind is read: StatefulSets, DaemonSets and ReplicaSets miss, and a kind without a
+    /// built-in rule is not watched.
     pub async fn read(ctx: &TestContext) -> Self {
         async fn all<K>(ctx: &TestContext) -> Vec<Arc<K>>
         where
@@ -32,6 +34,7 @@ impl Workloads {
             services: all(ctx).await,
             slices: all(ctx).await,
             cws: all(ctx).await,
+            ..Default::default()
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The objects tests create, one version of each, and an in-memory lookup over them for the
-//! health rules. Pure: no control plane, no `super::` imports, so other crates' targets (the
-//! benchmarks, the fuzz targets) can include this file too (`#[path = …] mod objects;`).
+//! health rules. Pure: no control plane, no `super::` imports, so the benchmarks (`bench/`) and
+//! the fuzz targets (`fuzz/`) include this file too (`#[path = …] mod objects;`).
 //!
 //! Builders return typed objects (or JSON where a test sends the JSON itself: AdmissionReviews,
 //! kubectl input, hand-made POSTs).
@@ -19,13 +19,14 @@
 
 use std::sync::Arc;
 
-use healthscope::api::{
-    ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope, WorkloadReference,
-};
-use healthscope::health::WorkloadLookup;
 use healthscope::api::cached::{
     CachedDaemonSet, CachedDeployment, CachedReplicaSet, CachedStatefulSet,
 };
+use healthscope::api::{
+    ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope, RuleTarget,
+    WorkloadReference,
+};
+use healthscope::health::{CompiledRule, WorkloadLookup};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -296,15 +297,22 @@ pub fn claim_crd(group: &str) -> CustomResourceDefinition {
 
 // ---- in-memory lookups --------------------------------------------------------------------------
 
-/// The workloads of a test's namespace as the controller's caches would hold them:
-/// Deployments, Services, EndpointSlices and ContainerizedWorkloads (no other kind: any other
-/// lookup misses).
+/// Workloads of one namespace as the controller's caches would hold them, and the HealthRules in
+/// force. Each kind is found by name (the first of that name); a kind left empty misses.
 #[derive(Default)]
 pub struct Workloads {
     pub deployments: Vec<Arc<CachedDeployment>>,
+    pub statefulsets: Vec<Arc<CachedStatefulSet>>,
+    pub daemonsets: Vec<Arc<CachedDaemonSet>>,
+    pub replicasets: Vec<Arc<CachedReplicaSet>>,
     pub services: Vec<Arc<Service>>,
     pub slices: Vec<Arc<EndpointSlice>>,
     pub cws: Vec<Arc<ContainerizedWorkload>>,
+    /// Objects of any other kind, found by name. `None`: no other kind is watched, so looking
+    /// one up fails (the workload is unknown, as for a kind the controller may not watch).
+    pub others: Option<Vec<Arc<DynamicObject>>>,
+    /// The rules in force, each for its target apiVersion and kind.
+    pub rules: Vec<(RuleTarget, Arc<CompiledRule>)>,
 }
 
 fn named<K: kube::Resource>(objects: &[Arc<K>], name: &str) -> Option<Arc<K>> {
@@ -318,14 +326,14 @@ impl WorkloadLookup for Workloads {
     fn deployment(&self, _: &str, name: &str) -> Option<Arc<CachedDeployment>> {
         named(&self.deployments, name)
     }
-    fn statefulset(&self, _: &str, _: &str) -> Option<Arc<CachedStatefulSet>> {
-        None
+    fn statefulset(&self, _: &str, name: &str) -> Option<Arc<CachedStatefulSet>> {
+        named(&self.statefulsets, name)
     }
-    fn daemonset(&self, _: &str, _: &str) -> Option<Arc<CachedDaemonSet>> {
-        None
+    fn daemonset(&self, _: &str, name: &str) -> Option<Arc<CachedDaemonSet>> {
+        named(&self.daemonsets, name)
     }
-    fn replicaset(&self, _: &str, _: &str) -> Option<Arc<CachedReplicaSet>> {
-        None
+    fn replicaset(&self, _: &str, name: &str) -> Option<Arc<CachedReplicaSet>> {
+        named(&self.replicasets, name)
     }
     fn service(&self, _: &str, name: &str) -> Option<Arc<Service>> {
         named(&self.services, name)
@@ -351,6 +359,17 @@ impl WorkloadLookup for Workloads {
         _: &str,
         reference: &WorkloadReference,
     ) -> Result<Option<Arc<DynamicObject>>, String> {
-        Err(format!("{} is not watched in this test", reference.kind))
+        match &self.others {
+            Some(others) => Ok(named(others, &reference.name)),
+            None => Err(format!("{} is not watched in this test", reference.kind)),
+        }
+    }
+    fn rule(&self, reference: &WorkloadReference) -> Option<Arc<CompiledRule>> {
+        self.rules
+            .iter()
+            .find(|(target, _)| {
+                target.api_version == reference.api_version && target.kind == reference.kind
+            })
+            .map(|(_, rule)| rule.clone())
     }
 }
