@@ -86,9 +86,10 @@ pub struct DependencyIndex {
 
 #[derive(Default)]
 struct IndexInner {
-    /// Each key is allocated once and shared by both directions and by every scope reading it.
-    by_key: HashMap<Arc<DependencyKey>, HashSet<ObjectRef<HealthScope>>>,
-    by_scope: HashMap<ObjectRef<HealthScope>, Vec<Arc<DependencyKey>>>,
+    /// Each key and each scope is allocated once and shared by both directions. A key is read
+    /// by one scope or a few, so its readers are a short list rather than a set.
+    by_key: HashMap<Arc<DependencyKey>, Vec<Arc<ObjectRef<HealthScope>>>>,
+    by_scope: HashMap<Arc<ObjectRef<HealthScope>>, Vec<Arc<DependencyKey>>>,
 }
 
 impl DependencyIndex {
@@ -105,14 +106,18 @@ impl DependencyIndex {
         }
         if let Some(old) = inner.by_scope.remove(scope) {
             for key in old {
-                if let Some(scopes) = inner.by_key.get_mut(&key) {
-                    scopes.remove(scope);
-                    if scopes.is_empty() {
+                if let Some(readers) = inner.by_key.get_mut(&key) {
+                    readers.retain(|reader| **reader != *scope);
+                    if readers.is_empty() {
                         inner.by_key.remove(&key);
                     }
                 }
             }
         }
+        if keys.is_empty() {
+            return;
+        }
+        let reader = Arc::new(scope.clone());
         let mut shared = Vec::with_capacity(keys.len());
         for key in keys {
             let key = match inner.by_key.get_key_value(&key) {
@@ -123,12 +128,10 @@ impl DependencyIndex {
                 .by_key
                 .entry(key.clone())
                 .or_default()
-                .insert(scope.clone());
+                .push(reader.clone());
             shared.push(key);
         }
-        if !shared.is_empty() {
-            inner.by_scope.insert(scope.clone(), shared);
-        }
+        inner.by_scope.insert(reader, shared);
     }
 
     pub fn remove(&self, scope: &ObjectRef<HealthScope>) {
@@ -143,7 +146,7 @@ impl DependencyIndex {
         let mut scopes: HashSet<ObjectRef<HealthScope>> = HashSet::new();
         for (key, readers) in &inner.by_key {
             if key.group == group && key.kind == kind {
-                scopes.extend(readers.iter().cloned());
+                scopes.extend(readers.iter().map(|reader| (**reader).clone()));
             }
         }
         scopes.into_iter().collect()
@@ -153,7 +156,13 @@ impl DependencyIndex {
     pub fn all_scopes(&self) -> Vec<ObjectRef<HealthScope>> {
         self.inner
             .read()
-            .map(|inner| inner.by_scope.keys().cloned().collect())
+            .map(|inner| {
+                inner
+                    .by_scope
+                    .keys()
+                    .map(|scope| (**scope).clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -164,7 +173,7 @@ impl DependencyIndex {
                 inner
                     .by_key
                     .get(key)
-                    .map(|s| s.iter().cloned().collect())
+                    .map(|readers| readers.iter().map(|reader| (**reader).clone()).collect())
                     .unwrap_or_default()
             })
             .unwrap_or_default()

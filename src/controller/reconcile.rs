@@ -138,6 +138,26 @@ impl Context {
             .collect()
     }
 
+    /// The status last written for the scope while the cache still shows the version that write
+    /// was based on (it has not come back through the watch yet). Once the cache has moved on,
+    /// the cached status is the truth and the copy is dropped, so copies are kept only for
+    /// writes in flight, not for every scope.
+    fn unconfirmed_write(
+        &self,
+        key: &ObjectRef<HealthScope>,
+        version: &Option<String>,
+    ) -> Option<HealthScopeStatus> {
+        let mut written = self.written.lock().ok()?;
+        match written.get(key) {
+            Some((based_on, status)) if based_on == version => Some(status.clone()),
+            Some(_) => {
+                written.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
     /// Drops what is kept for scopes that no longer exist: their probe task, dependency index
     /// entries, metric series and memos. Reconciles never run for a deleted scope, so this is
     /// called periodically.
@@ -245,15 +265,7 @@ async fn evaluate_and_write(scope: &HealthScope, ctx: &Context) -> Result<Action
     // yet, so a transition time stamped then is kept rather than stamped again.
     let version = scope.resource_version();
     let previous = ctx
-        .written
-        .lock()
-        .ok()
-        .and_then(|written| {
-            written
-                .get(&key)
-                .filter(|(based_on, _)| *based_on == version)
-                .map(|(_, status)| status.clone())
-        })
+        .unconfirmed_write(&key, &version)
         .or_else(|| scope.status.clone());
     let desired = scope_status(ScopeStatusInput {
         generation: scope.meta().generation,
@@ -363,14 +375,11 @@ async fn write_if_changed(
         return Ok(());
     }
     let version = scope.resource_version();
-    let previous = {
-        let written = ctx.written.lock().ok();
-        match written.as_ref().and_then(|w| w.get(key)) {
-            // Our last write has not reached the cache yet: it already says this.
-            Some((based_on, status)) if *based_on == version && *status == desired => return Ok(()),
-            Some((based_on, status)) if *based_on == version => Some(status.clone()),
-            _ => current.cloned(),
-        }
+    let previous = match ctx.unconfirmed_write(key, &version) {
+        // Our last write has not reached the cache yet: it already says this.
+        Some(status) if status == desired => return Ok(()),
+        Some(status) => Some(status),
+        None => current.cloned(),
     };
     // A scope that was never evaluated with members (new, or only momentarily empty) has no
     // health to change from: its first real verdict is no transition.
