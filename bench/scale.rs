@@ -80,6 +80,10 @@ struct Args {
     /// HTTP client's 90 s idle timeout for pooled connections).
     #[arg(long, default_value_t = 0)]
     settle: u64,
+    /// The controller's metrics (its admin address, as bench/scale.sh starts it): the wiring
+    /// loop's planning time is read from there at the end.
+    #[arg(long, default_value = "http://127.0.0.1:18080/metrics")]
+    controller_metrics: String,
     /// Number of workload changes timed to the scope status.
     #[arg(long, default_value_t = 50)]
     changes: usize,
@@ -291,6 +295,11 @@ async fn main() -> Result<(), BoxError> {
             args.settle,
             memory_line(pid)
         );
+    }
+
+    match wiring_plan_times(&args.controller_metrics).await {
+        Ok(line) => println!("{line}"),
+        Err(error) => println!("wiring loop planning: not read ({error})"),
     }
 
     let _ = Command::new("kill")
@@ -911,4 +920,35 @@ async fn freshness(
     }
     watch.abort();
     Ok(out)
+}
+
+/// The wiring loop's planning passes since the controller started, from its metrics: count,
+/// mean and total time, for the passes over what changed and over everything.
+async fn wiring_plan_times(url: &str) -> Result<String, BoxError> {
+    let text = reqwest::get(url).await?.error_for_status()?.text().await?;
+    let samples = common::parse_samples(&text);
+    let value = |name: &str, pass: &str| {
+        samples
+            .iter()
+            .find(|s| s.name == name && s.labels.get("pass").map(String::as_str) == Some(pass))
+            .map(|s| s.value)
+            .unwrap_or(0.0)
+    };
+    let mut parts = Vec::new();
+    for pass in ["everything", "changes"] {
+        let count = value("healthscope_wiring_plan_duration_seconds_count", pass);
+        let sum = value("healthscope_wiring_plan_duration_seconds_sum", pass);
+        let mean_ms = if count > 0.0 {
+            sum / count * 1000.0
+        } else {
+            0.0
+        };
+        parts.push(format!(
+            "{pass}: {count:.0} passes, mean {mean_ms:.1} ms, {sum:.2} s in all"
+        ));
+    }
+    Ok(format!(
+        "wiring loop planning since start: {}",
+        parts.join("; ")
+    ))
 }

@@ -212,8 +212,8 @@ pub struct NamespaceView<'a> {
 }
 
 impl ComponentLookup for NamespaceView<'_> {
-    fn component(&self, name: &str) -> Option<Component> {
-        get(&self.cache.components, self.namespace, name).map(|c| (*c).clone())
+    fn component(&self, name: &str) -> Option<Arc<Component>> {
+        get(&self.cache.components, self.namespace, name)
     }
 }
 

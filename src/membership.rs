@@ -111,7 +111,7 @@ pub struct Desired {
 
 /// Components of one namespace.
 pub trait ComponentLookup {
-    fn component(&self, name: &str) -> Option<Component>;
+    fn component(&self, name: &str) -> Option<Arc<Component>>;
 }
 
 /// The OAM objects of one namespace (Components, ApplicationConfigurations and
@@ -632,8 +632,8 @@ mod tests {
     }
 
     impl ComponentLookup for Fixture {
-        fn component(&self, name: &str) -> Option<Component> {
-            self.components.get(name).cloned()
+        fn component(&self, name: &str) -> Option<Arc<Component>> {
+            self.components.get(name).cloned().map(Arc::new)
         }
     }
 

@@ -44,12 +44,15 @@ pub const PROBE_DURATION_BUCKETS: [f64; 12] = [
 ];
 
 /// Every metric family healthscope exposes, by the sample name it is scraped as.
-pub const METRIC_NAMES: [&str; 16] = [
+pub const METRIC_NAMES: [&str; 20] = [
     "healthscope_webhook_requests_total",
     "healthscope_webhook_request_duration_seconds",
     "healthscope_webhook_requests_in_flight",
     "healthscope_webhook_request_bytes",
     "healthscope_webhook_rejected_total",
+    "healthscope_webhook_lookups_unfinished_total",
+    "healthscope_wiring_writes_total",
+    "healthscope_wiring_plan_duration_seconds",
     "healthscope_reconcile_total",
     "healthscope_reconcile_duration_seconds",
     "healthscope_status_patch_total",
@@ -59,6 +62,7 @@ pub const METRIC_NAMES: [&str; 16] = [
     "healthscope_workloads",
     "healthscope_scope_health",
     "healthscope_leader",
+    "healthscope_crd_compatible",
     "healthscope_build_info",
     "healthscope_cert_expiry_timestamp_seconds",
 ];
@@ -72,6 +76,11 @@ struct WebhookRequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PassLabels {
+    pass: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -347,6 +356,7 @@ impl WebhookMetrics {
 #[derive(Clone, Debug)]
 pub struct WiringMetrics {
     writes: Family<WiringLabels, Counter>,
+    plan_duration: Family<PassLabels, Histogram>,
 }
 
 unscraped_default!(WiringMetrics);
@@ -364,7 +374,29 @@ impl WiringMetrics {
                 let _ = writes.get_or_create_owned(&WiringLabels { target, result });
             }
         }
-        Self { writes }
+        let plan_duration = Family::<PassLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(RECONCILE_DURATION_BUCKETS)) as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "wiring_plan_duration",
+            "Time the wiring loop spent planning, by pass (changes: what watch events marked; everything: every namespace, at start, on leading, after a relist and each resync)",
+            Unit::Seconds,
+            plan_duration.clone(),
+        );
+        for pass in ["changes", "everything"] {
+            let _ = plan_duration.get_or_create_owned(&PassLabels { pass });
+        }
+        Self {
+            writes,
+            plan_duration,
+        }
+    }
+
+    /// Times one planning pass; `pass` is "changes" or "everything".
+    pub fn observe_plan(&self, pass: &'static str, duration: Duration) {
+        self.plan_duration
+            .get_or_create(&PassLabels { pass })
+            .observe(duration.as_secs_f64());
     }
 
     /// Counts one write; `target` is "refs" or "labels".
@@ -760,6 +792,8 @@ mod tests {
         m.controller
             .observe_reconcile(ReconcileResult::Success, Duration::from_millis(3));
         m.controller.status_patch(PatchResult::Timeout);
+        m.wiring
+            .observe_plan("everything", Duration::from_millis(40));
         m.controller.event("Warning");
         m.probes.observe_duration(Duration::from_millis(7));
         m.probes.set_success("default", "example", true);
@@ -919,6 +953,8 @@ mod tests {
     fn status_patch_timeout_counts_once_by_result() {
         let m = Metrics::new();
         m.controller.status_patch(PatchResult::Timeout);
+        m.wiring
+            .observe_plan("everything", Duration::from_millis(40));
         m.controller.status_patch(PatchResult::Success);
         let text = m.encode();
         assert!(!text.contains("status_patch_timeouts"), "{text}");

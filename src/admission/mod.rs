@@ -63,10 +63,8 @@ pub struct InNamespace<'a> {
 }
 
 impl ComponentLookup for InNamespace<'_> {
-    fn component(&self, name: &str) -> Option<Component> {
-        self.snapshot
-            .component(self.namespace, name)
-            .map(|c| (*c).clone())
+    fn component(&self, name: &str) -> Option<Arc<Component>> {
+        self.snapshot.component(self.namespace, name)
     }
 }
 

@@ -33,9 +33,9 @@ use crate::support::builders::{
 use crate::support::fault_proxy::{Counts, Fault, FaultProxy, Rule, WatchCut};
 use crate::support::{self, TestContext};
 
-/// How long one step may take to converge under faults. Shorter than the wiring loop's 30 s
-/// resync, so a step is not passed by the periodic pass alone (unless it happens to come
-/// soon). Each step's time is printed.
+/// How long one step may take to converge under faults. Far shorter than the wiring loop's
+/// 5 min resync, so a step is not passed by the periodic pass alone. Each step's time is
+/// printed.
 const STEP_TIMEOUT: Duration = Duration::from_secs(25);
 
 fn init_log() {
@@ -963,11 +963,12 @@ fn assert_prompt(steps: &[(String, Duration)], why: &str) {
 /// expiring, deleting a namespace's only AppConfig must still remove its refs, as promptly as
 /// any other change.
 ///
-/// Finding: the wiring loop sees such a delete only at its next periodic pass (every 30 s).
+/// Finding (fixed: a relist now marks everything for the wiring loop): the wiring loop saw such
+/// a delete only at its next periodic pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_proxy_expired_appconfig_watches_still_see_a_delete_promptly() {
     let mut run = Run::start("fault-proxy-expired-app", vec![]).await;
-    // Long enough to see whether the step converges at all (the resync is every 30 s).
+    // Long enough to see whether the step converges at all without the periodic pass.
     run.step_timeout = Duration::from_secs(35);
     let pp = PostParams::default();
     let ctx = &run.ctx;
