@@ -3,15 +3,70 @@
 //! ApplicationConfiguration the API server stored (see `controller::wiring`), so a forged or
 //! later-refused review changes nothing.
 
-use kube::core::DynamicObject;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::{InNamespace, Snapshot, allow, deny, object_name, with_warnings, wrong_kind};
 use crate::api::{ApplicationConfiguration, oam};
 use crate::membership::{desired_memberships, referenced_scopes};
 
-fn parse(object: &DynamicObject) -> Result<ApplicationConfiguration, String> {
-    object.clone().try_parse().map_err(|e| e.to_string())
+/// What the ApplicationConfiguration routes decode: the metadata, and the spec and status as the
+/// raw JSON the review carried. They are typed in one pass when the decision reads them, so an
+/// object whose spec does not parse is denied naming the problem instead of failing the whole
+/// review, and no generic JSON tree is built on the way.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct AppConfigObject {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    spec: Option<Box<RawValue>>,
+    #[serde(default)]
+    status: Option<Box<RawValue>>,
+}
+
+impl AppConfigObject {
+    fn parse(&self) -> Result<ApplicationConfiguration, String> {
+        let spec = self.spec.as_ref().ok_or("missing field `spec`")?;
+        let spec = serde_json::from_str(spec.get()).map_err(|e| format!("spec: {e}"))?;
+        let status = match &self.status {
+            Some(status) => {
+                serde_json::from_str(status.get()).map_err(|e| format!("status: {e}"))?
+            }
+            None => None,
+        };
+        Ok(ApplicationConfiguration {
+            metadata: self.metadata.clone(),
+            spec,
+            status,
+        })
+    }
+}
+
+/// The kind is the request's (the route serves ApplicationConfigurations only).
+impl kube::Resource for AppConfigObject {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "ApplicationConfiguration".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        oam::GROUP.into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        oam::VERSION.into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "applicationconfigurations".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
 }
 
 /// Reviews an ApplicationConfiguration CREATE or UPDATE (anything else is allowed).
@@ -23,7 +78,7 @@ fn parse(object: &DynamicObject) -> Result<ApplicationConfiguration, String> {
 ///   allowed with a warning: the controller wires it once it exists.
 /// - An object being deleted (finalizers pending) is never blocked.
 pub fn review(
-    request: &AdmissionRequest<DynamicObject>,
+    request: &AdmissionRequest<AppConfigObject>,
     snapshot: &dyn Snapshot,
 ) -> AdmissionResponse {
     if request.kind.group != oam::GROUP || request.kind.kind != "ApplicationConfiguration" {
@@ -38,7 +93,7 @@ pub fn review(
     let Some(object) = &request.object else {
         return deny(request, "the request carries no object");
     };
-    let app = match parse(object) {
+    let app = match object.parse() {
         Ok(app) => app,
         Err(e) => {
             return deny(
@@ -63,7 +118,8 @@ pub fn review(
     // re-encoded spec must go through. Only a clean object that a write would make malformed
     // is rejected.
     let was_malformed = match (&request.operation, &request.old_object) {
-        (Operation::Update, Some(old)) => parse(old)
+        (Operation::Update, Some(old)) => old
+            .parse()
             .ok()
             .is_some_and(|old| !desired_memberships(&old, &lookup).problems.is_empty()),
         _ => false,

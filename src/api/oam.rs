@@ -22,6 +22,7 @@ pub mod labels {
 }
 
 pub const GROUP: &str = "core.oam.dev";
+pub const VERSION: &str = "v1alpha2";
 pub const API_VERSION: &str = "core.oam.dev/v1alpha2";
 
 /// Schema of a value of any type, kept as it is.

@@ -161,7 +161,7 @@ async fn workload_route(
 /// mutating path stays for webhook configurations of earlier versions.
 async fn appconfig_route(
     State(state): State<AdmissionState>,
-    AdmissionReviewRequest(request): AdmissionReviewRequest,
+    AdmissionReviewRequest(request): AdmissionReviewRequest<appconfig::AppConfigObject>,
 ) -> Response {
     let span = review_span(&request);
     async {
@@ -297,6 +297,12 @@ mod tests {
                 assert_eq!(status, StatusCode::OK);
                 let review: Value = serde_json::from_slice(&bytes).unwrap();
                 assert_eq!(review["response"]["allowed"], true);
+            } else if path == APPLICATION_CONFIGURATION_PATH {
+                // The AppConfig route keeps only its spec and status raw: the nesting is skipped
+                // unbuilt, and a ConfigMap is the wrong kind for it.
+                assert_eq!(status, StatusCode::OK);
+                let review: Value = serde_json::from_slice(&bytes).unwrap();
+                assert_eq!(review["response"]["allowed"], false);
             } else {
                 assert_eq!(status, StatusCode::BAD_REQUEST);
                 assert!(String::from_utf8_lossy(&bytes).contains("nested too deeply"));
