@@ -11,8 +11,11 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use k8s_openapi::api::authentication::v1::UserInfo;
 use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use kube::core::{GroupVersionKind, GroupVersionResource, TypeMeta};
+use serde::Deserialize;
 
 use super::*;
 
@@ -200,6 +203,10 @@ pub fn decode_admission_review(
 
 /// Decodes an AdmissionReview whose objects are read as `K`: a type that holds only what a
 /// decision reads skips the rest of each object without building it.
+///
+/// The request is read as [`RequestWire`], the fields decisions and logs use; `userInfo`,
+/// `options`, `requestKind`, `requestResource` and `requestSubResource` are skipped by the JSON
+/// reader, and left empty in the returned request.
 pub fn decode_review<K>(body: &[u8]) -> Result<AdmissionRequest<K>, BadAdmissionReview>
 where
     K: kube::Resource + serde::de::DeserializeOwned,
@@ -207,7 +214,7 @@ where
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(BadAdmissionReview::EmptyBody);
     }
-    let review: AdmissionReview<K> = serde_json::from_slice(body).map_err(|e| {
+    let review: ReviewWire<K> = serde_json::from_slice(body).map_err(|e| {
         let message = e.to_string();
         if message.contains("recursion limit") {
             BadAdmissionReview::TooDeep(message)
@@ -217,8 +224,8 @@ where
             BadAdmissionReview::NotAdmissionReview(message)
         }
     })?;
-    let kind = review.types.kind.as_str();
-    let api_version = review.types.api_version.as_str();
+    let kind = review.kind.as_str();
+    let api_version = review.api_version.as_str();
     if kind != "AdmissionReview"
         || !matches!(
             api_version,
@@ -229,7 +236,68 @@ where
             "kind {kind:?} apiVersion {api_version:?}, expected kind \"AdmissionReview\" apiVersion \"admission.k8s.io/v1\""
         )));
     }
-    review.try_into().map_err(|_| BadAdmissionReview::NoRequest)
+    let request = review.request.ok_or(BadAdmissionReview::NoRequest)?;
+    Ok(request.into_request(TypeMeta {
+        api_version: review.api_version,
+        kind: review.kind,
+    }))
+}
+
+/// An AdmissionReview as read off the wire. Not kube's `AdmissionReview`: that one flattens its
+/// type fields, which makes serde buffer them, and reads every field of the request.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewWire<K> {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    request: Option<RequestWire<K>>,
+}
+
+/// The fields of an AdmissionRequest that healthscope reads. Unknown fields are skipped.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestWire<K> {
+    uid: String,
+    kind: GroupVersionKind,
+    resource: GroupVersionResource,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: Operation,
+    #[serde(default = "Option::default")]
+    object: Option<K>,
+    #[serde(default = "Option::default")]
+    old_object: Option<K>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+impl<K: kube::Resource> RequestWire<K> {
+    fn into_request(self, types: TypeMeta) -> AdmissionRequest<K> {
+        AdmissionRequest {
+            types,
+            uid: self.uid,
+            kind: self.kind,
+            resource: self.resource,
+            sub_resource: self.sub_resource,
+            request_kind: None,
+            request_resource: None,
+            request_sub_resource: None,
+            name: self.name,
+            namespace: self.namespace,
+            operation: self.operation,
+            user_info: UserInfo::default(),
+            object: self.object,
+            old_object: self.old_object,
+            dry_run: self.dry_run,
+            options: None,
+        }
+    }
 }
 
 /// Extracts the [`AdmissionRequest`] of a request whose body is an AdmissionReview, its objects
