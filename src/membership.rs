@@ -135,14 +135,14 @@ enum ScopeRefKind {
 
 /// Reads one `scopes[]` entry, nested (`scopeRef: {...}`) or flat (apiVersion/kind/name).
 fn classify_scope(scope: &ComponentScope) -> ScopeRefKind {
-    let reference = match &scope.scope_ref {
-        Some(nested) => nested.clone(),
+    match &scope.scope_ref {
+        Some(nested) => classify_reference(nested),
         None if scope.api_version.is_none() && scope.kind.is_none() && scope.name.is_none() => {
-            return ScopeRefKind::Malformed(
+            ScopeRefKind::Malformed(
                 "has neither scopeRef nor apiVersion/kind/name; write it as scopeRef: \
                  {apiVersion, kind, name}"
                     .to_string(),
-            );
+            )
         }
         None => {
             let flat = ScopeReference {
@@ -152,7 +152,7 @@ fn classify_scope(scope: &ComponentScope) -> ScopeRefKind {
             };
             // The OAM runtime decodes scopes[] strictly and reads only `scopeRef`: a flat
             // HealthScope reference would never be rendered, so it is a problem with its fix.
-            return match classify_reference(&flat) {
+            match classify_reference(&flat) {
                 ScopeRefKind::Health(name) => ScopeRefKind::Malformed(format!(
                     "names HealthScope {name:?} flat (apiVersion/kind/name directly under \
                      scopes[]); the OAM runtime reads only the nested form: scopeRef: \
@@ -160,10 +160,9 @@ fn classify_scope(scope: &ComponentScope) -> ScopeRefKind {
                     oam::API_VERSION
                 )),
                 other => other,
-            };
+            }
         }
-    };
-    classify_reference(&reference)
+    }
 }
 
 fn classify_reference(reference: &ScopeReference) -> ScopeRefKind {
@@ -519,7 +518,7 @@ pub fn workload_scopes(
     // A ContainerizedWorkload itself is never labelled: the OAM runtime copies its labels into
     // its Deployment's pod template, so a scope label there would restart the app's pods. Its
     // Deployment and Service carry the labels instead.
-    if kind == cw_kind() && group_of(api_version) == oam::GROUP {
+    if kind == CONTAINERIZED_WORKLOAD_KIND && group_of(api_version) == oam::GROUP {
         return WorkloadScopes::NotOam;
     }
     if let Some(parent) = owning_containerized_workload(meta) {
@@ -528,7 +527,12 @@ pub fn workload_scopes(
                 "parent ContainerizedWorkload {parent:?} not found"
             ));
         };
-        return match app_workload_scopes(&cw.metadata, oam::API_VERSION, &cw_kind(), lookup) {
+        return match app_workload_scopes(
+            &cw.metadata,
+            oam::API_VERSION,
+            CONTAINERIZED_WORKLOAD_KIND,
+            lookup,
+        ) {
             // A child of a ContainerizedWorkload that OAM did not render still has no scopes.
             WorkloadScopes::NotOam => WorkloadScopes::Scopes(BTreeSet::new()),
             other => other,
@@ -537,9 +541,7 @@ pub fn workload_scopes(
     app_workload_scopes(meta, api_version, kind, lookup)
 }
 
-fn cw_kind() -> String {
-    "ContainerizedWorkload".to_string()
-}
+const CONTAINERIZED_WORKLOAD_KIND: &str = "ContainerizedWorkload";
 
 use crate::api::group_of;
 
@@ -562,7 +564,7 @@ pub fn owning_containerized_workload(meta: &ObjectMeta) -> Option<&str> {
         .as_deref()
         .unwrap_or_default()
         .iter()
-        .find(|o| o.kind == "ContainerizedWorkload" && group_of(&o.api_version) == oam::GROUP)
+        .find(|o| o.kind == CONTAINERIZED_WORKLOAD_KIND && group_of(&o.api_version) == oam::GROUP)
         .map(|o| o.name.as_str())
 }
 
@@ -572,7 +574,6 @@ fn app_workload_scopes(
     kind: &str,
     lookup: &dyn OamLookup,
 ) -> WorkloadScopes {
-    let labels = meta.labels.clone().unwrap_or_default();
     let Some(app_name) = owning_app(meta) else {
         return WorkloadScopes::NotOam;
     };
@@ -582,7 +583,7 @@ fn app_workload_scopes(
         ));
     };
     let desired = desired_memberships(&app, lookup);
-    let name = meta.name.clone().unwrap_or_default();
+    let name = meta.name.as_deref().unwrap_or_default();
     let exact: BTreeSet<String> = desired
         .members
         .iter()
@@ -598,8 +599,10 @@ fn app_workload_scopes(
     }
     // The rendered name is not known from the spec alone; once the runtime has recorded what it
     // rendered for the component, anything else (an older revision's workload) is no member.
-    let by_component = labels
-        .get(labels::COMPONENT)
+    let by_component = meta
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(labels::COMPONENT))
         .filter(|component| workload_in_status(&app, component).is_none())
         .map(|component| {
             desired
