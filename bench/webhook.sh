@@ -15,6 +15,7 @@ CONNS=${CONNS:-1 10 50 200}
 OUT=target/bench
 mkdir -p "$OUT"
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
+command -v jq >/dev/null || { echo "jq not found: apt-get install jq" >&2; exit 1; }
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
   cargo build --release --features bench --bin bench-floor --bin bench-webhook
