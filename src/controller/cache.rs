@@ -420,14 +420,7 @@ struct WatchCtx {
 
 fn typed<K>(client: &Client, namespace: &Option<String>, ctx: &WatchCtx) -> Store<K>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + TrimForCache
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
+    K: TrimForCache,
 {
     let (store, events) = reflect_typed::<K>(client, namespace, &ctx.shutdown);
     tokio::spawn(forward(
@@ -452,14 +445,7 @@ fn reflect_typed<K>(
     impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 )
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + TrimForCache
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
+    K: TrimForCache,
 {
     let api: Api<K> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -479,7 +465,17 @@ where
 /// At 10,000 workloads the managedFields and last-applied annotations would be most of the
 /// memory a cache holds (the workload kinds' pod templates are never even deserialized: see
 /// [`crate::api::cached`]).
-pub trait TrimForCache: Resource + Sized {
+///
+/// Every kind the caches watch implements it, so it also carries what a watch needs of a kind.
+pub trait TrimForCache:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
     fn trim_for_cache(&mut self) {
         self.managed_fields_mut().clear();
         if let Some(annotations) = self.meta_mut().annotations.as_mut() {

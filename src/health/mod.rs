@@ -37,7 +37,7 @@ pub use apps::{daemonset, deployment, replicaset, statefulset};
 pub use generic::generic;
 pub use oam::containerized_workload;
 pub use rules::{CompiledRule, RuleSet};
-pub use service::{SERVICE_NAME_LABEL, ready_endpoints, service};
+pub use service::{SERVICE_NAME_LABEL, belongs_to, ready_endpoints, service};
 
 /// The verdict on one workload: its health and a short reason a person can act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -388,13 +388,7 @@ pub(crate) mod testing {
         fn endpoint_slices(&self, _: &str, service: &str) -> Vec<Arc<EndpointSlice>> {
             self.slices
                 .iter()
-                .filter(|s| {
-                    s.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(service::SERVICE_NAME_LABEL))
-                        .is_some_and(|n| n == service)
-                })
+                .filter(|s| belongs_to(s, service))
                 .cloned()
                 .collect()
         }

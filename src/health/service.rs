@@ -12,7 +12,8 @@ use super::{WorkloadHealth, lifecycle};
 /// The label the EndpointSlice controller puts on every slice of a Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-fn belongs_to(slice: &EndpointSlice, service: &str) -> bool {
+/// Whether `slice` is one of Service `service`'s EndpointSlices (by the label its controller sets).
+pub fn belongs_to(slice: &EndpointSlice, service: &str) -> bool {
     slice
         .metadata
         .labels

@@ -26,7 +26,7 @@ use healthscope::api::{
     ApplicationConfiguration, Component, ContainerizedWorkload, HealthScope, RuleTarget,
     WorkloadReference,
 };
-use healthscope::health::{CompiledRule, WorkloadLookup};
+use healthscope::health::{CompiledRule, WorkloadLookup, belongs_to};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -341,13 +341,7 @@ impl WorkloadLookup for Workloads {
     fn endpoint_slices(&self, _: &str, service: &str) -> Vec<Arc<EndpointSlice>> {
         self.slices
             .iter()
-            .filter(|s| {
-                s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("kubernetes.io/service-name"))
-                    .is_some_and(|n| n == service)
-            })
+            .filter(|s| belongs_to(s, service))
             .cloned()
             .collect()
     }
